@@ -1,0 +1,435 @@
+"""Networks: shapes, exact parameter counts, parity with the official PyTorch networks, the
+checkpoint converter, init and norm options, bfloat16 compute."""
+
+from functools import partial
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from cyclegan_jax import models
+from cyclegan_jax import torch_convert
+
+PARITY_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'torch_parity'
+PARITY_FILES = sorted(PARITY_DIR.glob('*.npz')) if PARITY_DIR.is_dir() else []
+PARITY_TOL = 1e-4
+needs_parity_files = pytest.mark.skipif(
+    not PARITY_FILES, reason=f'reference tensors not found: {PARITY_DIR} is absent')
+
+
+def param_shapes(module, image_size, channels=3, batch=1):
+  x = jax.ShapeDtypeStruct((batch, image_size, image_size, channels), jnp.float32)
+  return jax.eval_shape(module.init, jax.random.key(0), x)['params']
+
+
+def output_shape(module, image_size):
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return jax.eval_shape(module.apply, {'params': param_shapes(module, image_size)}, x).shape
+
+
+def nchw(x):
+  return np.asarray(x, np.float32).transpose(0, 3, 1, 2)
+
+
+# --- shapes and parameter counts -------------------------------------------------------------
+
+
+@pytest.mark.parametrize('generator, size, expected_params', [
+    (models.ResnetGenerator9(), 256, 11_378_179),
+    (models.ResnetGenerator6(), 128, 7_837_699),
+])
+def test_generator_shape_and_param_count(generator, size, expected_params):
+  assert models.count_params(param_shapes(generator, size)) == expected_params
+  assert output_shape(generator, size) == (1, size, size, 3)
+
+
+@pytest.mark.parametrize('size, patches', [(256, 30), (128, 14), (64, 6)])
+def test_discriminator_shape_and_param_count(size, patches):
+  discriminator = models.PatchGANDiscriminator()
+  assert models.count_params(param_shapes(discriminator, size)) == 2_764_737
+  assert output_shape(discriminator, size) == (1, patches, patches, 1)
+
+
+def test_generator_maps_channels_and_rejects_sizes_not_divisible_by_4():
+  generator = models.ResnetGenerator(output_nc=1, ngf=8, num_blocks=1)
+  params = param_shapes(generator, 16, channels=4)
+  x = jax.ShapeDtypeStruct((2, 16, 12, 4), jnp.float32)
+  assert jax.eval_shape(generator.apply, {'params': params}, x).shape == (2, 16, 12, 1)
+  with pytest.raises(ValueError, match='divisible by 4'):
+    param_shapes(generator, 18)
+
+
+# --- parity with the official PyTorch networks ------------------------------------------------
+
+
+def generator_activation_names(num_blocks):
+  """Official `net.model` index -> captured intermediate path in our ResnetGenerator."""
+  up = 10 + num_blocks
+  names = {1: 'stem/conv', 3: 'stem', 4: 'down_0/conv', 6: 'down_0', 7: 'down_1/conv', 9: 'down_1',
+           up: 'up_0/conv', up + 2: 'up_0', up + 3: 'up_1/conv', up + 5: 'up_1', up + 7: 'head'}
+  names.update({10 + i: f'block_{i}' for i in range(num_blocks)})
+  return names
+
+
+def discriminator_activation_names(n_layers):
+  names = {0: 'layer_0/conv', 1: 'layer_0', 3 * n_layers + 2: 'head'}
+  for n in range(1, n_layers + 1):
+    conv = 2 + 3 * (n - 1)
+    names.update({conv: f'layer_{n}/conv', conv + 2: f'layer_{n}'})
+  return names
+
+
+def network_from_state_dict(state_dict, is_generator, dtype=jnp.float32):
+  if is_generator:
+    params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+    network = models.ResnetGenerator(output_nc=arch['output_nc'], ngf=arch['ngf'],
+                                     num_blocks=arch['num_blocks'], norm=arch['norm'], dtype=dtype)
+  else:
+    params, arch = torch_convert.discriminator_params_from_state_dict(state_dict)
+    network = models.NLayerDiscriminator(ndf=arch['ndf'], n_layers=arch['n_layers'],
+                                         norm=arch['norm'], dtype=dtype)
+  return network, params, arch
+
+
+def run_with_activations(network, params, x):
+  with jax.default_matmul_precision('highest'):
+    y, state = network.apply({'params': params}, x, capture_intermediates=True,
+                             mutable=['intermediates'])
+  activations = {}
+  for path, value in jax.tree_util.tree_leaves_with_path(state['intermediates']):
+    keys = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    activations['/'.join(keys[:-1])] = value  # drop the trailing '__call__'
+  return y, activations
+
+
+@needs_parity_files
+@pytest.mark.parametrize('npz_path', PARITY_FILES, ids=lambda path: path.stem)
+def test_parity_with_official_networks(npz_path):
+  """Output and every activation that maps onto one of our module boundaries, within 1e-4."""
+  reference = np.load(npz_path, allow_pickle=False)
+  is_generator = npz_path.name.startswith('G_')
+  network, params, arch = network_from_state_dict(
+      torch_convert.load_npz_state_dict(npz_path), is_generator)
+  assert models.count_params(params) == json.loads(str(reference['meta_json']))['num_params']
+  y, activations = run_with_activations(network, params, reference['input'].transpose(0, 2, 3, 1))
+  names = (generator_activation_names(arch['num_blocks']) if is_generator
+           else discriminator_activation_names(arch['n_layers']))
+  errors = {'output': np.abs(nchw(y) - reference['output']).max()}
+  for index, name in names.items():
+    error = np.abs(nchw(activations[name]) - reference[f'act.{index}']).max()
+    errors[f'act.{index} ({name})'] = error
+  print(npz_path.stem, {name: f'{error:.2e}' for name, error in errors.items()})
+  assert max(errors.values()) < PARITY_TOL, errors
+
+
+# --- converter -------------------------------------------------------------------------------
+
+
+def official_generator_shapes(ngf, num_blocks, norm, input_nc=3, output_nc=3):
+  """Keys and shapes of an official ResnetGenerator state_dict, written out independently."""
+  shapes = {}
+
+  def conv(index, weight_shape, norm_index, out_channels=None):
+    out_channels = out_channels or weight_shape[0]
+    shapes[f'model.{index}.weight'] = weight_shape
+    if norm_index is None or norm == 'instance':
+      shapes[f'model.{index}.bias'] = (out_channels,)
+    if norm_index is not None and norm == 'batch':
+      shapes[f'model.{norm_index}.weight'] = shapes[f'model.{norm_index}.bias'] = (out_channels,)
+
+  conv(1, (ngf, input_nc, 7, 7), 2)
+  conv(4, (2 * ngf, ngf, 3, 3), 5)
+  conv(7, (4 * ngf, 2 * ngf, 3, 3), 8)
+  for i in range(10, 10 + num_blocks):
+    conv(f'{i}.conv_block.1', (4 * ngf, 4 * ngf, 3, 3), f'{i}.conv_block.2')
+    conv(f'{i}.conv_block.5', (4 * ngf, 4 * ngf, 3, 3), f'{i}.conv_block.6')
+  up = 10 + num_blocks
+  conv(up, (4 * ngf, 2 * ngf, 3, 3), up + 1, out_channels=2 * ngf)  # (in, out, kH, kW)
+  conv(up + 3, (2 * ngf, ngf, 3, 3), up + 4, out_channels=ngf)
+  conv(up + 7, (output_nc, ngf, 7, 7), None)
+  return shapes
+
+
+def official_discriminator_shapes(ndf, n_layers, norm, input_nc=3):
+  shapes = {'model.0.weight': (ndf, input_nc, 4, 4), 'model.0.bias': (ndf,)}
+  channels = ndf
+  for n in range(1, n_layers + 1):
+    index, out = 2 + 3 * (n - 1), ndf * min(2**n, 8)
+    shapes[f'model.{index}.weight'] = (out, channels, 4, 4)
+    if norm == 'instance':
+      shapes[f'model.{index}.bias'] = (out,)
+    if norm == 'batch':
+      shapes[f'model.{index + 1}.weight'] = shapes[f'model.{index + 1}.bias'] = (out,)
+    channels = out
+  final = 3 * n_layers + 2
+  shapes.update({f'model.{final}.weight': (1, channels, 4, 4), f'model.{final}.bias': (1,)})
+  return shapes
+
+
+def random_state_dict(shapes, seed=0):
+  rng = np.random.default_rng(seed)
+  return {key: rng.normal(size=shape).astype(np.float32) for key, shape in shapes.items()}
+
+
+def tree_shapes(tree):
+  return jax.tree_util.tree_map(lambda leaf: tuple(leaf.shape), tree)
+
+
+@pytest.mark.parametrize('ngf, num_blocks, norm', [
+    (4, 3, 'instance'), (8, 1, 'batch'), (4, 2, 'none'), (64, 9, 'instance')])
+def test_generator_converter_infers_architecture(ngf, num_blocks, norm):
+  state_dict = random_state_dict(official_generator_shapes(ngf, num_blocks, norm, output_nc=1))
+  params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+  assert arch == dict(ngf=ngf, num_blocks=num_blocks, input_nc=3, output_nc=1, norm=norm)
+  generator = models.ResnetGenerator(output_nc=1, ngf=ngf, num_blocks=num_blocks, norm=norm)
+  assert tree_shapes(params) == tree_shapes(param_shapes(generator, 16))
+  assert models.count_params(params) == sum(np.prod(s) for s in map(np.shape, state_dict.values()))
+  np.testing.assert_array_equal(params['up_0']['conv']['kernel'],
+                                state_dict[f'model.{10 + num_blocks}.weight'].transpose(2, 3, 1, 0))
+  if norm == 'batch':
+    np.testing.assert_array_equal(params['stem']['norm']['scale'], state_dict['model.2.weight'])
+
+
+@pytest.mark.parametrize('ndf, n_layers, norm', [(8, 3, 'instance'), (4, 5, 'batch'),
+                                                 (4, 1, 'none')])
+def test_discriminator_converter_infers_architecture(ndf, n_layers, norm):
+  state_dict = random_state_dict(official_discriminator_shapes(ndf, n_layers, norm))
+  params, arch = torch_convert.discriminator_params_from_state_dict(state_dict)
+  assert arch == dict(ndf=ndf, n_layers=n_layers, input_nc=3, norm=norm)
+  discriminator = models.NLayerDiscriminator(ndf=ndf, n_layers=n_layers, norm=norm)
+  assert tree_shapes(params) == tree_shapes(param_shapes(discriminator, 64))
+
+
+def test_converter_rejects_missing_key():
+  state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
+  del state_dict['model.11.conv_block.5.bias']
+  with pytest.raises(ValueError, match=r'missing key .*model\.11\.conv_block\.5\.bias'):
+    torch_convert.generator_params_from_state_dict(state_dict)
+
+
+def test_converter_rejects_wrong_shape():
+  state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
+  state_dict['model.15.weight'] = np.zeros((16, 4, 3, 3), np.float32)  # up_1 wants (8, 4, 3, 3)
+  with pytest.raises(ValueError, match=r'model\.15\.weight.*\(16, 4, 3, 3\).*\(8, 4, 3, 3\)'):
+    torch_convert.generator_params_from_state_dict(state_dict)
+  state_dict = random_state_dict(official_discriminator_shapes(4, 3, 'instance'))
+  state_dict['model.5.bias'] = np.zeros((7,), np.float32)
+  with pytest.raises(ValueError, match=r'model\.5\.bias'):
+    torch_convert.discriminator_params_from_state_dict(state_dict)
+
+
+def test_converter_rejects_unexpected_keys():
+  state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
+  state_dict['model.1.running_mean'] = np.zeros((4,), np.float32)  # a conv, not a norm slot
+  with pytest.raises(ValueError, match=r'unexpected keys .*model\.1\.running_mean'):
+    torch_convert.generator_params_from_state_dict(state_dict)
+  state_dict = random_state_dict(official_discriminator_shapes(4, 3, 'instance'))
+  state_dict['model.1.weight'] = np.zeros((4,), np.float32)
+  with pytest.raises(ValueError, match=r'unexpected keys .*model\.1\.weight'):
+    torch_convert.discriminator_params_from_state_dict(state_dict)
+
+
+def with_instance_norm_buffers(state_dict, num_blocks):
+  """Adds the InstanceNorm running stats that PyTorch < 0.4 checkpoints carry."""
+  up = 10 + num_blocks
+  norm_after_conv = [(2, 1), (5, 4), (8, 7), (up + 1, up), (up + 4, up + 3)]
+  norm_after_conv += [(f'{10 + i}.conv_block.{j + 1}', f'{10 + i}.conv_block.{j}')
+                      for i in range(num_blocks) for j in (1, 5)]
+  extended = dict(state_dict)
+  for slot, conv in norm_after_conv:
+    channels = state_dict[f'model.{conv}.bias'].shape
+    extended[f'model.{slot}.running_mean'] = np.full(channels, 5.0, np.float32)
+    extended[f'model.{slot}.running_var'] = np.full(channels, 9.0, np.float32)
+    extended[f'model.{slot}.num_batches_tracked'] = np.array(3, np.int64)
+  return extended
+
+
+def test_converter_ignores_norm_buffers_and_strips_data_parallel_prefix():
+  state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
+  params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+  legacy = {f'module.{key}': value
+            for key, value in with_instance_norm_buffers(state_dict, num_blocks=2).items()}
+  legacy_params, legacy_arch = torch_convert.generator_params_from_state_dict(legacy)
+  assert legacy_arch == arch
+  jax.tree_util.tree_map(np.testing.assert_array_equal, legacy_params, params)
+
+
+@needs_parity_files
+def test_legacy_checkpoint_with_running_stats_keeps_parity():
+  npz_path = PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz'
+  reference = np.load(npz_path, allow_pickle=False)
+  state_dict = with_instance_norm_buffers(torch_convert.load_npz_state_dict(npz_path), 6)
+  state_dict = {f'module.{key}': value for key, value in state_dict.items()}
+  network, params, _ = network_from_state_dict(state_dict, is_generator=True)
+  with jax.default_matmul_precision('highest'):
+    y = network.apply({'params': params}, reference['input'].transpose(0, 2, 3, 1))
+  assert np.abs(nchw(y) - reference['output']).max() < PARITY_TOL
+
+
+# --- init options ----------------------------------------------------------------------------
+
+
+# Tests that run networks use these shapes (those of the 6-block parity file), eagerly, so that
+# XLA's per-op compilations are shared between tests: compiling is what costs time on CPU.
+# Keys use XLA's RngBitGenerator: the same init distributions, but threefry takes seconds to
+# compile per parameter shape on CPU.
+INIT_KEY = jax.random.key(0, impl='rbg')
+SMALL_BATCH = jnp.asarray(
+    np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32))
+
+
+def init_generator(**kwargs):
+  generator = models.ResnetGenerator(ngf=8, num_blocks=1, **kwargs)
+  return generator.init(INIT_KEY, SMALL_BATCH)['params']
+
+
+@pytest.mark.parametrize('init_type', models.INIT_TYPES)
+def test_init_types_match_official_statistics(init_type):
+  params = init_generator(init_type=init_type)
+  kernel = np.asarray(params['block_0']['conv_0']['conv']['kernel'])  # (3, 3, 32, 32)
+  up_kernel = np.asarray(params['up_0']['conv']['kernel'])  # (3, 3, out 16, in 32)
+  gain, fan = 0.02, 3 * 3 * 32
+  if init_type == 'normal':
+    np.testing.assert_allclose(kernel.std(), gain, rtol=0.04)
+  elif init_type == 'xavier':
+    np.testing.assert_allclose(kernel.std(), gain * np.sqrt(2 / (fan + fan)), rtol=0.04)
+  elif init_type == 'kaiming':
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2 / fan), rtol=0.04)
+    # PyTorch's fan_in of a ConvTranspose2d weight (in, out, kH, kW) is out * kH * kW.
+    np.testing.assert_allclose(up_kernel.std(), np.sqrt(2 / (16 * 9)), rtol=0.05)
+  else:
+    columns = kernel.reshape(-1, kernel.shape[-1])
+    np.testing.assert_allclose(columns.T @ columns, gain**2 * np.eye(32), atol=1e-8)
+  assert abs(kernel.mean()) < 0.1 * kernel.std()
+  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if path[-1].key == 'bias']
+  assert biases and all(not np.any(bias) for bias in biases)
+
+
+def test_batch_norm_scale_init():
+  params = init_generator(norm='batch')
+  scales = np.concatenate([np.asarray(leaf) for path, leaf in
+                           jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'scale'])
+  assert len(scales) == 8 + 16 + 32 + 2 * 32 + 16 + 8
+  assert abs(scales.mean() - 1) < 0.01 and 0.015 < scales.std() < 0.025
+
+
+# --- norm options ----------------------------------------------------------------------------
+
+
+# Official rule: convs followed by a norm layer have a bias only with InstanceNorm; BatchNorm2d
+# adds weight + bias per channel. Normed convs at ngf 64: 64 + 128 + 256 + 9 * 2 * 256 + 128 + 64.
+G9_NORMED_CHANNELS = 64 + 128 + 256 + 9 * 2 * 256 + 128 + 64
+G9_WEIGHTS = (7 * 7 * 3 * 64 + 3 * 3 * 64 * 128 + 3 * 3 * 128 * 256 + 9 * 2 * 3 * 3 * 256 * 256
+              + 3 * 3 * 256 * 128 + 3 * 3 * 128 * 64 + 7 * 7 * 64 * 3)
+G9_HEAD_BIAS = 3
+D_NORMED_CHANNELS = 128 + 256 + 512
+D_WEIGHTS = 4 * 4 * (3 * 64 + 64 * 128 + 128 * 256 + 256 * 512 + 512 * 1)
+D_UNNORMED_BIASES = 64 + 1
+
+
+def test_hand_counts_reproduce_published_counts():
+  assert G9_WEIGHTS + G9_HEAD_BIAS + G9_NORMED_CHANNELS == 11_378_179
+  assert D_WEIGHTS + D_UNNORMED_BIASES + D_NORMED_CHANNELS == 2_764_737
+
+
+@pytest.mark.parametrize('norm, generator_params, discriminator_params', [
+    ('instance', G9_WEIGHTS + G9_HEAD_BIAS + G9_NORMED_CHANNELS,
+     D_WEIGHTS + D_UNNORMED_BIASES + D_NORMED_CHANNELS),
+    ('batch', G9_WEIGHTS + G9_HEAD_BIAS + 2 * G9_NORMED_CHANNELS,
+     D_WEIGHTS + D_UNNORMED_BIASES + 2 * D_NORMED_CHANNELS),
+    ('none', G9_WEIGHTS + G9_HEAD_BIAS, D_WEIGHTS + D_UNNORMED_BIASES),
+])
+def test_param_counts_per_norm_match_official(norm, generator_params, discriminator_params):
+  generator = models.ResnetGenerator9(norm=norm)
+  discriminator = models.PatchGANDiscriminator(norm=norm)
+  assert models.count_params(param_shapes(generator, 256)) == generator_params
+  assert models.count_params(param_shapes(discriminator, 256)) == discriminator_params
+
+
+@pytest.mark.parametrize('norm', ['batch', 'none'])
+def test_other_norms_run(norm):
+  generator = models.ResnetGenerator(ngf=8, num_blocks=1, norm=norm)
+  discriminator = models.NLayerDiscriminator(ndf=8, norm=norm)
+  x = SMALL_BATCH
+  g_vars = generator.init(INIT_KEY, x)
+  d_vars = discriminator.init(INIT_KEY, x)
+  assert set(g_vars) == set(d_vars) == {'params'}  # no running statistics
+  y = generator.apply(g_vars, x)
+  scores = discriminator.apply(d_vars, y)
+  assert y.shape == x.shape and scores.shape == (1, 2, 2, 1)
+  assert np.all(np.isfinite(y)) and np.all(np.abs(y) <= 1) and np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize('norm, depends_on_batch', [('instance', False), ('batch', True)])
+def test_batch_norm_uses_current_batch_statistics(norm, depends_on_batch):
+  discriminator = models.NLayerDiscriminator(ndf=8, norm=norm)
+  x = jnp.concatenate([SMALL_BATCH, -SMALL_BATCH])
+  variables = discriminator.init(INIT_KEY, x)
+  alone = discriminator.apply(variables, x[:1])
+  in_batch = discriminator.apply(variables, x)[:1]
+  assert (np.abs(alone - in_batch).max() > 1e-3) == depends_on_batch
+
+
+def test_unknown_norm_and_init_are_rejected():
+  with pytest.raises(ValueError, match="'group'"):
+    param_shapes(models.ResnetGenerator(ngf=8, num_blocks=1, norm='group'), 16)
+  with pytest.raises(ValueError, match="'uniform'"):
+    param_shapes(models.ResnetGenerator(ngf=8, num_blocks=1, init_type='uniform'), 16)
+
+
+# --- bfloat16 compute ------------------------------------------------------------------------
+
+
+@needs_parity_files
+@pytest.mark.parametrize('name', ['G_resnet_9blocks_ngf8_64_randbias', 'D_basic_ndf8_64_randbias'])
+def test_bfloat16_compute_stays_close_to_float32(name):
+  npz_path = PARITY_DIR / f'{name}.npz'
+  reference = np.load(npz_path, allow_pickle=False)
+  network, params, _ = network_from_state_dict(
+      torch_convert.load_npz_state_dict(npz_path), name.startswith('G_'), dtype=jnp.bfloat16)
+  apply = jax.jit(partial(network.apply, capture_intermediates=True, mutable=['intermediates']))
+  y, state = apply({'params': params}, reference['input'].transpose(0, 2, 3, 1))
+  assert state['intermediates']['head']['conv']['__call__'][0].dtype == jnp.bfloat16
+  assert y.dtype == jnp.float32
+  error = np.abs(nchw(y) - reference['output']).max()
+  print(name, f'bfloat16 vs float32 reference: {error:.2e}')
+  assert error < 0.05 * max(1.0, np.abs(reference['output']).max())
+
+
+# --- factories -------------------------------------------------------------------------------
+
+
+def test_generator_num_blocks():
+  assert models.generator_num_blocks('resnet_9blocks') == 9
+  assert models.generator_num_blocks('resnet_6blocks') == 6
+  assert models.generator_num_blocks('resnet_12blocks') == 12
+  for bad in ['unet_256', 'resnet_0blocks', 'resnet_blocks', 'resnet_9blocks_x']:
+    with pytest.raises(ValueError, match=repr(bad)):
+      models.generator_num_blocks(bad)
+
+
+def model_config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      generator='resnet_6blocks', discriminator='basic', n_layers_D=3, ngf=8, ndf=8,
+      norm='instance', init_type='normal', init_gain=0.02, input_nc=3, output_nc=3))
+  config.update(overrides)
+  return config
+
+
+def test_factories_and_presets():
+  generator = models.build_generator(model_config(), out_channels=1, dtype=jnp.bfloat16)
+  assert (generator.num_blocks, generator.ngf, generator.output_nc) == (6, 8, 1)
+  assert generator.dtype == jnp.bfloat16
+  assert models.build_discriminator(model_config()).n_layers == 3
+  discriminator = models.build_discriminator(model_config(discriminator='n_layers', n_layers_D=5))
+  assert (discriminator.n_layers, discriminator.ndf) == (5, 8)
+  with pytest.raises(ValueError, match="'pixel'"):
+    models.build_discriminator(model_config(discriminator='pixel'))
+  assert models.ResnetGenerator9().num_blocks == 9
+  assert models.ResnetGenerator6().num_blocks == 6
+  assert models.PatchGANDiscriminator().n_layers == 3
