@@ -1,0 +1,235 @@
+"""The one definition of every config field, its default, and its validation.
+
+Config files in `configs/` start from `base_config()` (the paper's recipe) and
+change a few fields. `validate(config)` runs before any compute and raises
+`ValueError` naming the offending field.
+"""
+
+import math
+import re
+
+import ml_collections
+
+GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
+DISCRIMINATORS = ('basic', 'n_layers')
+NORMS = ('instance', 'batch', 'none')
+INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
+GAN_MODES = ('lsgan', 'vanilla')
+LR_POLICIES = ('linear', 'step', 'cosine')
+DATA_SOURCES = ('embedded', 'folder')
+PREPROCESS_MODES = ('resize_and_crop', 'crop', 'none')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+# Fields that fix the shapes of the saved train state: a workdir whose saved config
+# differs in any of them cannot be resumed with the new config.
+ARCHITECTURE_FIELDS = (
+    'model.generator', 'model.discriminator', 'model.n_layers_D', 'model.ngf', 'model.ndf',
+    'model.norm', 'model.input_nc', 'model.output_nc', 'pool_size', 'data.crop_size',
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's recipe (official defaults): 256 px, resnet_9blocks, 100 + 100 epochs."""
+  config = ml_collections.ConfigDict()
+
+  # Reproducibility and duration.
+  config.seed = 0  # Seeds parameter init, data order, augmentation and the image pools.
+  config.batch_size = 1  # Global batch; must divide over the devices.
+  config.num_epochs = 100  # Epochs at the constant initial learning rate.
+  config.num_epochs_decay = 100  # Epochs over which the learning rate decays to zero.
+  config.num_train_steps = -1  # > 0: stop after this many steps (the lr schedule is unchanged).
+
+  # Optimiser (Adam for G+F jointly and for D_X+D_Y jointly).
+  config.learning_rate = 2e-4
+  config.beta1 = 0.5
+  config.beta2 = 0.999
+  # 'linear': constant, then the official per-epoch linear decay towards 0;
+  # 'step': ×0.1 every `lr_decay_epochs` epochs; 'cosine': cosine decay to 0 over the run.
+  config.lr_policy = 'linear'
+  config.lr_decay_epochs = 50  # Only for lr_policy='step'.
+
+  # Objective.
+  config.gan_mode = 'lsgan'  # 'lsgan' (least squares) or 'vanilla' (BCE with logits).
+  config.lambda_cycle = 10.0  # λ_A = λ_B: weight of both cycle-consistency L1 terms.
+  config.lambda_identity = 0.5  # Identity loss weight relative to λ (0 disables it).
+  config.pool_size = 50  # Images kept in each fake-image pool (0 disables the pools).
+  config.compute_dtype = 'float32'  # Activations' dtype; params and optimiser stay float32.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.generator = 'resnet_9blocks'  # 'resnet_<n>blocks'; 9 for 256 px, 6 for 128 px.
+  config.model.discriminator = 'basic'  # 'basic' (70×70 PatchGAN) or 'n_layers'.
+  config.model.n_layers_D = 3  # Strided layers of the 'n_layers' discriminator.
+  config.model.ngf = 64  # Generator filters in the first conv layer.
+  config.model.ndf = 64  # Discriminator filters in the first conv layer.
+  config.model.norm = 'instance'  # 'instance', 'batch' (batch statistics) or 'none'.
+  config.model.init_type = 'normal'  # 'normal', 'xavier', 'kaiming' or 'orthogonal'.
+  config.model.init_gain = 0.02  # Std (normal) or gain (xavier, orthogonal) of the init.
+  config.model.input_nc = 3  # Channels of domain A (X) images: 1 or 3.
+  config.model.output_nc = 3  # Channels of domain B (Y) images: 1 or 3.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'folder'  # 'embedded' (ships with the package) or 'folder'.
+  config.data.root = ''  # Folder source: directory holding trainA/ trainB/ [testA/ testB/].
+  config.data.load_size = 286  # Images are resized to this square size ...
+  config.data.crop_size = 256  # ... then randomly cropped to this size (multiple of 4).
+  config.data.preprocess = 'resize_and_crop'  # 'resize_and_crop', 'crop' or 'none'.
+  config.data.no_flip = False  # True disables the random horizontal flip.
+  config.data.num_heldout = 0  # Embedded source: held-out pairs to evaluate (0 = all).
+  config.data.prefetch = 4  # Batches prepared ahead by the background loader.
+
+  # Bookkeeping.
+  config.log_every_steps = 100  # Console progress line and TensorBoard scalars.
+  config.checkpoint_every_steps = 1000  # Also saved at the end of the run.
+  config.keep_checkpoints = 3  # Most recent checkpoints kept on disk.
+  config.sample_every_steps = 1000  # PNG grid of real / translated / reconstructed images.
+  config.num_sample_images = 4  # Rows of that grid.
+  config.eval_every_steps = 0  # Held-out paired metrics (embedded data); 0 = at the end only.
+  return config
+
+
+def paper_dataset_config(name: str) -> ml_collections.ConfigDict:
+  """The paper's recipe on one of the official unpaired datasets (folder layout)."""
+  config = base_config()
+  config.data.root = f'datasets/{name}'
+  return config
+
+
+def _fail(field: str, value, expected: str):
+  raise ValueError(f'Invalid config.{field} = {value!r}: {expected}.')
+
+
+def _require_choice(config, field: str, choices):
+  value = _get(config, field)
+  if value not in choices:
+    _fail(field, value, f'expected one of {", ".join(map(repr, choices))}')
+
+
+def _require_int(config, field: str, minimum: int):
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(field, value, f'expected an integer >= {minimum}')
+
+
+def _require_number(config, field: str, minimum: float, strictly_greater: bool = False):
+  value = _get(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > minimum if strictly_greater else value >= minimum)
+  if not ok:
+    _fail(field, value, f'expected a finite number {">" if strictly_greater else ">="} {minimum}')
+
+
+def _get(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def discriminator_layers(model_config) -> int:
+  return 3 if model_config.discriminator == 'basic' else model_config.n_layers_D
+
+
+def discriminator_output_size(image_size: int, n_layers: int) -> int:
+  """Spatial size of the PatchGAN's score map (4×4 convs, zero padding 1)."""
+  size = image_size
+  for _ in range(n_layers):
+    size = (size + 2 - 4) // 2 + 1
+  for _ in range(2):
+    size = size + 2 - 4 + 1
+  return size
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ValueError naming the first invalid field of `config`."""
+  _require_int(config, 'seed', 0)
+  _require_int(config, 'batch_size', 1)
+  if config.batch_size % num_devices:
+    _fail('batch_size', config.batch_size,
+          f'the global batch must divide evenly over the {num_devices} devices')
+  _require_int(config, 'num_epochs', 0)
+  _require_int(config, 'num_epochs_decay', 0)
+  if config.num_epochs + config.num_epochs_decay == 0 and config.num_train_steps <= 0:
+    _fail('num_epochs', config.num_epochs,
+          'num_epochs + num_epochs_decay must be > 0 unless num_train_steps is set')
+  if not isinstance(config.num_train_steps, int) or isinstance(config.num_train_steps, bool):
+    _fail('num_train_steps', config.num_train_steps, 'expected an integer (<= 0 means derived)')
+
+  _require_number(config, 'learning_rate', 0.0, strictly_greater=True)
+  for field in ('beta1', 'beta2'):
+    value = config[field]
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+      _fail(field, value, 'expected a number in [0, 1)')
+  _require_choice(config, 'lr_policy', LR_POLICIES)
+  _require_int(config, 'lr_decay_epochs', 1)
+
+  _require_choice(config, 'gan_mode', GAN_MODES)
+  _require_number(config, 'lambda_cycle', 0.0)
+  _require_number(config, 'lambda_identity', 0.0)
+  _require_int(config, 'pool_size', 0)
+  _require_choice(config, 'compute_dtype', COMPUTE_DTYPES)
+
+  model = config.model
+  if not isinstance(model.generator, str) or not GENERATOR_PATTERN.match(model.generator) or \
+      int(GENERATOR_PATTERN.match(model.generator).group(1)) < 1:
+    _fail('model.generator', model.generator,
+          "expected 'resnet_<n>blocks' with n >= 1, e.g. 'resnet_9blocks' or 'resnet_6blocks'")
+  _require_choice(config, 'model.discriminator', DISCRIMINATORS)
+  _require_int(config, 'model.n_layers_D', 1)
+  _require_int(config, 'model.ngf', 1)
+  _require_int(config, 'model.ndf', 1)
+  _require_choice(config, 'model.norm', NORMS)
+  _require_choice(config, 'model.init_type', INIT_TYPES)
+  _require_number(config, 'model.init_gain', 0.0, strictly_greater=True)
+  _require_choice(config, 'model.input_nc', (1, 3))
+  _require_choice(config, 'model.output_nc', (1, 3))
+  if config.lambda_identity > 0 and model.input_nc != model.output_nc:
+    _fail('lambda_identity', config.lambda_identity,
+          'the identity loss needs model.input_nc == model.output_nc; set it to 0')
+
+  data = config.data
+  _require_choice(config, 'data.source', DATA_SOURCES)
+  _require_choice(config, 'data.preprocess', PREPROCESS_MODES)
+  _require_int(config, 'data.crop_size', 4)
+  if data.crop_size % 4:
+    _fail('data.crop_size', data.crop_size, 'the generator needs a multiple of 4')
+  _require_int(config, 'data.load_size', 1)
+  if data.source == 'folder' and data.preprocess == 'resize_and_crop' and \
+      data.crop_size > data.load_size:
+    _fail('data.crop_size', data.crop_size,
+          f'must not exceed config.data.load_size = {data.load_size}')
+  if data.source == 'folder' and not data.root:
+    _fail('data.root', data.root,
+          'the folder source needs a directory holding trainA/ and trainB/')
+  if data.preprocess == 'none' and config.pool_size > 0 and data.source == 'folder':
+    _fail('data.preprocess', data.preprocess,
+          "images of varying size cannot share an image pool; use 'resize_and_crop' or 'crop', "
+          'or set pool_size=0')
+  _require_int(config, 'data.num_heldout', 0)
+  _require_int(config, 'data.prefetch', 0)
+  n_layers = discriminator_layers(model)
+  if discriminator_output_size(data.crop_size, n_layers) < 1:
+    _fail('data.crop_size', data.crop_size,
+          f'too small for a discriminator with {n_layers} strided layers (no output patch left)')
+
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
+                'keep_checkpoints'):
+    _require_int(config, field, 1)
+  _require_int(config, 'num_sample_images', 0)
+  _require_int(config, 'eval_every_steps', 0)
+
+
+def architecture_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields in ARCHITECTURE_FIELDS on which a saved config (as a dict) and `config` differ."""
+  mismatches = []
+  for field in ARCHITECTURE_FIELDS:
+    saved_value = saved
+    try:
+      for part in field.split('.'):
+        saved_value = saved_value[part]
+    except (KeyError, TypeError):
+      mismatches.append(f'{field}: missing in the saved config')
+      continue
+    current = _get(config, field)
+    if saved_value != current:
+      mismatches.append(f'{field}: saved {saved_value!r}, now {current!r}')
+  return mismatches
