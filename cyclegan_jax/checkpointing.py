@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the full train state under `<workdir>/checkpoints/`.
+
+Each checkpoint holds the train state (params and Adam states of G, F, D_X, D_Y,
+both image pools, step, RNG key) and the config that produced it. The input
+pipeline is a pure function of (seed, step), so the step alone restores the data
+order.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cyclegan_jax import config_lib
+
+CONFIG_FILE = 'config.json'
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+  return Path(workdir).absolute() / 'checkpoints'
+
+
+def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict) -> None:
+  step = int(jax.device_get(state.step))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
+  """Restores the state at `step` (default: latest) into the shapes/shardings given."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint under {manager.directory}.')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return restored.state
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """Shape/dtype skeleton of `tree` with every leaf placed by `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def load_saved_config(workdir: str | Path) -> dict | None:
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f'{path} is not valid JSON ({error}); it records the config of the run in '
+                     'this workdir. Restore it or use a new --workdir.') from error
+
+
+def check_and_save_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir trained with another architecture, then records `config` there."""
+  workdir = Path(workdir)
+  saved = load_saved_config(workdir)
+  if saved is not None and checkpoint_dir(workdir).exists():
+    mismatches = config_lib.architecture_mismatches(saved, config)
+    if mismatches:
+      raise ValueError(
+          f'Cannot resume {workdir}: its checkpoints were trained with a different architecture ('
+          + '; '.join(mismatches) + '). Use a new --workdir, or restore the original settings.')
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / (CONFIG_FILE + '.tmp')
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  tmp.replace(workdir / CONFIG_FILE)

@@ -1,0 +1,91 @@
+"""TensorBoard summaries, sample-image grids and the console progress line."""
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image
+
+from cyclegan_jax.input_pipeline import to_uint8
+
+
+def image_grid(columns: list[np.ndarray]) -> np.ndarray:
+  """Tiles equally sized [n, H, W, C] batches: one column per batch, one row per example."""
+  columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]
+  rows = [np.concatenate([column[i] for column in columns], axis=1)
+          for i in range(columns[0].shape[0])]
+  return np.concatenate(rows, axis=0)
+
+
+def translation_grid(images: dict[str, np.ndarray]) -> np.ndarray:
+  """uint8 grid, one row per sample: real A | G(A) | F(G(A)) | real B | F(B) | G(F(B))."""
+  order = ('real_A', 'fake_B', 'rec_A', 'real_B', 'fake_A', 'rec_B')
+  return image_grid([to_uint8(images[name]) for name in order])
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp.png')
+  Image.fromarray(image).save(tmp)
+  tmp.replace(path)
+
+
+class SummaryWriter:
+  """TensorBoard event files written by process 0 only; a no-op on other processes."""
+
+  def __init__(self, logdir: Path):
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter as TensorBoardWriter  # pylint: disable=g-import-not-at-top
+      self._writer = TensorBoardWriter(logdir=str(logdir))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self._writer:
+      for name, value in values.items():
+        self._writer.add_scalar(name, value, step)
+
+  def image(self, step: int, name: str, image: np.ndarray) -> None:
+    if self._writer:
+      self._writer.add_image(name, image, step, dataformats='HWC')
+
+  def flush(self) -> None:
+    if self._writer:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer:
+      self._writer.close()
+
+
+class Progress:
+  """Steps/s and ETA over the interval since the last report."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total_steps = total_steps
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def report(self, step: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta_s = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float('inf')
+    return steps_per_s, eta_s
+
+
+def format_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def key_values(values: dict[str, float]) -> str:
+  """`key=value` pairs, the format of the machine-readable `final:` line."""
+  parts = []
+  for key, value in values.items():
+    parts.append(f'{key}={value:.6g}' if isinstance(value, float) else f'{key}={value}')
+  return ' '.join(parts)

@@ -1,0 +1,414 @@
+"""CycleGAN training: train state, the jitted train step, and the training loop.
+
+Names follow the paper: G: A(X) → B(Y), F: B → A; D_Y judges real b against G(a),
+D_X judges real a against F(b).
+"""
+
+import contextlib
+import functools
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cyclegan_jax import checkpointing
+from cyclegan_jax import config_lib
+from cyclegan_jax import evaluation
+from cyclegan_jax import image_pool
+from cyclegan_jax import input_pipeline
+from cyclegan_jax import losses
+from cyclegan_jax import models
+from cyclegan_jax import summaries
+
+GENERATORS = ('G', 'F')
+DISCRIMINATORS = ('D_X', 'D_Y')
+
+
+class Networks(NamedTuple):
+  G: nn.Module  # A → B
+  F: nn.Module  # B → A
+  D_X: nn.Module  # judges domain A
+  D_Y: nn.Module  # judges domain B
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree."""
+  step: jax.Array
+  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'}: each network's Flax params.
+  opt_state_generators: optax.OptState  # Adam state of G and F (one joint step).
+  opt_state_discriminators: optax.OptState  # Adam state of D_X and D_Y (one joint step).
+  pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
+  pool_B: image_pool.ImagePool  # Earlier G(a) fakes, shown to D_Y.
+  rng: jax.Array
+
+
+def build_networks(config: ml_collections.ConfigDict) -> Networks:
+  dtype = jnp.dtype(config.compute_dtype)
+  model_config = config.model
+  return Networks(
+      G=models.build_generator(model_config, model_config.output_nc, dtype=dtype),
+      F=models.build_generator(model_config, model_config.input_nc, dtype=dtype),
+      D_X=models.build_discriminator(model_config, dtype=dtype),
+      D_Y=models.build_discriminator(model_config, dtype=dtype))
+
+
+def steps_per_epoch(epoch_size: int, batch_size: int) -> int:
+  return max(1, math.ceil(epoch_size / batch_size))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           epoch_steps: int) -> optax.Schedule:
+  """Learning rate as a function of the step, per `config.lr_policy`.
+
+  'linear' is the official rule, applied per epoch: during 0-based epoch e the rate
+  is lr · (1 − max(0, e + 1 − num_epochs) / (num_epochs_decay + 1)).
+  """
+  base = config.learning_rate
+  total_epochs = config.num_epochs + config.num_epochs_decay
+
+  def epoch_of(step):
+    return jnp.floor_divide(jnp.asarray(step, jnp.int32), epoch_steps).astype(jnp.float32)
+
+  if config.lr_policy == 'linear':
+    def schedule(step):
+      decayed = jnp.maximum(0.0, epoch_of(step) + 1.0 - config.num_epochs)
+      return base * jnp.maximum(0.0, 1.0 - decayed / (config.num_epochs_decay + 1.0))
+  elif config.lr_policy == 'step':
+    def schedule(step):
+      return base * 0.1 ** jnp.floor(epoch_of(step) / config.lr_decay_epochs)
+  elif config.lr_policy == 'cosine':
+    schedule = optax.cosine_decay_schedule(base, max(1, total_epochs * epoch_steps))
+  else:
+    raise ValueError(f'Unknown config.lr_policy {config.lr_policy!r}.')
+  return schedule
+
+
+def adam(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  return optax.adam(schedule, b1=config.beta1, b2=config.beta2)
+
+
+def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
+                     optimizer: optax.GradientTransformation,
+                     image_shape_A: tuple[int, int, int],
+                     image_shape_B: tuple[int, int, int]) -> TrainState:
+  """A fresh train state (pure; jit it with out_shardings to create it on device)."""
+  rng = jax.random.PRNGKey(config.seed)
+  # Parameter init draws from XLA's RngBitGenerator: it compiles several times faster than
+  # threefry for the many kernel shapes (the draws may differ across backends).
+  init_key = jax.random.key(config.seed, impl='rbg')
+  key_G, key_F, key_DX, key_DY = jax.random.split(init_key, 4)
+  x = jnp.zeros((1, *image_shape_A), jnp.float32)
+  y = jnp.zeros((1, *image_shape_B), jnp.float32)
+  params = {
+      'G': networks.G.init(key_G, x)['params'],
+      'F': networks.F.init(key_F, y)['params'],
+      'D_X': networks.D_X.init(key_DX, x)['params'],
+      'D_Y': networks.D_Y.init(key_DY, y)['params'],
+  }
+  generator_params = {k: params[k] for k in GENERATORS}
+  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state_generators=optimizer.init(generator_params),
+      opt_state_discriminators=optimizer.init(discriminator_params),
+      pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
+      pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
+      rng=rng)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Networks,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               gan_mode: str, lambda_cycle: float,
+               lambda_identity: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One CycleGAN iteration in the official order.
+
+  1. G and F: one joint Adam step on the GAN + cycle + identity objective, the
+     discriminators frozen.
+  2. The fakes of that forward pass (pre-update generators, no gradient) go
+     through the image pools.
+  3. D_X and D_Y: one joint Adam step, each on its real batch and the pool's fakes.
+  """
+  real_A, real_B = batch['A'], batch['B']
+  rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
+  params = state.params
+
+  def generator_objective(generator_params):
+    G = functools.partial(networks.G.apply, {'params': generator_params['G']})
+    F = functools.partial(networks.F.apply, {'params': generator_params['F']})
+    D_X = functools.partial(networks.D_X.apply, {'params': params['D_X']})
+    D_Y = functools.partial(networks.D_Y.apply, {'params': params['D_Y']})
+    fake_B = G(real_A)
+    rec_A = F(fake_B)
+    fake_A = F(real_B)
+    rec_B = G(fake_A)
+    terms = {
+        'gan_G': losses.generator_gan_loss(D_Y(fake_B), gan_mode),
+        'gan_F': losses.generator_gan_loss(D_X(fake_A), gan_mode),
+        'cycle_A': losses.cycle_loss(rec_A, real_A, lambda_cycle),
+        'cycle_B': losses.cycle_loss(rec_B, real_B, lambda_cycle),
+    }
+    if lambda_identity > 0:
+      terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
+      terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
+    total = sum(terms.values())
+    return total, (terms, fake_A, fake_B)
+
+  generator_params = {k: params[k] for k in GENERATORS}
+  grads, (generator_terms, fake_A, fake_B) = jax.grad(
+      generator_objective, has_aux=True)(generator_params)
+  updates, opt_state_generators = optimizer.update(
+      grads, state.opt_state_generators, generator_params)
+  generator_params = optax.apply_updates(generator_params, updates)
+
+  fake_A = jax.lax.stop_gradient(fake_A)
+  fake_B = jax.lax.stop_gradient(fake_B)
+  pool_A, pooled_fake_A = image_pool.query_pool(state.pool_A, fake_A, pool_key_A)
+  pool_B, pooled_fake_B = image_pool.query_pool(state.pool_B, fake_B, pool_key_B)
+
+  def discriminator_objective(discriminator_params):
+    D_X = functools.partial(networks.D_X.apply, {'params': discriminator_params['D_X']})
+    D_Y = functools.partial(networks.D_Y.apply, {'params': discriminator_params['D_Y']})
+    scores = {'D_X/real': D_X(real_A), 'D_X/fake': D_X(pooled_fake_A),
+              'D_Y/real': D_Y(real_B), 'D_Y/fake': D_Y(pooled_fake_B)}
+    terms = {
+        'D_X': losses.discriminator_loss(scores['D_X/real'], scores['D_X/fake'], gan_mode),
+        'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),
+    }
+    mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
+    return terms['D_X'] + terms['D_Y'], (terms, mean_scores)
+
+  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
+  grads, (discriminator_terms, mean_scores) = jax.grad(
+      discriminator_objective, has_aux=True)(discriminator_params)
+  updates, opt_state_discriminators = optimizer.update(
+      grads, state.opt_state_discriminators, discriminator_params)
+  discriminator_params = optax.apply_updates(discriminator_params, updates)
+
+  metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
+  metrics['loss/generators'] = sum(generator_terms.values())
+  metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
+  metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
+  metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
+
+  new_state = state.replace(
+      step=state.step + 1,
+      params={**generator_params, **discriminator_params},
+      opt_state_generators=opt_state_generators,
+      opt_state_discriminators=opt_state_discriminators,
+      pool_A=pool_A, pool_B=pool_B, rng=rng)
+  return new_state, metrics
+
+
+def translate_all(networks: Networks, params: dict[str, Any],
+                  real_A: jax.Array, real_B: jax.Array) -> dict[str, jax.Array]:
+  """Both directions and both cycles, for sample grids."""
+  G = functools.partial(networks.G.apply, {'params': params['G']})
+  F = functools.partial(networks.F.apply, {'params': params['F']})
+  fake_B, fake_A = G(real_A), F(real_B)
+  return {'real_A': real_A, 'fake_B': fake_B, 'rec_A': F(fake_B),
+          'real_B': real_B, 'fake_A': fake_A, 'rec_B': G(fake_A)}
+
+
+class Trainer(NamedTuple):
+  """The compiled pieces of a run, built once from the config."""
+  networks: Networks
+  schedule: optax.Schedule
+  state_sharding: jax.sharding.NamedSharding
+  batch_sharding: jax.sharding.NamedSharding
+  init: Any  # () -> TrainState, jitted
+  step: Any  # (TrainState, batch) -> (TrainState, metrics), jitted, state donated
+  translate: Any  # (params, real_A, real_B) -> dict of images for grids, jitted
+  translate_AtoB: Any  # (params, real_A) -> G(real_A), jitted
+  translate_BtoA: Any  # (params, real_B) -> F(real_B), jitted
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """All devices on one data-parallel axis; XLA propagates the shardings (Auto mode)."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
+                  image_shape_A: tuple[int, int, int], image_shape_B: tuple[int, int, int],
+                  mesh: jax.sharding.Mesh | None = None) -> Trainer:
+  mesh = make_mesh() if mesh is None else mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  networks = build_networks(config)
+  schedule = learning_rate_schedule(config, epoch_steps)
+  optimizer = adam(config, schedule)
+  init = jax.jit(functools.partial(init_train_state, config, networks, optimizer,
+                                   image_shape_A, image_shape_B),
+                 out_shardings=replicated)
+  step = jax.jit(
+      functools.partial(train_step, networks=networks, optimizer=optimizer, schedule=schedule,
+                        gan_mode=config.gan_mode, lambda_cycle=float(config.lambda_cycle),
+                        lambda_identity=float(config.lambda_identity)),
+      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  return Trainer(
+      networks, schedule, replicated, batch_sharding, init, step,
+      translate=jax.jit(functools.partial(translate_all, networks)),
+      translate_AtoB=jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x)),
+      translate_BtoA=jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y)))
+
+
+def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return (config.num_epochs + config.num_epochs_decay) * epoch_steps
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a request to checkpoint and stop at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested:  # A second signal: stop now.
+      raise KeyboardInterrupt(f'signal {signum}')
+    logging.warning('Signal %d: saving a checkpoint and stopping after this step.', signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _check_finite(step: int, metrics: dict[str, float], workdir: Path) -> None:
+  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+        f'Non-finite {", ".join(bad)} at step {step}. The checkpoints in '
+        f'{checkpointing.checkpoint_dir(workdir)} are untouched; lower the learning rate or '
+        'check the data.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final summary."""
+  workdir = Path(workdir)
+  config_lib.validate(config, num_devices=jax.device_count())
+  dataset = input_pipeline.create_dataset(
+      config.data, seed=config.seed, channels_A=config.model.input_nc,
+      channels_B=config.model.output_nc)
+  checkpointing.check_and_save_config(workdir, config)
+  is_chief = jax.process_index() == 0
+
+  epoch_steps = steps_per_epoch(dataset.epoch_size, config.batch_size)
+  num_steps = total_train_steps(config, epoch_steps)
+  crop = config.data.crop_size
+  trainer = build_trainer(config, epoch_steps, (crop, crop, config.model.input_nc),
+                          (crop, crop, config.model.output_nc))
+  logging.info('Training %d steps (%d per epoch of %d examples), global batch %d over %d '
+               'devices.', num_steps, epoch_steps, dataset.epoch_size, config.batch_size,
+               jax.device_count())
+
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
+    state = checkpointing.restore(manager, abstract)
+    logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+  else:
+    state = trainer.init()
+  start_step = int(jax.device_get(state.step))
+
+  writer = summaries.SummaryWriter(workdir / 'tensorboard')
+  samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
+  heldout = dataset.heldout_pairs()
+
+  def evaluate(state, step) -> dict[str, float]:
+    if heldout is None:
+      return {}
+    results = evaluation.heldout_metrics(
+        functools.partial(trainer.translate_AtoB, state.params),
+        functools.partial(trainer.translate_BtoA, state.params), heldout)
+    writer.scalars(step, {f'heldout/{k}': v for k, v in results.items()})
+    if is_chief:
+      logging.info('held-out at step %d: MAE G(a) %.2f, F(b) %.2f (no translation %.2f); '
+                   'PSNR G(a) %.2f dB', step, results['heldout_mae_AtoB'],
+                   results['heldout_mae_BtoA'], results.get('baseline_mae_AtoB', float('nan')),
+                   results['heldout_psnr_AtoB'])
+    return results
+
+  def save_samples(state, step):
+    if samples is None or not is_chief:
+      return
+    images = jax.device_get(trainer.translate(state.params, samples['A'], samples['B']))
+    grid = summaries.translation_grid(images)
+    summaries.save_png(workdir / 'samples' / f'step_{step:08d}.png', grid)
+    writer.image(step, 'samples/real_fake_rec', grid)
+
+  progress = summaries.Progress(start_step, num_steps)
+  start_time = time.perf_counter()
+  metric_sums, metric_count, last_metrics = None, 0, {}
+  step = start_step
+  # Whatever ends the loop (a non-finite loss included), pending checkpoint writes complete.
+  with _StopRequest() as stop, dataset.train_iterator(start_step, config.batch_size) as batches, \
+      contextlib.closing(manager):
+    while step < num_steps and not stop.requested:
+      batch = jax.device_put(next(batches), trainer.batch_sharding)
+      state, metrics = trainer.step(state, batch)
+      step += 1
+      metric_sums = metrics if metric_sums is None else jax.tree.map(
+          jnp.add, metric_sums, metrics)
+      metric_count += 1
+
+      last = step == num_steps or stop.requested
+      if step % config.log_every_steps == 0 or last:
+        last_metrics = {k: float(v) / metric_count for k, v in jax.device_get(metric_sums).items()}
+        metric_sums, metric_count = None, 0
+        _check_finite(step, last_metrics, workdir)
+        steps_per_s, eta_s = progress.report(step)
+        writer.scalars(step, {**last_metrics, 'steps_per_s': steps_per_s})
+        if is_chief:
+          logging.info(
+              'step %d/%d  epoch %.2f  G %.3f  F %.3f  cycle %.3f/%.3f  D_X %.3f  D_Y %.3f  '
+              'lr %.2e  %.2f steps/s  ETA %s', step, num_steps, step / epoch_steps,
+              last_metrics['loss/gan_G'], last_metrics['loss/gan_F'],
+              last_metrics['loss/cycle_A'], last_metrics['loss/cycle_B'],
+              last_metrics['loss/D_X'], last_metrics['loss/D_Y'], last_metrics['lr'],
+              steps_per_s, summaries.format_duration(eta_s))
+      if step % config.sample_every_steps == 0 or last:
+        save_samples(state, step)
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
+        evaluate(state, step)
+      if step % config.checkpoint_every_steps == 0 or last:
+        checkpointing.save(manager, state, config)
+
+  wall_time = time.perf_counter() - start_time
+  final = {'step': step, 'wall_time_s': wall_time,
+           'steps_per_s': (step - start_step) / max(wall_time, 1e-9)}
+  final.update({k.replace('/', '_'): v for k, v in last_metrics.items()})
+  final.update(evaluate(state, step))
+  writer.flush()
+  writer.close()
+  if is_chief:
+    status = 'stopped early by a signal; rerun the same command to resume' if stop.requested \
+        else 'done'
+    logging.info('Run %s. Workdir %s: checkpoints/, samples/, tensorboard/, config.json.',
+                 status, workdir)
+    print('final: ' + summaries.key_values(final), flush=True)
+  return final

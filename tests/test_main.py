@@ -1,0 +1,111 @@
+"""End-to-end runs of `python -m cyclegan_jax.main` with the tiny config."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def command(workdir, *overrides):
+  return [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/tiny.py',
+          f'--workdir={workdir}', *overrides]
+
+
+def final_line(stdout: str) -> dict[str, str]:
+  lines = [line for line in stdout.splitlines() if line.startswith('final: ')]
+  assert len(lines) == 1, stdout
+  return dict(pair.split('=', 1) for pair in lines[0][len('final: '):].split())
+
+
+def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(command(workdir), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  final = final_line(result.stdout)
+  assert final['step'] == '6'
+  for key in ('wall_time_s', 'steps_per_s', 'loss_cycle_A', 'loss_D_Y', 'heldout_mae_AtoB',
+              'baseline_mae_AtoB', 'heldout_mae_BtoA', 'baseline_mae_BtoA', 'heldout_psnr_AtoB'):
+    assert np.isfinite(float(final[key])), key
+  assert re.search(r'step 6/6 .* steps/s {2}ETA', result.stderr)
+
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [3, 6]
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['model']['ngf'] == 8 and saved['num_train_steps'] == 6
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  grids = sorted((workdir / 'samples').glob('*.png'))
+  assert [g.name for g in grids] == ['step_00000003.png', 'step_00000006.png']
+  grid = np.asarray(Image.open(grids[-1]))
+  assert grid.shape == (2 * 32, 6 * 32, 3)  # 2 samples; A, G(A), F(G(A)), B, F(B), G(F(B)).
+
+  # Rerunning a finished run resumes at its end and trains no further.
+  again = subprocess.run(command(workdir), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert final_line(again.stdout)['step'] == '6'
+  assert 'Resumed from step 6' in again.stderr
+
+
+def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  overrides = ('--config.num_train_steps=100000', '--config.checkpoint_every_steps=100000',
+               '--config.log_every_steps=1', '--config.sample_every_steps=100000')
+  process = subprocess.Popen(command(workdir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    for line in process.stderr:
+      if re.search(r'step 3/100000', line):
+        process.send_signal(signal.SIGTERM)
+        break
+    stdout, stderr = process.communicate(timeout=300)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+  stopped_at = int(final_line(stdout)['step'])
+  assert stopped_at >= 3
+  assert (workdir / 'checkpoints' / str(stopped_at)).is_dir()
+
+  resumed = subprocess.run(
+      command(workdir, *overrides[1:], f'--config.num_train_steps={stopped_at + 2}'), cwd=ROOT,
+      capture_output=True, text=True, timeout=600, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from step {stopped_at}' in resumed.stderr
+  assert final_line(resumed.stdout)['step'] == str(stopped_at + 2)
+
+
+def test_missing_dataset_fails_before_training_and_names_the_field(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/monet.py',
+       f'--workdir={tmp_path / "run"}', f'--config.data.root={tmp_path / "nowhere"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode != 0
+  assert 'config.data.root' in result.stderr and 'nowhere' in result.stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_batch_shards_over_several_devices(tmp_path):
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run(command(tmp_path / 'run', '--config.num_train_steps=2'), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'global batch 2 over 2 devices' in result.stderr
+  assert final_line(result.stdout)['step'] == '2'
+
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  result = subprocess.run(command(tmp_path / 'other', '--config.num_train_steps=2'), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False, env=env)
+  assert result.returncode != 0
+  assert 'config.batch_size = 2' in result.stderr and '4 devices' in result.stderr

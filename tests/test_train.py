@@ -1,0 +1,206 @@
+"""The learning-rate schedule, the train step's update order, learning, and exact resume."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import updated
+from cyclegan_jax import checkpointing
+from cyclegan_jax import input_pipeline
+from cyclegan_jax import losses
+from cyclegan_jax import train
+
+
+def schedule_for(tiny_config, **fields):
+  tiny_config.update(fields)
+  return train.learning_rate_schedule(tiny_config, epoch_steps=10)
+
+
+def test_linear_schedule_matches_the_official_rule(tiny_config):
+  schedule = schedule_for(tiny_config, learning_rate=1.0, num_epochs=2, num_epochs_decay=3)
+  # Official, 1-based epoch e: 1 − max(0, e − n_epochs) / (n_epochs_decay + 1).
+  expected = {0: 1.0, 9: 1.0, 10: 1.0, 19: 1.0, 20: 0.75, 29: 0.75, 30: 0.5, 40: 0.25, 49: 0.25}
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr), step
+  assert train.total_train_steps(updated(tiny_config, num_train_steps=-1), 10) == 50
+
+
+def test_linear_schedule_without_decay_is_constant(tiny_config):
+  schedule = schedule_for(tiny_config, learning_rate=2e-4, num_epochs=3, num_epochs_decay=0)
+  assert [float(schedule(s)) for s in (0, 15, 29)] == pytest.approx([2e-4] * 3)
+
+
+def test_step_schedule(tiny_config):
+  schedule = schedule_for(tiny_config, learning_rate=1.0, lr_policy='step', lr_decay_epochs=2)
+  assert [float(schedule(s)) for s in (0, 19, 20, 39, 40)] == pytest.approx(
+      [1.0, 1.0, 0.1, 0.1, 0.01])
+
+
+def test_cosine_schedule_ends_at_zero(tiny_config):
+  schedule = schedule_for(tiny_config, learning_rate=1.0, lr_policy='cosine', num_epochs=1,
+                          num_epochs_decay=1)
+  assert float(schedule(0)) == pytest.approx(1.0)
+  assert float(schedule(10)) == pytest.approx(0.5)
+  assert float(schedule(20)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_num_train_steps_stops_early_without_changing_the_schedule(tiny_config):
+  tiny_config.num_train_steps = 7
+  assert train.total_train_steps(tiny_config, 10) == 7
+  decay = train.learning_rate_schedule(tiny_config, 10)
+  tiny_config.num_train_steps = -1
+  assert train.total_train_steps(tiny_config, 10) == 20
+  assert float(decay(15)) == float(train.learning_rate_schedule(tiny_config, 10)(15))
+
+
+def tiny_setup(config, batch_size=2):
+  config.batch_size = batch_size
+  crop = config.data.crop_size
+  # Long epochs: the learning rate stays constant over these short tests.
+  trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3))
+  dataset = input_pipeline.create_dataset(config.data, seed=config.seed)
+  return trainer, dataset
+
+
+def test_train_state_holds_everything_a_resume_needs(tiny_config):
+  trainer, _ = tiny_setup(tiny_config)
+  state = trainer.init()
+  assert set(state.params) == {'G', 'F', 'D_X', 'D_Y'}
+  assert state.pool_A.images.shape == (tiny_config.pool_size, 32, 32, 3)
+  assert int(state.step) == 0 and int(state.pool_B.count) == 0
+  # The two Adam states cover exactly G+F and D_X+D_Y.
+  mu_generators = state.opt_state_generators[0].mu
+  assert set(mu_generators) == {'G', 'F'}
+  assert set(state.opt_state_discriminators[0].mu) == {'D_X', 'D_Y'}
+
+
+def test_step_updates_generators_with_frozen_discriminators_then_discriminators(tiny_config):
+  """Recomputes one step by hand, in the official order, and compares."""
+  tiny_config.pool_size = 0  # D then sees exactly this step's fakes.
+  tiny_config.lambda_identity = 0.5
+  # Without a norm no bias gradient is cancelled to rounding noise, which Adam's first step
+  # (≈ lr · sign(g)) would turn into arbitrary ±lr differences.
+  tiny_config.model.norm = 'none'
+  trainer, dataset = tiny_setup(tiny_config)
+  nets = trainer.networks
+  state = trainer.init()
+  old = jax.device_get(state.params)
+  batch = dataset.train_batch(0, 2)
+  a, b = jnp.asarray(batch['A']), jnp.asarray(batch['B'])
+  optimizer = train.adam(tiny_config, trainer.schedule)
+
+  def generator_loss(p):
+    G = functools.partial(nets.G.apply, {'params': p['G']})
+    F = functools.partial(nets.F.apply, {'params': p['F']})
+    fake_b, fake_a = G(a), F(b)
+    return (losses.generator_gan_loss(nets.D_Y.apply({'params': old['D_Y']}, fake_b))
+            + losses.generator_gan_loss(nets.D_X.apply({'params': old['D_X']}, fake_a))
+            + 10 * losses.l1_loss(F(fake_b), a) + 10 * losses.l1_loss(G(fake_a), b)
+            + 5 * losses.l1_loss(G(b), b) + 5 * losses.l1_loss(F(a), a))
+
+  generators = {'G': old['G'], 'F': old['F']}
+  grads = jax.jit(jax.grad(generator_loss))(generators)
+  updates, _ = optimizer.update(grads, optimizer.init(generators), generators)
+  expected_generators = optax.apply_updates(generators, updates)
+
+  # The discriminators learn from the fakes of the generators *before* their update.
+  fake_b = nets.G.apply({'params': old['G']}, a)
+  fake_a = nets.F.apply({'params': old['F']}, b)
+
+  def discriminator_loss(p):
+    return (0.5 * (jnp.mean((nets.D_X.apply({'params': p['D_X']}, a) - 1) ** 2)
+                   + jnp.mean(nets.D_X.apply({'params': p['D_X']}, fake_a) ** 2))
+            + 0.5 * (jnp.mean((nets.D_Y.apply({'params': p['D_Y']}, b) - 1) ** 2)
+                     + jnp.mean(nets.D_Y.apply({'params': p['D_Y']}, fake_b) ** 2)))
+
+  discriminators = {'D_X': old['D_X'], 'D_Y': old['D_Y']}
+  grads = jax.jit(jax.grad(discriminator_loss))(discriminators)
+  updates, _ = optimizer.update(grads, optimizer.init(discriminators), discriminators)
+  expected_discriminators = optax.apply_updates(discriminators, updates)
+
+  new_state, metrics = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
+  new = jax.device_get(new_state.params)
+  expected = {**expected_generators, **expected_discriminators}
+  for path, value in jax.tree_util.tree_leaves_with_path(expected):
+    actual = functools.reduce(lambda t, k: t[k.key], path, new)
+    np.testing.assert_allclose(actual, value, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert int(new_state.step) == 1
+  assert float(metrics['lr']) == pytest.approx(tiny_config.learning_rate)
+  expected_keys = {'loss/gan_G', 'loss/gan_F', 'loss/cycle_A', 'loss/cycle_B', 'loss/idt_G',
+                   'loss/idt_F', 'loss/generators', 'loss/D_X', 'loss/D_Y', 'score/D_X/real',
+                   'score/D_X/fake', 'score/D_Y/real', 'score/D_Y/fake', 'lr'}
+  assert set(metrics) == expected_keys
+  assert float(metrics['loss/generators']) == pytest.approx(
+      float(generator_loss(generators)), rel=1e-5)
+
+
+def test_pools_fill_during_training(tiny_config):
+  tiny_config.pool_size = 3
+  trainer, dataset = tiny_setup(tiny_config)
+  state = trainer.init()
+  for step in range(2):
+    state, _ = trainer.step(state, jax.device_put(dataset.train_batch(step, 2),
+                                                  trainer.batch_sharding))
+  assert int(state.pool_A.count) == 3 and int(state.pool_B.count) == 3
+  assert float(jnp.abs(state.pool_B.images).sum()) > 0
+
+
+def test_a_few_steps_lower_the_cycle_loss(tiny_config):
+  tiny_config.learning_rate = 1e-3
+  trainer, dataset = tiny_setup(tiny_config, batch_size=4)
+  state = trainer.init()
+  batch = jax.device_put(dataset.train_batch(0, 4), trainer.batch_sharding)
+  cycle = []
+  for _ in range(30):
+    state, metrics = trainer.step(state, batch)
+    cycle.append(float(metrics['loss/cycle_A']) + float(metrics['loss/cycle_B']))
+  assert np.mean(cycle[-3:]) < 0.7 * np.mean(cycle[:3]), cycle
+
+
+def restore_params(workdir):
+  manager = checkpointing.create_manager(workdir, keep=3)
+  step = manager.latest_step()
+  restored = manager.restore(step)
+  manager.close()
+  return step, restored['state']
+
+
+def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path):
+  tiny_config.num_train_steps = 6
+  tiny_config.checkpoint_every_steps = 2
+  train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+
+  interrupted = tmp_path / 'interrupted'
+  train.train_and_evaluate(updated(tiny_config, num_train_steps=3), str(interrupted))
+  assert restore_params(interrupted)[0] == 3
+  final = train.train_and_evaluate(tiny_config, str(interrupted))
+  assert final['step'] == 6
+
+  step_a, state_a = restore_params(tmp_path / 'straight')
+  step_b, state_b = restore_params(interrupted)
+  assert step_a == step_b == 6
+  leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
+  leaves_b = jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+def test_resume_refuses_a_different_architecture(tiny_config, tmp_path):
+  tiny_config.num_train_steps = 1
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  with pytest.raises(ValueError, match=r'different architecture.*model\.ngf'):
+    train.train_and_evaluate(updated(tiny_config, model__ngf=16),
+                             str(tmp_path))
+  assert restore_params(tmp_path)[0] == 1  # The checkpoint is untouched.
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_config, tmp_path):
+  tiny_config.learning_rate = 1e30
+  tiny_config.log_every_steps = 1
+  with pytest.raises(FloatingPointError, match=r'Non-finite .*loss.* at step \d+'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
