@@ -5,13 +5,14 @@
 Domain A: 32 px crops of real photos; domain B: crops of *other* regions of those photos after a
 120° hue rotation (an exact channel permutation). Training is unpaired; held-out regions give
 paired ground truth, so the run ends with the held-out error of G and F next to the
-no-translation baseline: 46.2 grey levels for the baseline, about 33 for G (see README).
+no-translation baseline (see README, "Results").
 
 Deviations from the paper's recipe, all for this toy task:
 - small generator (3 residual blocks, ngf 16) on 32 px crops;
-- a 16×16-receptive-field PatchGAN (n_layers_D=1): a colour mapping is judged by local colour
-  statistics, and the 70×70 one would see each whole crop and memorise the 56 training cells;
-- learning rate 1e-3, batch 4, 150 + 136 epochs of 14 steps (4,004 steps);
+- no normalisation layers (norm='none'): instance norm removes each crop's mean colour, which is
+  exactly what this task changes, so an instance-normalised generator can only guess a crop's
+  colour from its texture and settles, seed by seed, on arbitrary colour reassignments;
+- learning rate 5e-4, batch 4, 150 + 136 epochs of 14 steps (4,004 steps);
 - no identity loss: it penalises exactly the colour change this task asks for.
 """
 
@@ -25,10 +26,9 @@ def get_config():
   config.model.generator = 'resnet_3blocks'
   config.model.ngf = 16
   config.model.ndf = 16
-  config.model.discriminator = 'n_layers'
-  config.model.n_layers_D = 1
+  config.model.norm = 'none'
   config.lambda_identity = 0.0
-  config.learning_rate = 1e-3
+  config.learning_rate = 5e-4
   config.batch_size = 4
   config.num_epochs = 150
   config.num_epochs_decay = 136

@@ -9,11 +9,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Grey levels (0–255) by which G must beat leaving the held-out patches untranslated. The
-# default seed 0 beats the baseline (46.2) by 13.5; half of that is required. Seeds 1 and 2
-# instead converge to a luminance-inverted colour mapping that is just as cycle-consistent
-# (held-out MAE ~100, see README "Results"), so this check pins the default seed.
-MARGIN = 6.0
+# Grey levels (0–255) by which G must beat leaving the held-out patches untranslated. Seeds 0, 1
+# and 2 beat the baseline (46.2) by 27.5, 29.3 and 29.1 (README, "Results"); half the smallest
+# is required.
+MARGIN = 13.5
 
 
 @pytest.mark.slow
