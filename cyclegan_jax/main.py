@@ -4,6 +4,7 @@ Override any config field on the command line, e.g. `--config.lambda_cycle=5`.
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -40,7 +41,7 @@ def parse_flags(argv):
 
 def _quiet_library_info(record) -> bool:
   """Keeps Orbax's per-save INFO chatter out of the console; its warnings still show."""
-  return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
 def main(argv):

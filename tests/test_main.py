@@ -1,6 +1,7 @@
 """End-to-end runs of `python -m cyclegan_jax.main` with the tiny config."""
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -37,6 +38,7 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
               'baseline_mae_AtoB', 'heldout_mae_BtoA', 'baseline_mae_BtoA', 'heldout_psnr_AtoB'):
     assert np.isfinite(float(final[key])), key
   assert re.search(r'step 6/6 .* steps/s {2}ETA', result.stderr)
+  assert 'checkpoint_manager.py' not in result.stderr  # Orbax's per-save INFO lines are muted.
 
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [3, 6]
@@ -109,3 +111,15 @@ def test_batch_shards_over_several_devices(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False, env=env)
   assert result.returncode != 0
   assert 'config.batch_size = 2' in result.stderr and '4 devices' in result.stderr
+
+
+def test_library_info_filter_keeps_orbax_warnings_and_other_info():
+  from cyclegan_jax import main  # pylint: disable=g-import-not-at-top
+
+  def record(path, level):
+    return logging.LogRecord('absl', level, path, 1, 'message', None, None)
+
+  orbax_file = '/venv/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not main._quiet_library_info(record(orbax_file, logging.INFO))
+  assert main._quiet_library_info(record(orbax_file, logging.WARNING))
+  assert main._quiet_library_info(record('/repo/cyclegan_jax/train.py', logging.INFO))
