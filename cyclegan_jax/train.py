@@ -395,8 +395,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save_samples(state, step)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
         evaluate(state, step)
-      if step % config.checkpoint_every_steps == 0 or last:
+      if step % config.checkpoint_every_steps == 0:
         checkpointing.save(manager, state, config)
+    # The run's end, or a stop signal that may have come after this step's checks.
+    if step > start_step and manager.latest_step() != step:
+      checkpointing.save(manager, state, config)
 
   wall_time = time.perf_counter() - start_time
   final = {'step': step, 'wall_time_s': wall_time,
