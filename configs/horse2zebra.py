@@ -4,8 +4,10 @@ The paper's recipe: 256 px crops of 286 px images, resnet_9blocks generators, 70
 discriminators, LSGAN + cycle (lambda 10) + identity (0.5), pool 50, Adam 2e-4, 100 + 100 epochs,
 batch 1.
 
-Data: the official horse2zebra.zip unpacked so that `datasets/horse2zebra/trainA`, `trainB`, `testA`,
-`testB` exist (or point --config.data.root at that folder).
+Data: TFDS `cycle_gan/horse2zebra`, prepared once (README, "Data"), e.g. without TensorFlow
+`python -m cyclegan_jax.prepare_tfds --name=horse2zebra --source=/path/to/horse2zebra.zip`; or read
+the official zip (or its unpacked folder) directly with `--config.data.source=folder
+--config.data.root=/path/to/horse2zebra.zip`.
 
     python -m cyclegan_jax.main --config=configs/horse2zebra.py --workdir=runs/horse2zebra
 """

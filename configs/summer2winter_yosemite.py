@@ -4,8 +4,10 @@ The paper's recipe: 256 px crops of 286 px images, resnet_9blocks generators, 70
 discriminators, LSGAN + cycle (lambda 10) + identity (0.5), pool 50, Adam 2e-4, 100 + 100 epochs,
 batch 1.
 
-Data: the official summer2winter_yosemite.zip unpacked so that `datasets/summer2winter_yosemite/trainA`, `trainB`, `testA`,
-`testB` exist (or point --config.data.root at that folder).
+Data: TFDS `cycle_gan/summer2winter_yosemite`, prepared once (README, "Data"), e.g. without TensorFlow
+`python -m cyclegan_jax.prepare_tfds --name=summer2winter_yosemite --source=/path/to/summer2winter_yosemite.zip`; or read
+the official zip (or its unpacked folder) directly with `--config.data.source=folder
+--config.data.root=/path/to/summer2winter_yosemite.zip`.
 
     python -m cyclegan_jax.main --config=configs/summer2winter_yosemite.py --workdir=runs/summer2winter_yosemite
 """

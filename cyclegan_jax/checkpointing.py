@@ -1,9 +1,9 @@
 """Orbax checkpoints of the full train state under `<workdir>/checkpoints/`.
 
 Each checkpoint holds the train state (params and Adam states of G, F, D_X, D_Y,
-both image pools, step, RNG key) and the config that produced it. The input
-pipeline is a pure function of (seed, step), so the step alone restores the data
-order.
+both image pools, step, RNG key), the config that produced it, and the input
+iterator's state (`input_pipeline.Dataset.iterator_state`: the next example and
+the identity of the dataset), so a resumed run continues the same data order.
 """
 
 import json
@@ -28,21 +28,35 @@ def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict) -> None:
+def save(manager: ocp.CheckpointManager,
+         state: Any,
+         config: ml_collections.ConfigDict,
+         data_state: dict | None = None) -> None:
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
+  if data_state is not None:
+    items['data'] = ocp.args.JsonSave(data_state)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
   """Restores the state at `step` (default: latest) into the shapes/shardings given."""
+  return restore_with_data_state(manager, abstract_state, step)[0]
+
+
+def restore_with_data_state(manager: ocp.CheckpointManager,
+                            abstract_state: Any,
+                            step: int | None = None) -> tuple[Any, dict | None]:
+  """(train state, input iterator state or None if the checkpoint has none) at `step`."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint under {manager.directory}.')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored.state
+  items = dict(state=ocp.args.StandardRestore(abstract_state))
+  has_data_state = 'data' in (manager.item_metadata(step) or {})
+  if has_data_state:
+    items['data'] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored.state, (restored.data if has_data_state else None)
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -69,8 +83,8 @@ def check_and_save_config(workdir: str | Path, config: ml_collections.ConfigDict
     mismatches = config_lib.architecture_mismatches(saved, config)
     if mismatches:
       raise ValueError(
-          f'Cannot resume {workdir}: its checkpoints were trained with a different architecture ('
-          + '; '.join(mismatches) + '). Use a new --workdir, or restore the original settings.')
+          f'Cannot resume {workdir}: its checkpoints were trained with a different architecture (' +
+          '; '.join(mismatches) + '). Use a new --workdir, or restore the original settings.')
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / (CONFIG_FILE + '.tmp')
   tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

@@ -10,21 +10,31 @@ import re
 
 import ml_collections
 
+from cyclegan_jax import input_pipeline
+
 GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
 DISCRIMINATORS = ('basic', 'n_layers')
 NORMS = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
 GAN_MODES = ('lsgan', 'vanilla')
 LR_POLICIES = ('linear', 'step', 'cosine')
-DATA_SOURCES = ('embedded', 'folder')
-PREPROCESS_MODES = ('resize_and_crop', 'crop', 'none')
+DATA_SOURCES = input_pipeline.SOURCES
+PREPROCESS_MODES = input_pipeline.PREPROCESS_MODES
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # Fields that fix the shapes of the saved train state: a workdir whose saved config
 # differs in any of them cannot be resumed with the new config.
 ARCHITECTURE_FIELDS = (
-    'model.generator', 'model.discriminator', 'model.n_layers_D', 'model.ngf', 'model.ndf',
-    'model.norm', 'model.input_nc', 'model.output_nc', 'pool_size', 'data.crop_size',
+    'model.generator',
+    'model.discriminator',
+    'model.n_layers_D',
+    'model.ngf',
+    'model.ndf',
+    'model.norm',
+    'model.input_nc',
+    'model.output_nc',
+    'pool_size',
+    'data.crop_size',
 )
 
 
@@ -68,14 +78,21 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.output_nc = 3  # Channels of domain B (Y) images: 1 or 3.
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'folder'  # 'embedded' (ships with the package) or 'folder'.
-  config.data.root = ''  # Folder source: directory holding trainA/ trainB/ [testA/ testB/].
-  config.data.load_size = 286  # Images are resized to this square size ...
-  config.data.crop_size = 256  # ... then randomly cropped to this size (multiple of 4).
-  config.data.preprocess = 'resize_and_crop'  # 'resize_and_crop', 'crop' or 'none'.
+  # 'tfds' (a prepared TFDS dataset), 'folder' (a folder or .zip of images) or 'embedded' (the
+  # small offline dataset that ships with the package). See the README's "Data" section.
+  config.data.source = 'tfds'
+  config.data.tfds_name = 'cycle_gan/horse2zebra'  # TFDS source: dataset/config name.
+  config.data.tfds_data_dir = ''  # TFDS source: data_dir ('' = TFDS's default or $TFDS_DATA_DIR).
+  config.data.root = ''  # Folder source: folder or .zip holding trainA/ trainB/ [testA/ testB/].
+  # 'resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop' or 'none' (official modes).
+  config.data.preprocess = 'resize_and_crop'
+  config.data.load_size = 286  # Resize target (square, or the width for scale_width modes) ...
+  config.data.crop_size = 256  # ... then a random crop of this size (multiple of 4).
   config.data.no_flip = False  # True disables the random horizontal flip.
+  config.data.skip_bad_images = True  # Skip unreadable images with a warning (False: raise).
   config.data.num_heldout = 0  # Embedded source: held-out pairs to evaluate (0 = all).
-  config.data.prefetch = 4  # Batches prepared ahead by the background loader.
+  config.data.num_workers = 0  # Decoding threads (0 = one per CPU core).
+  config.data.prefetch = 4  # Batches prepared ahead of the train step (0 = no background work).
 
   # Bookkeeping.
   config.log_every_steps = 100  # Console progress line and TensorBoard scalars.
@@ -88,8 +105,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def paper_dataset_config(name: str) -> ml_collections.ConfigDict:
-  """The paper's recipe on one of the official unpaired datasets (folder layout)."""
+  """The paper's recipe on one of the official datasets: TFDS `cycle_gan/<name>`.
+
+  `--config.data.source=folder` reads `datasets/<name>` (the unpacked official zip) instead, or
+  whatever folder or zip `--config.data.root` names.
+  """
   config = base_config()
+  config.data.tfds_name = f'cycle_gan/{name}'
   config.data.root = f'datasets/{name}'
   return config
 
@@ -193,18 +215,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if data.crop_size % 4:
     _fail('data.crop_size', data.crop_size, 'the generator needs a multiple of 4')
   _require_int(config, 'data.load_size', 1)
-  if data.source == 'folder' and data.preprocess == 'resize_and_crop' and \
+  if data.source != 'embedded' and data.preprocess in ('resize_and_crop',
+                                                       'scale_width_and_crop') and \
       data.crop_size > data.load_size:
     _fail('data.crop_size', data.crop_size,
           f'must not exceed config.data.load_size = {data.load_size}')
   if data.source == 'folder' and not data.root:
     _fail('data.root', data.root,
-          'the folder source needs a directory holding trainA/ and trainB/')
-  if data.preprocess == 'none' and config.pool_size > 0 and data.source == 'folder':
-    _fail('data.preprocess', data.preprocess,
-          "images of varying size cannot share an image pool; use 'resize_and_crop' or 'crop', "
-          'or set pool_size=0')
+          'the folder source needs a folder or .zip holding trainA/ and trainB/')
+  if data.source == 'tfds' and not data.tfds_name:
+    _fail('data.tfds_name', data.tfds_name, "the tfds source needs e.g. 'cycle_gan/horse2zebra'")
+  if data.preprocess in input_pipeline.UNCROPPED_MODES and config.pool_size > 0 and \
+      data.source != 'embedded':
+    _fail(
+        'data.preprocess', data.preprocess,
+        "images of varying size cannot share an image pool; use a cropping mode such as "
+        "'resize_and_crop', or set pool_size=0")
   _require_int(config, 'data.num_heldout', 0)
+  _require_int(config, 'data.num_workers', 0)
   _require_int(config, 'data.prefetch', 0)
   n_layers = discriminator_layers(model)
   if discriminator_output_size(data.crop_size, n_layers) < 1:

@@ -265,6 +265,13 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
       translate_BtoA=jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y)))
 
 
+def global_batch(local_batch: dict[str, np.ndarray],
+                 sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays laid out by `sharding` over all devices."""
+  return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows),
+                      local_batch)
+
+
 def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
@@ -315,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config.data, seed=config.seed, channels_A=config.model.input_nc,
       channels_B=config.model.output_nc)
   checkpointing.check_and_save_config(workdir, config)
+  logging.info('Data: %s.', dataset.summary)
   is_chief = jax.process_index() == 0
 
   epoch_steps = steps_per_epoch(dataset.epoch_size, config.batch_size)
@@ -327,13 +335,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jax.device_count())
 
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  data_state = None
   if manager.latest_step() is not None:
     abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
-    state = checkpointing.restore(manager, abstract)
+    state, data_state = checkpointing.restore_with_data_state(manager, abstract)
     logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
   else:
     state = trainer.init()
   start_step = int(jax.device_get(state.step))
+  start_example = (dataset.resume_example(data_state)
+                   if data_state is not None else start_step * config.batch_size)
 
   writer = summaries.SummaryWriter(workdir / 'tensorboard')
   samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
@@ -366,10 +377,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   metric_sums, metric_count, last_metrics = None, 0, {}
   step = start_step
   # Whatever ends the loop (a non-finite loss included), pending checkpoint writes complete.
-  with _StopRequest() as stop, dataset.train_iterator(start_step, config.batch_size) as batches, \
-      contextlib.closing(manager):
+  batches = dataset.train_iterator(config.batch_size, start_example, jax.process_index(),
+                                   jax.process_count())
+  with _StopRequest() as stop, batches, contextlib.closing(manager):
     while step < num_steps and not stop.requested:
-      batch = jax.device_put(next(batches), trainer.batch_sharding)
+      batch = global_batch(next(batches), trainer.batch_sharding)
       state, metrics = trainer.step(state, batch)
       step += 1
       metric_sums = metrics if metric_sums is None else jax.tree.map(
@@ -396,10 +408,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
         evaluate(state, step)
       if step % config.checkpoint_every_steps == 0:
-        checkpointing.save(manager, state, config)
+        checkpointing.save(manager, state, config, batches.state())
     # The run's end, or a stop signal that may have come after this step's checks.
     if step > start_step and manager.latest_step() != step:
-      checkpointing.save(manager, state, config)
+      checkpointing.save(manager, state, config, batches.state())
 
   wall_time = time.perf_counter() - start_time
   final = {'step': step, 'wall_time_s': wall_time,

@@ -1,11 +1,24 @@
-"""Shared test helpers: load config files by name."""
+"""Shared test helpers: load config files by name; one XLA compilation cache per test session."""
 
+import atexit
 import importlib.util
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Many tests compile the same tiny train step, in this process and in `python -m
+# cyclegan_jax.main` subprocesses (which inherit the environment). A persistent compilation cache
+# shared by the session compiles each distinct program once. Set before jax is imported.
+_XLA_CACHE = tempfile.mkdtemp(prefix='cyclegan_jax_tests_xla_cache_')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _XLA_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 
 def load_config(name: str):
@@ -26,3 +39,17 @@ def updated(config, **fields):
   copy = config.copy_and_resolve_references()
   copy.update_from_flattened_dict({k.replace('__', '.'): v for k, v in fields.items()})
   return copy
+
+
+def make_jpeg_dataset(root: pathlib.Path, seed: int = 0, counts=(5, 4, 2, 2)) -> pathlib.Path:
+  """A small CycleGAN folder dataset (trainA, trainB, testA, testB) of JPEGs of assorted sizes."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for split, count in zip(('trainA', 'trainB', 'testA', 'testB'), counts):
+    (root / split).mkdir(parents=True)
+    for index in range(count):
+      height, width = rng.integers(30, 60, size=2)
+      pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(root / split / f'{index}.jpg')
+  return root

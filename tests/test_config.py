@@ -31,8 +31,50 @@ def test_paper_configs_have_the_paper_recipe(name):
   assert config.model.init_type == 'normal' and config.model.init_gain == 0.02
 
 
-def test_monet_reads_monet2photo():
-  assert load('monet').data.root.endswith('monet2photo')
+PAPER_CONFIGS = {
+    'apple2orange': 'apple2orange',
+    'cezanne': 'cezanne2photo',
+    'facades': 'facades',
+    'horse2zebra': 'horse2zebra',
+    'iphone2dslr_flower': 'iphone2dslr_flower',
+    'maps': 'maps',
+    'monet': 'monet2photo',
+    'summer2winter_yosemite': 'summer2winter_yosemite',
+    'ukiyoe': 'ukiyoe2photo',
+    'vangogh': 'vangogh2photo',
+}
+
+
+@pytest.mark.parametrize('name, dataset', PAPER_CONFIGS.items())
+def test_paper_configs_read_their_tfds_dataset_or_folder(name, dataset):
+  config = load(name)
+  config_lib.validate(config)
+  assert config.data.source == 'tfds'
+  assert config.data.tfds_name == f'cycle_gan/{dataset}'
+  assert config.data.root == f'datasets/{dataset}'
+  assert f'--name={dataset} ' in (ROOT / 'configs' / f'{name}.py').read_text()
+
+
+def test_folder_and_tfds_sources_need_their_location():
+  config = load('monet')
+  config.data.source = 'folder'
+  config.data.root = ''
+  with pytest.raises(ValueError, match=r'config\.data\.root'):
+    config_lib.validate(config)
+  config.data.source = 'tfds'
+  config.data.tfds_name = ''
+  with pytest.raises(ValueError, match=r'config\.data\.tfds_name'):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('preprocess', ['none', 'scale_width'])
+def test_uncropped_preprocessing_cannot_use_pools(preprocess):
+  config = load('monet')
+  config.data.preprocess = preprocess
+  with pytest.raises(ValueError, match=r'config\.data\.preprocess.*pool_size=0'):
+    config_lib.validate(config)
+  config.pool_size = 0
+  config_lib.validate(config)
 
 
 @pytest.mark.parametrize('name', ('default', 'tiny'))
@@ -64,7 +106,7 @@ def test_offline_configs_are_valid(name):
     ('data.crop_size', 254, 'data.crop_size'),  # Not a multiple of 4.
     ('data.source', 'tfrecord', 'data.source'),
     ('data.preprocess', 'scale_height', 'data.preprocess'),
-    ('data.root', '', 'data.root'),
+    ('data.num_workers', -1, 'data.num_workers'),
     ('compute_dtype', 'float16', 'compute_dtype'),
     ('checkpoint_every_steps', 0, 'checkpoint_every_steps'),
 ])

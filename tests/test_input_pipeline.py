@@ -1,10 +1,15 @@
-"""Tests of the input pipeline: embedded regions, stateless sampling, folder decoding, errors."""
+"""Tests of the input pipeline: embedded regions, stateless sampling, sources, preprocessing,
+bad files, sharding and the iterator state."""
 
 import colorsys
 import gc
+import io
+import json
+import logging
 import pathlib
 import subprocess
 import sys
+import zipfile
 
 import ml_collections
 import numpy as np
@@ -12,6 +17,7 @@ from PIL import Image
 import pytest
 
 from cyclegan_jax import input_pipeline as ip
+from cyclegan_jax import prepare_tfds
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -27,6 +33,10 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
           no_flip=False,
           num_heldout=0,
           prefetch=2,
+          num_workers=2,
+          skip_bad_images=True,
+          tfds_name='',
+          tfds_data_dir='',
       ))
   config.update(overrides)
   return config
@@ -56,7 +66,7 @@ def test_embedded_npz_is_small_rgb_uint8_and_needs_no_scikit_image():
           'photos = ip.load_embedded_photos()\n'
           'ip.create_dataset(ml_collections.ConfigDict(dict(source="embedded", root="", '
           'load_size=0, crop_size=16, preprocess="none", no_flip=False, num_heldout=0, '
-          'prefetch=0)), seed=0).train_batch(0, 2)\n'
+          'prefetch=0, num_workers=0)), seed=0).train_batch(0, 2)\n'
           'assert "skimage" not in sys.modules\n'
           'print(sorted(photos))\n')
   result = subprocess.run([sys.executable, '-c', code],
@@ -225,27 +235,63 @@ def test_flips_happen_half_the_time_and_never_with_no_flip():
   assert 0.3 < np.mean(mirrored) < 0.7
 
 
-def test_iterator_yields_train_batches_from_start_step():
+def test_iterator_yields_train_batches_from_start_example():
   for prefetch in (0, 3):
     dataset = ip.create_dataset(data_config(prefetch=prefetch), seed=2)
-    with dataset.train_iterator(start_step=7, batch_size=3) as iterator:
+    with dataset.train_iterator(3, start_example=21) as iterator:
+      assert iterator.state()['next_example'] == 21
       for step, batch in zip(range(7, 12), iterator):
         expected = dataset.train_batch(step, 3)
         for domain in ip.DOMAINS:
           assert batch[domain].tobytes() == expected[domain].tobytes()
-    assert iterator._thread is None or not iterator._thread.is_alive()
+      assert iterator.state() == dataset.iterator_state(36)
     with pytest.raises(StopIteration):
       next(iterator)
 
 
-def test_dropping_an_iterator_stops_its_thread():
-  iterator = ip.create_dataset(data_config(prefetch=2), seed=0).train_iterator(0, 2)
+def test_dropping_an_iterator_stops_its_workers():
+  iterator = ip.create_dataset(data_config(prefetch=2), seed=0).train_iterator(2)
   next(iterator)
-  thread = iterator._thread
+  threads = list(iterator._pool._threads)
+  assert threads
   del iterator
   gc.collect()
-  thread.join(timeout=5)
-  assert not thread.is_alive()
+  for thread in threads:
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize('process_count', [2, 4])
+def test_processes_read_disjoint_rows_of_the_same_global_batches(process_count):
+  dataset = ip.create_dataset(data_config(), seed=3)
+  iterators = [
+      dataset.train_iterator(8, start_example=16, process_index=p, process_count=process_count)
+      for p in range(process_count)
+  ]
+  for step in (2, 3):
+    local = [next(iterator) for iterator in iterators]
+    expected = dataset.train_batch(step, 8)
+    for domain in ip.DOMAINS:
+      assert all(part[domain].shape[0] == 8 // process_count for part in local)
+      np.testing.assert_array_equal(np.concatenate([part[domain] for part in local]),
+                                    expected[domain])
+  for iterator in iterators:
+    iterator.close()
+  assert list(ip.local_rows(8, 1, 4)) == [2, 3]
+  with pytest.raises(ValueError, match=r'config\.batch_size=6 .* 4 processes'):
+    dataset.train_iterator(6, process_index=0, process_count=4)
+
+
+def test_resume_example_warns_when_the_dataset_changed(caplog):
+  dataset = ip.create_dataset(data_config(), seed=0)
+  state = dataset.iterator_state(40)
+  with caplog.at_level(logging.WARNING):
+    assert dataset.resume_example(state) == 40
+  assert not caplog.records
+  other = ip.create_dataset(data_config(crop_size=28), seed=0)  # Other cells.
+  with caplog.at_level(logging.WARNING):
+    assert other.resume_example(state) == 40
+  assert 'differs from the checkpoint' in caplog.text and 'num_A' in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,7 +368,7 @@ def test_folder_batches(folder_root, channels):
   # Example of the 16-bit image: constant 128 after scaling to 8 bit, resizing and cropping.
   index_16bit = 4
   example = next(i for i in range(100) if dataset.example_indices(i)[0] == index_16bit)
-  crop = dataset.training_example(example, 'A', index_16bit)
+  crop = dataset.training_example(example, 'A')
   assert (crop == 128).all()
 
 
@@ -342,9 +388,6 @@ def test_folder_preprocess_crop_and_none(tmp_path):
     save(tmp_path / f'train{domain}' / 'x.png', rgb_noise(0, 38, 34))
   cropped = ip.create_dataset(folder_config(tmp_path, preprocess='crop'), seed=0)
   assert cropped.train_batch(0, 2)['A'].shape == (2, 32, 32, 3)
-  with pytest.raises(ValueError, match=r'x\.png.*config\.data\.crop_size'):
-    ip.create_dataset(folder_config(tmp_path, preprocess='crop', crop_size=36),
-                      seed=0).train_batch(0, 1)
   whole = ip.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
   # H x W = 38 x 34 -> nearest multiples of 4 with Python's round, as the official
   # __make_power_2: round(9.5) = 10, round(8.5) = 8, so 40 x 32.
@@ -352,16 +395,80 @@ def test_folder_preprocess_crop_and_none(tmp_path):
   save(tmp_path / 'trainB' / 'y.png', rgb_noise(1, 60, 60))
   mixed = ip.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
   assert mixed.train_batch(0, 1)['B'].shape[0] == 1
-  with pytest.raises(ValueError, match='batch_size 1'):
+  with pytest.raises(ValueError, match=r'trainB gives 2 different sizes.*batch_size 1'):
     mixed.train_batch(0, 2)
+  with pytest.raises(ValueError, match='batch_size 1'):
+    mixed.train_iterator(2)
 
 
-def test_crop_larger_than_image_names_the_file(tmp_path):
+def test_resize_and_crop_is_a_bicubic_resize_then_the_sampled_crop(tmp_path):
+  image = rgb_noise(5, 30, 50)
   for domain in ip.DOMAINS:
-    save(tmp_path / f'train{domain}' / 'small.png', rgb_noise(0, 20, 20))
-  dataset = ip.create_dataset(folder_config(tmp_path, preprocess='crop'), seed=0)
-  with pytest.raises(ValueError, match=r'small\.png.*config\.data\.crop_size'):
-    dataset.train_batch(0, 1)
+    save(tmp_path / f'train{domain}' / 'x.png', image)
+  dataset = ip.create_dataset(folder_config(tmp_path, load_size=40, crop_size=32), seed=4)
+  resized = np.asarray(image.resize((40, 40), Image.BICUBIC))
+  for example in range(6):
+    augmentation = ip.sample_augmentation(4, example, 'A', resized.shape, 32, True)
+    expected = resized[augmentation.top:augmentation.top + 32,
+                       augmentation.left:augmentation.left + 32]
+    if augmentation.flip:
+      expected = expected[:, ::-1]
+    np.testing.assert_array_equal(dataset.training_example(example, 'A'), expected)
+
+
+def test_scale_width_modes_follow_the_official_rule(tmp_path):
+  # 50 x 30 (W x H), load 40: width 40, height int(max(40 * 30 / 50, crop)) = 24 for crop 12;
+  # for crop 28 the height is raised to 28.
+  image = rgb_noise(6, 30, 50)
+  for domain in ip.DOMAINS:
+    save(tmp_path / f'train{domain}' / 'x.png', image)
+  config = folder_config(tmp_path, load_size=40, crop_size=12, no_flip=True)
+  scaled = ip.create_dataset(updated(config, preprocess='scale_width'), seed=0)
+  np.testing.assert_array_equal(scaled.training_example(0, 'A'),
+                                np.asarray(image.resize((40, 24), Image.BICUBIC)))
+  assert ip.scale_width_size((50, 30), 40, 28) == (40, 28)
+  assert ip.scale_width_size((40, 30), 40, 28) == (40, 30)  # Already right: untouched.
+  cropped = ip.create_dataset(updated(config, preprocess='scale_width_and_crop'), seed=0)
+  resized = np.asarray(image.resize((40, 24), Image.BICUBIC))
+  augmentation = ip.sample_augmentation(0, 3, 'B', resized.shape, 12, False)
+  np.testing.assert_array_equal(
+      cropped.training_example(3, 'B'), resized[augmentation.top:augmentation.top + 12,
+                                                augmentation.left:augmentation.left + 12])
+
+
+def updated(config, **fields):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.update(fields)
+  return copy
+
+
+def test_image_smaller_than_the_crop_is_upscaled(tmp_path):
+  small = rgb_noise(0, 20, 24)
+  for domain in ip.DOMAINS:
+    save(tmp_path / f'train{domain}' / 'small.png', small)
+  dataset = ip.create_dataset(folder_config(tmp_path, preprocess='crop', no_flip=True), seed=0)
+  upscaled = np.asarray(small.resize((38, 32), Image.BICUBIC))  # Short side 20 -> 32.
+  augmentation = ip.sample_augmentation(0, 0, 'A', upscaled.shape, 32, False)
+  assert augmentation.top == 0
+  np.testing.assert_array_equal(dataset.training_example(0, 'A'),
+                                upscaled[:, augmentation.left:augmentation.left + 32])
+
+
+def test_test_images_are_every_test_image_in_order_resized_to_the_crop(tmp_path):
+  for domain in ip.DOMAINS:
+    save(tmp_path / f'train{domain}' / 'x.png', rgb_noise(0, 40, 40))
+  for index in range(7):
+    save(tmp_path / 'testA' / f'{index:02d}.jpg', rgb_noise(30 + index, 36 + index, 50))
+  dataset = ip.create_dataset(folder_config(tmp_path), seed=0)
+  assert dataset.num_test('A') == 7 and dataset.num_test('B') == 0
+  names, images = zip(*dataset.test_images('A'))
+  assert list(names) == [f'{index:02d}.jpg' for index in range(7)]
+  expected = ip.load_image(tmp_path / 'testA' / '03.jpg', 3).resize((32, 32), Image.BICUBIC)
+  np.testing.assert_array_equal(images[3], np.asarray(expected))
+  assert list(dataset.test_images('B')) == []
+  whole = ip.create_dataset(folder_config(tmp_path, preprocess='none', prefetch=0), seed=0)
+  # 50 x 36 and 50 x 37 -> 48 x 36 (round(12.5) = 12, round(9.25) = 9), as __make_power_2.
+  assert [image.shape for _, image in whole.test_images('A')][:2] == [(36, 48, 3), (36, 48, 3)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,15 +492,138 @@ def test_missing_train_b_and_empty_train_a(tmp_path):
     ip.create_dataset(folder_config(tmp_path), seed=0)
 
 
-def test_corrupt_image_is_named_also_through_the_iterator(tmp_path):
+def truncated_jpeg(seed: int) -> bytes:
+  buffer = io.BytesIO()
+  rgb_noise(seed, 40, 40).save(buffer, format='JPEG')
+  return buffer.getvalue()[:300]
+
+
+def test_bad_images_are_skipped_with_a_warning_and_a_count(tmp_path, caplog):
+  save(tmp_path / 'trainA' / 'a.png', rgb_noise(0, 40, 40))
+  (tmp_path / 'trainA' / 'b_broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
+  (tmp_path / 'trainA' / 'c_truncated.jpg').write_bytes(truncated_jpeg(1))
+  save(tmp_path / 'trainA' / 'd.png', rgb_noise(2, 40, 40))
+  save(tmp_path / 'trainB' / 'fine.png', rgb_noise(3, 40, 40))
+  good = {'a.png': 0, 'd.png': 3}
+  dataset = ip.create_dataset(folder_config(tmp_path, no_flip=True), seed=0)
+  with caplog.at_level(logging.WARNING):
+    with dataset.train_iterator(1) as iterator:
+      epoch = [next(iterator)['A'][0] for _ in range(8)]
+  assert 'b_broken.png' in caplog.text and 'c_truncated.jpg' in caplog.text
+  assert '2 skipped so far' in caplog.text
+  for example, crop in enumerate(epoch):
+    index = dataset.example_indices(example)[0]
+    # A bad image's examples take the next readable image of the split: b, c -> d.
+    replacement = 'a.png' if index == good['a.png'] else 'd.png'
+    resized = ip.load_image(tmp_path / 'trainA' / replacement, 3).resize((40, 40), Image.BICUBIC)
+    augmentation = ip.sample_augmentation(0, example, 'A', (40, 40, 3), 32, False)
+    expected = np.asarray(resized)[augmentation.top:augmentation.top + 32,
+                                   augmentation.left:augmentation.left + 32]
+    np.testing.assert_array_equal(crop, ip.from_uint8(expected))
+
+
+def test_bad_image_raises_without_skipping_and_all_bad_always_raises(tmp_path):
   (tmp_path / 'trainA').mkdir()
   (tmp_path / 'trainA' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
   save(tmp_path / 'trainB' / 'fine.png', rgb_noise(0, 40, 40))
-  dataset = ip.create_dataset(folder_config(tmp_path), seed=0)
-  with pytest.raises(ValueError, match=r'broken\.png'):
-    dataset.train_batch(0, 1)
-  with dataset.train_iterator(0, 1) as iterator, pytest.raises(ValueError, match=r'broken\.png'):
+  strict = ip.create_dataset(folder_config(tmp_path, skip_bad_images=False), seed=0)
+  with pytest.raises(ValueError, match=r'broken\.png.*skip_bad_images'):
+    strict.train_batch(0, 1)
+  with strict.train_iterator(1) as iterator, pytest.raises(ValueError, match=r'broken\.png'):
     next(iterator)
+  lenient = ip.create_dataset(folder_config(tmp_path), seed=0)
+  with pytest.raises(ValueError, match=r'broken\.png.*is unreadable'):
+    lenient.train_batch(0, 1)
+
+
+def official_zip(path: pathlib.Path, folder: pathlib.Path, top: str = 'horse2zebra/') -> None:
+  """A zip of `folder` in the official layout, with the clutter macOS zips carry."""
+  with zipfile.ZipFile(path, 'w') as archive:
+    for file in sorted(folder.rglob('*')):
+      if file.is_file():
+        archive.write(file, top + file.relative_to(folder).as_posix())
+    archive.writestr(f'__MACOSX/{top}trainA/._a_rgb.png', b'resource fork')
+    archive.writestr(f'{top}trainA/.DS_Store', b'finder')
+
+
+def test_official_zip_reads_like_its_folder(folder_root, tmp_path_factory):
+  zips = tmp_path_factory.mktemp('zips')
+  official_zip(zips / 'horse2zebra.zip', folder_root)
+  official_zip(zips / 'flat.zip', folder_root, top='')
+  from_folder = ip.create_dataset(folder_config(folder_root), seed=1)
+  for name in ('horse2zebra.zip', 'flat.zip'):
+    from_zip = ip.create_dataset(folder_config(zips / name), seed=1)
+    assert (from_zip.num_A, from_zip.num_B, from_zip.num_test('A')) == (6, 3, 2)
+    assert from_zip.fingerprint == from_folder.fingerprint
+    with from_zip.train_iterator(2) as iterator:
+      for step in range(4):
+        batch, expected = next(iterator), from_folder.train_batch(step, 2)
+        for domain in ip.DOMAINS:
+          np.testing.assert_array_equal(batch[domain], expected[domain])
+    zip_test, folder_test = list(from_zip.test_images('A')), list(from_folder.test_images('A'))
+    assert [n for n, _ in zip_test] == [n for n, _ in folder_test] == ['0.png', '1.png']
+    np.testing.assert_array_equal(zip_test[1][1], folder_test[1][1])
+
+
+def test_zip_errors_name_the_problem(tmp_path):
+  (tmp_path / 'not_a.zip').write_bytes(b'PK\x03\x04 broken')
+  with pytest.raises(ValueError, match=r'not_a\.zip.*neither a folder nor a readable zip'):
+    ip.create_dataset(folder_config(tmp_path / 'not_a.zip'), seed=0)
+  with zipfile.ZipFile(tmp_path / 'only_a.zip', 'w') as archive:
+    archive.writestr('data/trainA/x.png', b'')
+  with pytest.raises(ValueError, match=r'only_a\.zip has no trainA/ and trainB/.*data/trainA'):
+    ip.create_dataset(folder_config(tmp_path / 'only_a.zip'), seed=0)
+
+
+def tfds_config(data_dir, **overrides):
+  return data_config(
+      **{
+          'source': 'tfds',
+          'tfds_name': 'cycle_gan/horse2zebra',
+          'tfds_data_dir': str(data_dir),
+          **overrides
+      })
+
+
+def test_tfds_source_reads_a_prepared_array_record_dataset(folder_root, tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('tfds')
+  prepare_tfds.prepare('horse2zebra', folder_root, data_dir)
+  from_tfds = ip.create_dataset(tfds_config(data_dir), seed=0)
+  from_folder = ip.create_dataset(folder_config(folder_root), seed=0)
+  assert (from_tfds.num_A, from_tfds.num_B) == (6, 3)
+  assert (from_tfds.num_test('A'), from_tfds.num_test('B')) == (2, 0)  # No testB folder.
+  # The same images (TFDS stores them in its own order): compare the resized training images.
+  for domain in ip.DOMAINS:
+    tfds_images = {from_tfds._training_image(domain, i).tobytes() for i in range(3)}
+    folder_images = {
+        from_folder._training_image(domain, i).tobytes()
+        for i in range(len(from_folder.sources[domain]))
+    }
+    assert tfds_images <= folder_images
+  with from_tfds.train_iterator(2) as iterator:
+    for step in range(3):
+      batch, expected = next(iterator), from_tfds.train_batch(step, 2)
+      for domain in ip.DOMAINS:
+        assert batch[domain].shape == (2, 32, 32, 3)
+        np.testing.assert_array_equal(batch[domain], expected[domain])
+  assert 'tensorflow' not in sys.modules
+
+
+def test_tfds_source_errors_say_how_to_prepare(tmp_path, folder_root):
+  with pytest.raises(FileNotFoundError,
+                     match=r'cycle_gan/horse2zebra is not prepared in .*'
+                     r'nothing is downloaded.*prepare_tfds --name=horse2zebra'):
+    ip.create_dataset(tfds_config(tmp_path / 'empty'), seed=0)
+  assert not list((tmp_path / 'empty').rglob('*.array_record*'))
+  with pytest.raises(ValueError, match=r'config\.data\.tfds_name=.cycle_gan/horse2zebr. is not'):
+    ip.create_dataset(tfds_config(tmp_path, tfds_name='cycle_gan/horse2zebr'), seed=0)
+  version_dir = prepare_tfds.prepare('horse2zebra', folder_root, tmp_path / 'tfrecord')
+  info_path = version_dir / 'dataset_info.json'
+  info = json.loads(info_path.read_text())
+  info['fileFormat'] = 'tfrecord'  # As `tfds build` writes without --file_format.
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match=r'stored as tfrecord.*array_record'):
+    ip.create_dataset(tfds_config(tmp_path / 'tfrecord'), seed=0)
 
 
 @pytest.mark.parametrize('source', ['embedded', 'folder'])

@@ -8,9 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 from PIL import Image
+import pytest
+
+from conftest import make_jpeg_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,15 +90,73 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
   assert final_line(resumed.stdout)['step'] == str(stopped_at + 2)
 
 
-def test_missing_dataset_fails_before_training_and_names_the_field(tmp_path):
-  result = subprocess.run(
+def run_monet(tmp_path, *overrides):
+  return subprocess.run(
       [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/monet.py',
-       f'--workdir={tmp_path / "run"}', f'--config.data.root={tmp_path / "nowhere"}'],
+       f'--workdir={tmp_path / "run"}', *overrides],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_missing_dataset_fails_before_training_and_names_the_field(tmp_path):
+  result = run_monet(tmp_path, '--config.data.source=folder',
+                     f'--config.data.root={tmp_path / "nowhere"}')
   assert result.returncode != 0
   assert 'config.data.root' in result.stderr and 'nowhere' in result.stderr
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
+  result = run_monet(tmp_path, f'--config.data.tfds_data_dir={tmp_path / "tfds"}')
+  assert result.returncode != 0
+  assert 'cycle_gan/monet2photo is not prepared' in result.stderr
+  assert 'nothing is downloaded' in result.stderr
+  assert 'python -m cyclegan_jax.prepare_tfds --name=monet2photo' in result.stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  assert not list((tmp_path / 'tfds').rglob('*.array_record*'))
+
+
+# The paper's recipe shrunk to test size: every other field is configs/horse2zebra.py's.
+SHRUNK_PAPER_RECIPE = ('--config.model.generator=resnet_1blocks', '--config.model.ngf=8',
+                       '--config.model.ndf=8', '--config.data.load_size=36',
+                       '--config.data.crop_size=32', '--config.pool_size=4',
+                       '--config.batch_size=2', '--config.num_train_steps=2',
+                       '--config.log_every_steps=1', '--config.num_sample_images=2')
+
+
+@pytest.mark.parametrize('source', ['folder', 'zip', 'tfds'])
+def test_horse2zebra_config_trains_from_each_source(tmp_path, source):
+  images = make_jpeg_dataset(tmp_path / 'horse2zebra')
+  (images / 'trainB' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
+  (images / 'trainA' / 'README.txt').write_text('not an image')
+  if source == 'folder':
+    overrides = ['--config.data.source=folder', f'--config.data.root={images}']
+  elif source == 'zip':
+    with zipfile.ZipFile(tmp_path / 'horse2zebra.zip', 'w') as archive:
+      for file in sorted(images.rglob('*')):
+        archive.write(file, file.relative_to(tmp_path).as_posix())
+    overrides = ['--config.data.source=folder', f'--config.data.root={tmp_path}/horse2zebra.zip']
+  else:
+    prepared = subprocess.run(
+        [sys.executable, '-m', 'cyclegan_jax.prepare_tfds', '--name=horse2zebra',
+         f'--source={images}', f'--data_dir={tmp_path / "tfds"}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    overrides = [f'--config.data.tfds_data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/horse2zebra.py',
+       f'--workdir={workdir}', *SHRUNK_PAPER_RECIPE, *overrides],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert final_line(result.stdout)['step'] == '2'
+  assert re.search(r'5 trainA, [45] trainB, 2 testA, 2 testB images', result.stderr)
+  if source != 'tfds':  # Preparation already skipped (and reported) the corrupt file.
+    assert 'corrupt.jpg' in result.stderr
+  assert 'README.txt' not in result.stderr
+  assert (workdir / 'samples' / 'step_00000002.png').exists()
+  assert (workdir / 'checkpoints' / '2').is_dir()
 
 
 def test_batch_shards_over_several_devices(tmp_path):

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
+from conftest import make_jpeg_dataset
 from conftest import updated
 from cyclegan_jax import checkpointing
 from cyclegan_jax import input_pipeline
@@ -169,9 +171,14 @@ def restore_params(workdir):
   return step, restored['state']
 
 
-def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path):
+@pytest.mark.parametrize('source', ['embedded', 'folder'])
+def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path, source):
   tiny_config.num_train_steps = 6
   tiny_config.checkpoint_every_steps = 2
+  if source == 'folder':
+    tiny_config.data.source = 'folder'
+    tiny_config.data.root = str(make_jpeg_dataset(tmp_path / 'images'))
+    tiny_config.data.load_size = 36
   train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
 
   interrupted = tmp_path / 'interrupted'
@@ -188,6 +195,11 @@ def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path):
   assert len(leaves_a) == len(leaves_b)
   for (path, x), y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  # The checkpoint records the input iterator's position: 6 steps of 2 examples.
+  manager = checkpointing.create_manager(interrupted, keep=3)
+  data_state = manager.restore(6, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+  manager.close()
+  assert data_state['next_example'] == 12 and data_state['seed'] == tiny_config.seed
 
 
 def test_resume_refuses_a_different_architecture(tiny_config, tmp_path):

@@ -1,0 +1,485 @@
+r"""Prepares the TFDS dataset cycle_gan/<name> in array_record format, offline and without TF.
+
+  python -m cyclegan_jax.prepare_tfds --name=horse2zebra --source=/path/to/horse2zebra.zip \
+      [--data_dir=DIR] [--overwrite]
+
+writes `<data_dir>/cycle_gan/<name>/3.0.0/`: the dataset that TFDS's own builder
+(`tensorflow_datasets.image_classification.cycle_gan.CycleGAN`) prepares with
+`--file_format=array_record`, with the same name, config, version, features ({'image': Image(),
+'label': ClassLabel(names=['A', 'B'])}) and split names (trainA, trainB, testA, testB), so that
+`tfds.data_source('cycle_gan/<name>', data_dir=DIR)` reads it. The official builder downloads the
+zip and lists it with TensorFlow; this reads the zip you already have, in place with `zipfile`, or
+an extracted folder, and needs neither TensorFlow nor a network. --data_dir defaults to TFDS's
+default data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
+
+Source: the official CycleGAN zip (members `<name>/trainA/*.jpg`, `<name>/trainB/...`, testA,
+testB) or a folder holding trainA/ and trainB/ (and normally testA/, testB/). The split folders may
+sit at the top level of the zip or folder, or inside one of its top-level folders. Split folders
+are searched recursively for files with an image extension (`input_pipeline.IMAGE_EXTENSIONS`,
+case-insensitive); hidden files and folders and `__MACOSX/` are ignored, other files are skipped
+and reported.
+
+Examples: one per image, keyed by its path below the split folder, which in the official flat
+layout is the file's basename, the key the official `_generate_examples` uses. TFDS stores a split's
+examples in the order of a hash of (split name, key), so the stored order is the official
+builder's. Label 'A' in trainA and testA, 'B' in trainB and testB.
+
+Image bytes: JPEG files and 8-bit PNG files in RGB or greyscale are stored byte for byte, as the
+official builder stores them (the official zips hold only such JPEGs). Greyscale ones, a few in
+the official zips, are fine despite the feature's (None, None, 3) shape: TFDS does not decode
+images while writing, and its decoders (TensorFlow's `decode_image(channels=3)`, and the OpenCV or
+Pillow decoding of `tfds.data_source`) repeat the grey channel three times; readers that take the
+raw bytes (`tfds.decode.SkipDecoding()`) convert channels themselves. Any other image (palette,
+alpha, CMYK, 1- or 16-bit, BMP, PPM, TIFF, WebP) is stored as a lossless PNG of its RGB pixels
+(alpha dropped, 16/32-bit grey scaled from 0..65535 to 0..255, as the folder input pipeline
+converts), since TFDS's decoders would return palette indices or 4 channels for some of them and
+TensorFlow cannot decode TIFF. Each image is decoded once here; one that Pillow cannot decode is
+left out with a warning naming it (as the input pipeline skips unreadable images by default), and
+a split none of whose images decodes is an error. A zip member that fails its CRC check is an
+error: the zip is damaged.
+
+Splits: trainA and trainB must exist and hold images. testA and testB are optional (the official
+builder requires them): a missing or image-less test folder is left out of the prepared dataset,
+with a warning, because TFDS cannot write an empty split.
+
+A dataset already prepared at the target in array_record format is kept (its path is returned and
+the source is not read) unless --overwrite; one in another format, e.g. tfrecord from
+`tfds build`, is an error unless --overwrite, since `tfds.data_source` cannot read it.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import io
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import zipfile
+import zlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+from tensorflow_datasets.image_classification import cycle_gan
+
+from cyclegan_jax.input_pipeline import IMAGE_EXTENSIONS
+
+DATASET_NAME = 'cycle_gan'
+CONFIG_NAMES = tuple(cycle_gan.CycleGAN.builder_configs)
+SPLITS = ('trainA', 'trainB', 'testA', 'testB')
+REQUIRED_SPLITS = ('trainA', 'trainB')
+FILE_FORMAT = 'array_record'
+
+_SOURCE_LAYOUT = ('expected the CycleGAN dataset zip (e.g. horse2zebra.zip, holding '
+                  'horse2zebra/trainA/*.jpg, trainB, testA, testB) or a folder holding trainA/ and '
+                  'trainB/ (and normally testA/, testB/) of images')
+_IGNORED_NAMES = ('__MACOSX',)
+# Formats whose RGB or greyscale files TFDS's decoders all read as (H, W, 3) uint8 images; MPO is
+# a JPEG whose first picture is the image (as photos from some phones are).
+_FORMATS_STORED_AS_IS = ('JPEG', 'MPO', 'PNG')
+_MODES_STORED_AS_IS = ('RGB', 'L')
+_PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length, type, width, height.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# Damaged data (CRC, deflate stream, truncation) or a compression method zipfile lacks.
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
+
+
+def _is_ignored(relative_path: str) -> bool:
+  """Whether any component of the posix path is hidden (.name) or an archiver's side folder."""
+  return any(part.startswith('.') or part in _IGNORED_NAMES for part in relative_path.split('/'))
+
+
+def _is_image_name(relative_path: str) -> bool:
+  return os.path.splitext(relative_path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _count(number: int, noun: str) -> str:
+  return f'{number} {noun}' if number == 1 else f'{number} {noun}s'
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: a folder or a zip, both addressed by posix paths relative to their top.
+
+
+class _FolderSource:
+  """An extracted dataset folder."""
+
+  def __init__(self, folder: pathlib.Path):
+    self.folder = folder
+
+  def location(self, relative_path: str) -> str:
+    return str(self.folder / relative_path) if relative_path else str(self.folder)
+
+  def top_level_folders(self) -> list[str]:
+    return sorted(child.name
+                  for child in self.folder.iterdir()
+                  if child.is_dir() and not _is_ignored(child.name))
+
+  def is_folder(self, relative_path: str) -> bool:
+    return (self.folder / relative_path).is_dir()
+
+  def files_below(self, relative_folder: str) -> list[str]:
+    """Paths of the non-ignored files below the folder, relative to it."""
+    root = self.folder / relative_folder
+    relative_paths = (
+        path.relative_to(root).as_posix() for path in root.rglob('*') if path.is_file())
+    return sorted(path for path in relative_paths if not _is_ignored(path))
+
+  def read(self, relative_path: str) -> bytes:
+    return (self.folder / relative_path).read_bytes()
+
+
+def _parent_folders(relative_path: str) -> list[str]:
+  """'a/b/c.jpg' -> ['a/b', 'a']."""
+  return [relative_path.rsplit('/', depth)[0] for depth in range(1, relative_path.count('/') + 1)]
+
+
+class _ZipSource:
+  """A dataset zip, read in place."""
+
+  def __init__(self, archive: zipfile.ZipFile, zip_path: pathlib.Path):
+    self.archive = archive
+    self.zip_path = zip_path
+    self.file_names = [
+        info.filename
+        for info in archive.infolist()
+        if not info.is_dir() and not _is_ignored(info.filename.rstrip('/'))
+    ]
+    self.folders = {parent for name in self.file_names for parent in _parent_folders(name)}
+
+  def location(self, relative_path: str) -> str:
+    return f'{self.zip_path}:{relative_path}' if relative_path else str(self.zip_path)
+
+  def top_level_folders(self) -> list[str]:
+    return sorted(folder for folder in self.folders if '/' not in folder)
+
+  def is_folder(self, relative_path: str) -> bool:
+    return relative_path in self.folders
+
+  def files_below(self, relative_folder: str) -> list[str]:
+    prefix = relative_folder + '/'
+    return sorted(name[len(prefix):] for name in self.file_names if name.startswith(prefix))
+
+  def read(self, relative_path: str) -> bytes:
+    try:
+      return self.archive.read(relative_path)
+    except _ZIP_READ_ERRORS as error:
+      raise ValueError(f'{self.location(relative_path)} cannot be read from the zip, which is '
+                       f'damaged or uses an unsupported compression ({error})') from error
+
+
+_Source = _FolderSource | _ZipSource
+_PrepareFrom = Callable[[_Source], pathlib.Path]
+
+
+def _find_dataset_root(source: _Source) -> str:
+  """The relative folder ('' for the top) that holds trainA/ and trainB/."""
+  candidates = [''] + [folder + '/' for folder in source.top_level_folders()]
+
+  def splits_in(candidate: str) -> list[str]:
+    return [split for split in SPLITS if source.is_folder(candidate + split)]
+
+  complete = [c for c in candidates if all(s in splits_in(c) for s in REQUIRED_SPLITS)]
+  if '' in complete or len(complete) == 1:
+    return complete[0]
+  if complete:
+    raise ValueError(f'{source.location("")} holds several datasets, in '
+                     f'{", ".join(c.rstrip("/") for c in complete)}: pass one of them as source')
+  for candidate in candidates:
+    if found := splits_in(candidate):
+      missing = [split for split in REQUIRED_SPLITS if split not in found]
+      raise FileNotFoundError(
+          f'{source.location(candidate.rstrip("/"))} has {"/, ".join(found)}/ but no '
+          f'{"/ and ".join(missing)}/ folder: {_SOURCE_LAYOUT}')
+  raise FileNotFoundError(f'{source.location("")} holds no trainA/ and trainB/ folders, neither at '
+                          f'its top level nor in a top-level folder: {_SOURCE_LAYOUT}')
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitFiles:
+  """The files of one split folder: where it is, its images and the skipped other files."""
+  location: str
+  folder: str  # Relative to the source's top.
+  image_keys: tuple[str, ...]  # Paths below the split folder, sorted.
+  skipped: tuple[str, ...]
+
+
+def _list_splits(source: _Source) -> tuple[dict[str, _SplitFiles], dict[str, str]]:
+  """The splits to prepare, and for each test split left out, why."""
+  root = _find_dataset_root(source)
+  splits, left_out = {}, {}
+  for split in SPLITS:
+    folder = root + split
+    if not source.is_folder(folder):
+      left_out[split] = f'no {split}/ folder in {source.location(root.rstrip("/"))}'
+      continue
+    files = source.files_below(folder)
+    split_files = _SplitFiles(location=source.location(folder),
+                              folder=folder,
+                              image_keys=tuple(f for f in files if _is_image_name(f)),
+                              skipped=tuple(f for f in files if not _is_image_name(f)))
+    if split_files.image_keys:
+      splits[split] = split_files
+      continue
+    extensions = '/'.join(extension[1:] for extension in IMAGE_EXTENSIONS)
+    problem = f'{split_files.location} holds no {extensions} images'
+    if split_files.skipped:
+      other_files = _count(len(split_files.skipped), 'other file')
+      problem += f' (only {other_files}, e.g. {split_files.skipped[0]})'
+    if split in REQUIRED_SPLITS:
+      raise ValueError(f'{problem}: {_SOURCE_LAYOUT}')
+    left_out[split] = problem
+  return splits, left_out
+
+
+# ----------------------------------------------------------------------------------------------
+# Image bytes.
+
+
+def _grey_to_8_bit(image: Image.Image) -> Image.Image:
+  """16/32-bit integer greyscale -> 'L', 0..65535 scaled to 0..255 (PIL itself would clip)."""
+  scaled = np.round(np.asarray(image, dtype=np.float64) / 257.0)
+  return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode='L')
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+  if image.mode == 'I' or image.mode.startswith('I;16'):
+    image = _grey_to_8_bit(image)
+  elif image.mode == 'P' and 'transparency' in image.info:
+    image = image.convert('RGBA')  # PIL warns when a palette with transparency goes to RGB.
+  return image.convert('RGB')
+
+
+def _stored_as_is(image: Image.Image, encoded: bytes) -> bool:
+  if image.format not in _FORMATS_STORED_AS_IS or image.mode not in _MODES_STORED_AS_IS:
+    return False
+  return image.format != 'PNG' or encoded[_PNG_BIT_DEPTH_OFFSET] == 8
+
+
+class UnreadableImageError(ValueError):
+  """An image file that Pillow cannot decode."""
+
+
+def encoded_for_tfds(encoded: bytes, location: str) -> tuple[bytes, bool]:
+  """(bytes to store, whether they were re-encoded) for an image file's bytes; see module doc.
+
+  Args:
+    encoded: the file's bytes.
+    location: where the file is, for the error message.
+
+  Raises:
+    UnreadableImageError: Pillow cannot decode the bytes.
+  """
+  try:
+    with Image.open(io.BytesIO(encoded)) as image:
+      image.load()
+      if _stored_as_is(image, encoded):
+        return encoded, False
+      rgb = _as_rgb(image)
+  except _DECODE_ERRORS as error:
+    raise UnreadableImageError(f'{location} is not a readable image ({error})') from error
+  buffer = io.BytesIO()
+  rgb.save(buffer, format='PNG')
+  return buffer.getvalue(), True
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder.
+
+
+class _CycleGANFromFiles(cycle_gan.CycleGAN, skip_registration=True):
+  """TFDS's cycle_gan builder, fed from local files instead of a download."""
+
+  name = DATASET_NAME
+  # Recorded as the dataset's module_name, so the metadata is the official builder's and TFDS
+  # finds no difference to report when its registered builder loads the dataset.
+  __module__ = cycle_gan.__name__
+  # Where the checksums of downloads would be looked up; nothing is downloaded, and looking it up
+  # imports `importlib_resources`, which tensorflow-datasets does not depend on.
+  code_path = None
+
+  def __init__(self, *, source: _Source, splits: dict[str, _SplitFiles], **kwargs):
+    self._source = source
+    self._splits = splits
+    self.reencoded_counts = dict.fromkeys(splits, 0)
+    self.unreadable_keys = {split: [] for split in splits}
+    super().__init__(**kwargs)
+
+  # TFDS's own two messages, printed to stdout, announce a download of unknown size and its end.
+  def _log_download_bytes(self) -> None:
+    logging.info('Preparing %s/%s in %s from %s.', self.name, self.builder_config.name,
+                 self.data_dir, self._source.location(''))
+
+  def _log_download_done(self) -> None:
+    pass  # prepare() logs a summary instead.
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {split: self._generate_examples(split) for split in self._splits}
+
+  def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, object]]]:
+    split_files = self._splits[split]
+    for key in split_files.image_keys:
+      relative_path = f'{split_files.folder}/{key}'
+      try:
+        image, reencoded = encoded_for_tfds(self._source.read(relative_path),
+                                            self._source.location(relative_path))
+      except UnreadableImageError as error:
+        logging.warning('%s; leaving it out.', error)
+        self.unreadable_keys[split].append(key)
+        continue
+      self.reencoded_counts[split] += reencoded
+      yield key, {'image': image, 'label': split[-1]}
+    if len(self.unreadable_keys[split]) == len(split_files.image_keys):
+      # Raised here, as TFDS cannot write an empty split either.
+      raise ValueError(f'{split_files.location} holds no readable image: all '
+                       f'{_count(len(split_files.image_keys), "image file")} failed to decode')
+
+
+def _builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+  return _CycleGANFromFiles(config=name, data_dir=data_dir, file_format=FILE_FORMAT, **kwargs)
+
+
+def _open_source(source: pathlib.Path, prepare_from: _PrepareFrom) -> pathlib.Path:
+  """prepare_from(the opened source), with the zip open while it runs."""
+  if source.is_dir():
+    return prepare_from(_FolderSource(source))
+  if not source.exists():
+    raise FileNotFoundError(f'source {source} not found: {_SOURCE_LAYOUT}')
+  if not zipfile.is_zipfile(source):
+    if source.suffix.lower() == '.zip':
+      raise ValueError(
+          f'source {source} is not a valid zip file (corrupt or incomplete download?): '
+          f'{_SOURCE_LAYOUT}')
+    raise ValueError(f'source {source} is neither a folder nor a zip file: {_SOURCE_LAYOUT}')
+  try:
+    with zipfile.ZipFile(source) as archive:
+      return prepare_from(_ZipSource(archive, source))
+  except zipfile.BadZipFile as error:
+    raise ValueError(
+        f'source {source} is a corrupt zip file ({error}): {_SOURCE_LAYOUT}') from error
+
+
+def default_data_dir() -> str:
+  """TFDS's default data dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return tfds.core.constants.get_default_data_dir()
+
+
+def prepare(name: str,
+            source: str | os.PathLike,
+            data_dir: str | os.PathLike | None = None,
+            *,
+            overwrite: bool = False) -> pathlib.Path:
+  """Prepares cycle_gan/<name> in data_dir from the CycleGAN zip or folder `source`.
+
+  Args:
+    name: one of CONFIG_NAMES, e.g. 'horse2zebra'.
+    source: the official `<name>.zip`, or a folder holding trainA/, trainB/ (testA/, testB/).
+    data_dir: TFDS data dir; None for TFDS's default.
+    overwrite: replace a dataset already prepared there instead of keeping it.
+
+  Returns:
+    The prepared version folder, `<data_dir>/cycle_gan/<name>/3.0.0`.
+
+  Raises:
+    ValueError: unknown name, unusable source or images, or a non-array_record dataset in the way.
+    FileNotFoundError: no source, or no trainA/ or trainB/ folder in it.
+  """
+  if name not in CONFIG_NAMES:
+    raise ValueError(f'unknown CycleGAN dataset name {name!r}: expected one of '
+                     f'{", ".join(CONFIG_NAMES)}')
+  data_dir = str(pathlib.Path(data_dir or default_data_dir()).expanduser().absolute())
+  source = pathlib.Path(source).expanduser().absolute()
+  full_name = f'{DATASET_NAME}/{name}'
+
+  version = str(cycle_gan.CycleGAN.builder_configs[name].version)
+  target = pathlib.Path(data_dir, DATASET_NAME, name, version)
+  # Checked by hand first: asking TFDS about an absent dataset logs a warning.
+  already_prepared = (target / 'dataset_info.json').exists()
+  if target.exists() and not already_prepared and not overwrite:
+    # TFDS would take any existing folder for the prepared dataset and write nothing.
+    raise ValueError(f'{target} exists but holds no prepared dataset (no dataset_info.json): '
+                     f'remove it or pass overwrite (--overwrite)')
+  if already_prepared:
+    file_format = tfds.builder(full_name, data_dir=data_dir).info.file_format.value
+    if not overwrite and file_format == FILE_FORMAT:
+      logging.info('%s is already prepared in %s; keeping it (overwrite to prepare it again).',
+                   full_name, target)
+      return target
+    if not overwrite:
+      raise ValueError(f'{full_name} is already prepared in {target} in the {file_format} format, '
+                       f'which tfds.data_source cannot read: pass overwrite (--overwrite) to '
+                       f'replace it with the {FILE_FORMAT} format')
+
+  def prepare_from(opened_source: _Source) -> pathlib.Path:
+    splits, left_out = _list_splits(opened_source)
+    if target.exists():
+      logging.info('Deleting the existing %s.', target)
+      shutil.rmtree(target)
+    builder = _builder(name, data_dir, source=opened_source, splits=splits)
+    with tempfile.TemporaryDirectory(prefix='prepare_tfds_downloads_') as unused_download_dir:
+      builder.download_and_prepare(download_dir=unused_download_dir,
+                                   download_config=tfds.download.DownloadConfig(
+                                       compute_stats=tfds.download.ComputeStatsMode.SKIP,
+                                       try_download_gcs=False))
+    _log_summary(builder, data_dir, splits, left_out)
+    return pathlib.Path(builder.data_dir)
+
+  return _open_source(source, prepare_from)
+
+
+def _log_summary(builder: _CycleGANFromFiles, data_dir: str, splits: dict[str, _SplitFiles],
+                 left_out: dict[str, str]) -> None:
+  full_name = f'{DATASET_NAME}/{builder.builder_config.name}'
+  lines = [f'Prepared {full_name} ({FILE_FORMAT}) in {builder.data_dir}:']
+  for split in SPLITS:
+    if split in left_out:
+      lines.append(f'  {split}: left out, {left_out[split]}')
+      continue
+    split_files = splits[split]
+    line = (f'  {split}: {_count(builder.info.splits[split].num_examples, "example")} from '
+            f'{split_files.location}')
+    if reencoded := builder.reencoded_counts[split]:
+      line += f'; {reencoded} stored as RGB PNG'
+    if unreadable := builder.unreadable_keys[split]:
+      line += (f'; skipped {_count(len(unreadable), "unreadable image")}, e.g. '
+               f'{unreadable[0]}')
+    if split_files.skipped:
+      line += (f'; skipped {_count(len(split_files.skipped), "non-image file")}, e.g. '
+               f'{split_files.skipped[0]}')
+    lines.append(line)
+  lines.append(f"Read it with tfds.data_source('{full_name}', data_dir='{data_dir}').")
+  logging.info('\n'.join(lines))
+  for split, reason in left_out.items():
+    logging.warning('%s has no %s split: %s.', full_name, split, reason)
+
+
+_NAME = flags.DEFINE_enum('name', None, CONFIG_NAMES, 'CycleGAN dataset (TFDS config) to prepare.')
+_SOURCE = flags.DEFINE_string(
+    'source', None, 'The dataset zip, e.g. horse2zebra.zip, or a folder holding trainA/ and '
+    'trainB/ (and normally testA/, testB/).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data dir to prepare into; default: $TFDS_DATA_DIR, else '
+    '~/tensorflow_datasets.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False,
+                               'Replace the dataset if it is already prepared in data_dir.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    path = prepare(_NAME.value, _SOURCE.value, _DATA_DIR.value, overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f'error: {error}')
+  print(path)
+
+
+if __name__ == '__main__':
+  # Required only here, so that a program importing prepare() can still parse its own flags.
+  flags.mark_flags_as_required(['name', 'source'])
+  app.run(main)
