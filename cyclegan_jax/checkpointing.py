@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cyclegan_jax import config_lib
@@ -28,11 +29,24 @@ def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+def to_host(tree: Any) -> Any:
+  """Arrays -> numpy; a replicated array that spans several processes gives its local copy."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        raise ValueError(f'cannot read a sharded {x.shape} array spanning several processes')
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)
+
+
 def save(manager: ocp.CheckpointManager,
          state: Any,
          config: ml_collections.ConfigDict,
          data_state: dict | None = None) -> None:
-  step = int(jax.device_get(state.step))
+  step = int(to_host(state.step))
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_state is not None:
     items['data'] = ocp.args.JsonSave(data_state)
@@ -75,8 +89,13 @@ def load_saved_config(workdir: str | Path) -> dict | None:
                      'this workdir. Restore it or use a new --workdir.') from error
 
 
-def check_and_save_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir trained with another architecture, then records `config` there."""
+def check_and_save_config(workdir: str | Path,
+                          config: ml_collections.ConfigDict,
+                          write: bool = True) -> None:
+  """Refuses a workdir trained with another architecture, then records `config` there.
+
+  In a multi-process run every process checks and only process 0 writes (`write`).
+  """
   workdir = Path(workdir)
   saved = load_saved_config(workdir)
   if saved is not None and checkpoint_dir(workdir).exists():
@@ -85,6 +104,8 @@ def check_and_save_config(workdir: str | Path, config: ml_collections.ConfigDict
       raise ValueError(
           f'Cannot resume {workdir}: its checkpoints were trained with a different architecture (' +
           '; '.join(mismatches) + '). Use a new --workdir, or restore the original settings.')
+  if not write:
+    return
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / (CONFIG_FILE + '.tmp')
   tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')

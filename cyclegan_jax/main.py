@@ -2,9 +2,14 @@
 
 Override any config field on the command line, e.g. `--config.lambda_cycle=5`.
 Rerunning the same command resumes from the latest checkpoint in the workdir.
+
+Multi-host (one process per host, the same command on every host): on a TPU VM pod slice or
+under SLURM the processes find each other by themselves; elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0..N-1).
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -18,7 +23,39 @@ from cyclegan_jax import train
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and samples.')
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process: HOST:PORT of process 0, reachable from every process.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process (0-based).')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  "Call jax.distributed.initialize(): 'auto' when the flags above are given, on a "
+                  "multi-host TPU slice, or under SLURM with several tasks.")
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _multi_host_environment() -> bool:
+  """A launcher that runs one process per host and that jax.distributed detects by itself."""
+  tpu_hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return ',' in tpu_hosts or int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1
+
+
+def initialize_distributed() -> None:
+  """Joins the other processes of a multi-process run (see the module docstring)."""
+  explicit = {
+      'coordinator_address': FLAGS.coordinator_address,
+      'num_processes': FLAGS.num_processes,
+      'process_id': FLAGS.process_id,
+  }
+  given = {name: value for name, value in explicit.items() if value is not None}
+  if FLAGS.distributed == 'off':
+    if given:
+      raise app.UsageError(f'--distributed=off contradicts --{", --".join(given)}')
+    return
+  if given and len(given) < len(explicit):
+    missing = sorted(set(explicit) - set(given))
+    raise app.UsageError(f'multi-process runs need --{", --".join(missing)} too')
+  if given or FLAGS.distributed == 'on' or _multi_host_environment():
+    jax.distributed.initialize(**given)
 
 
 def parse_flags(argv):
@@ -48,6 +85,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
+  initialize_distributed()
   logging.info('JAX process %d of %d; local devices %s; %d devices in all.',
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -10,7 +10,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
@@ -230,8 +230,8 @@ class Trainer(NamedTuple):
   init: Any  # () -> TrainState, jitted
   step: Any  # (TrainState, batch) -> (TrainState, metrics), jitted, state donated
   translate: Any  # (params, real_A, real_B) -> dict of images for grids, jitted
-  translate_AtoB: Any  # (params, real_A) -> G(real_A), jitted
-  translate_BtoA: Any  # (params, real_B) -> F(real_B), jitted
+  translate_AtoB: Any  # (params, real_A) -> G(real_A) as numpy, jitted
+  translate_BtoA: Any  # (params, real_B) -> F(real_B) as numpy, jitted
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -260,9 +260,17 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
       donate_argnums=0)
   return Trainer(
       networks, schedule, replicated, batch_sharding, init, step,
-      translate=jax.jit(functools.partial(translate_all, networks)),
-      translate_AtoB=jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x)),
-      translate_BtoA=jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y)))
+      translate=jax.jit(functools.partial(translate_all, networks), out_shardings=replicated),
+      translate_AtoB=_on_host(
+          jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x),
+                  out_shardings=replicated)),
+      translate_BtoA=_on_host(
+          jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y),
+                  out_shardings=replicated)))
+
+
+def _on_host(fn: Callable[..., jax.Array]) -> Callable[..., np.ndarray]:
+  return lambda *args: checkpointing.to_host(fn(*args))
 
 
 def global_batch(local_batch: dict[str, np.ndarray],
@@ -321,18 +329,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = input_pipeline.create_dataset(
       config.data, seed=config.seed, channels_A=config.model.input_nc,
       channels_B=config.model.output_nc)
-  checkpointing.check_and_save_config(workdir, config)
-  logging.info('Data: %s.', dataset.summary)
   is_chief = jax.process_index() == 0
+  checkpointing.check_and_save_config(workdir, config, write=is_chief)
+  logging.info('Data: %s.', dataset.summary)
 
   epoch_steps = steps_per_epoch(dataset.epoch_size, config.batch_size)
   num_steps = total_train_steps(config, epoch_steps)
   crop = config.data.crop_size
   trainer = build_trainer(config, epoch_steps, (crop, crop, config.model.input_nc),
                           (crop, crop, config.model.output_nc))
-  logging.info('Training %d steps (%d per epoch of %d examples), global batch %d over %d '
-               'devices.', num_steps, epoch_steps, dataset.epoch_size, config.batch_size,
-               jax.device_count())
+  logging.info(
+      'Training %d steps (%d per epoch of %d examples), global batch %d over %d devices: %d per '
+      'device, %d per process of %d.', num_steps, epoch_steps, dataset.epoch_size,
+      config.batch_size, jax.device_count(), config.batch_size // jax.device_count(),
+      config.batch_size // jax.process_count(), jax.process_count())
 
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   data_state = None
@@ -342,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
   else:
     state = trainer.init()
-  start_step = int(jax.device_get(state.step))
+  start_step = int(checkpointing.to_host(state.step))
   start_example = (dataset.resume_example(data_state)
                    if data_state is not None else start_step * config.batch_size)
 
@@ -365,9 +375,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return results
 
   def save_samples(state, step):
-    if samples is None or not is_chief:
+    if samples is None:
       return
-    images = jax.device_get(trainer.translate(state.params, samples['A'], samples['B']))
+    # Every process runs the computation (it spans all devices); process 0 writes the grid.
+    images = checkpointing.to_host(trainer.translate(state.params, samples['A'], samples['B']))
+    if not is_chief:
+      return
     grid = summaries.translation_grid(images)
     summaries.save_png(workdir / 'samples' / f'step_{step:08d}.png', grid)
     writer.image(step, 'samples/real_fake_rec', grid)
@@ -390,7 +403,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       last = step == num_steps or stop.requested
       if step % config.log_every_steps == 0 or last:
-        last_metrics = {k: float(v) / metric_count for k, v in jax.device_get(metric_sums).items()}
+        last_metrics = {
+            k: float(v) / metric_count for k, v in checkpointing.to_host(metric_sums).items()
+        }
         metric_sums, metric_count = None, 0
         _check_finite(step, last_metrics, workdir)
         steps_per_s, eta_s = progress.report(step)

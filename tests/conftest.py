@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +44,6 @@ def updated(config, **fields):
 
 def make_jpeg_dataset(root: pathlib.Path, seed: int = 0, counts=(5, 4, 2, 2)) -> pathlib.Path:
   """A small CycleGAN folder dataset (trainA, trainB, testA, testB) of JPEGs of assorted sizes."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   for split, count in zip(('trainA', 'trainB', 'testA', 'testB'), counts):
@@ -53,3 +53,22 @@ def make_jpeg_dataset(root: pathlib.Path, seed: int = 0, counts=(5, 4, 2, 2)) ->
       pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
       Image.fromarray(pixels).save(root / split / f'{index}.jpg')
   return root
+
+
+def _leaves(tree) -> list[np.ndarray]:
+  import jax  # pylint: disable=g-import-not-at-top  # Only after the cache settings above.
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def relative_difference(tree_a, tree_b) -> float:
+  """max |a - b| / max |a| over all leaves."""
+  leaves_a, leaves_b = _leaves(tree_a), _leaves(tree_b)
+  scale = max(float(np.max(np.abs(a), initial=0.0)) for a in leaves_a)
+  return max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(leaves_a, leaves_b)) / scale
+
+
+def fraction_above(tree_a, tree_b, tolerance: float) -> float:
+  """Fraction of all elements whose absolute difference exceeds `tolerance`."""
+  leaves_a, leaves_b = _leaves(tree_a), _leaves(tree_b)
+  above = sum(int(np.sum(np.abs(a - b) > tolerance)) for a, b in zip(leaves_a, leaves_b))
+  return above / sum(a.size for a in leaves_a)

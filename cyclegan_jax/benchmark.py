@@ -1,0 +1,163 @@
+"""Benchmarks the real train step (and generator inference) on synthetic data of a config's size.
+
+    python -m cyclegan_jax.benchmark --config=configs/monet.py                  # 256 px, 9 blocks
+    python -m cyclegan_jax.benchmark --config=configs/monet.py --config.data.crop_size=128 \
+        --config.model.generator=resnet_6blocks                                 # 128 px, 6 blocks
+    python -m cyclegan_jax.benchmark --config=configs/monet.py --inference      # G(x) only
+
+Builds exactly the training step of `cyclegan_jax.train` (all four networks, losses, image pools,
+both Adam updates) on the devices of this host, feeds it uniform random images in [-1, 1] of the
+configured batch and crop size, and reports: compile time; median / min / max step time over
+`--steps` timed steps after `--warmup` untimed ones; examples/s (one example = one A and one B
+image); XLA's FLOP count for one step and the achieved FLOP/s; peak memory (device statistics
+where the backend has them, else the compiled program's buffers and the process's peak RSS); and,
+on a GPU/TPU whose peak is known, the fraction of it. The second-to-last line holds every figure as
+`key=value`; the last line is `step_time_s=<median seconds>`.
+"""
+
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from cyclegan_jax import config_lib
+from cyclegan_jax import summaries
+from cyclegan_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_integer('steps', 10, 'Timed steps.')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+flags.DEFINE_bool('inference', False, 'Benchmark generator G inference instead of training.')
+
+# Dense peak FLOP/s per device by `device_kind` prefix and compute dtype (vendor data sheets).
+PEAK_FLOPS = {
+    'NVIDIA H100': {'float32': 67e12, 'bfloat16': 989e12},
+    'NVIDIA H200': {'float32': 67e12, 'bfloat16': 989e12},
+    'NVIDIA A100': {'float32': 19.5e12, 'bfloat16': 312e12},
+    'TPU v4': {'float32': 275e12, 'bfloat16': 275e12},
+    'TPU v5 lite': {'float32': 197e12, 'bfloat16': 197e12},
+    'TPU v5': {'float32': 459e12, 'bfloat16': 459e12},
+    'TPU v6 lite': {'float32': 918e12, 'bfloat16': 918e12},
+}
+
+
+def peak_flops(device: jax.Device, dtype: str) -> float | None:
+  for prefix, peaks in PEAK_FLOPS.items():
+    if device.device_kind.startswith(prefix):
+      return peaks[dtype]
+  return None
+
+
+def time_calls(call: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def flop_count(compiled) -> float | None:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
+
+
+def memory_figures(compiled) -> dict[str, float]:
+  figures = {'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and 'peak_bytes_in_use' in stats:
+    figures['device_peak_gib'] = stats['peak_bytes_in_use'] / 2**30
+  analysis = compiled.memory_analysis()
+  if analysis is not None:
+    buffers = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+               analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    figures['program_buffers_gib'] = buffers / 2**30
+  return figures
+
+
+def benchmark(config, steps: int, warmup: int, inference: bool) -> dict[str, Any]:
+  config_lib.validate(config, num_devices=jax.device_count())
+  size, batch_size = config.data.crop_size, config.batch_size
+  shape_A = (size, size, config.model.input_nc)
+  shape_B = (size, size, config.model.output_nc)
+  trainer = train.build_trainer(config, epoch_steps=1000, image_shape_A=shape_A,
+                                image_shape_B=shape_B)
+  rng = np.random.default_rng(0)
+  batch = {
+      'A': rng.uniform(-1, 1, (batch_size, *shape_A)).astype(np.float32),
+      'B': rng.uniform(-1, 1, (batch_size, *shape_B)).astype(np.float32),
+  }
+  batch = jax.device_put(batch, trainer.batch_sharding)
+  state = trainer.init()
+  start = time.perf_counter()
+  if inference:
+    generate = jax.jit(lambda params, x: trainer.networks.G.apply({'params': params['G']}, x),
+                       in_shardings=(trainer.state_sharding, trainer.batch_sharding),
+                       out_shardings=trainer.batch_sharding)
+    compiled = generate.lower(state.params, batch['A']).compile()
+    call = lambda: compiled(state.params, batch['A'])
+  else:
+    compiled = trainer.step.lower(state, batch).compile()
+    holder = {'state': state}
+
+    def call():
+      holder['state'], metrics = compiled(holder['state'], batch)
+      return metrics
+
+  compile_s = time.perf_counter() - start
+  times = time_calls(call, steps, warmup)
+  median = statistics.median(times)
+  device = jax.devices()[0]
+  results = {
+      'workload': 'generator_inference' if inference else 'train_step',
+      'platform': device.platform,
+      'device_kind': device.device_kind.replace(' ', '_'),
+      'devices': jax.device_count(),
+      'generator': config.model.generator,
+      'crop_size': size,
+      'batch_size': batch_size,
+      'compute_dtype': config.compute_dtype,
+      'compile_s': compile_s,
+      'step_time_median_s': median,
+      'step_time_min_s': min(times),
+      'step_time_max_s': max(times),
+      'examples_per_s': batch_size / median,
+  }
+  flops = flop_count(compiled)
+  if flops:
+    results['flops_per_step'] = flops
+    results['achieved_flops_per_s'] = flops / median
+    peak = peak_flops(device, config.compute_dtype)
+    if peak:
+      results['fraction_of_peak'] = flops / median / (peak * jax.device_count())
+  results.update(memory_figures(compiled))
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  results = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.inference)
+  print(f'{results["workload"]}: {results["generator"]}, {results["crop_size"]} px, batch '
+        f'{results["batch_size"]}, {results["compute_dtype"]}, {results["devices"]} x '
+        f'{results["device_kind"]}: compile {results["compile_s"]:.1f} s; step median '
+        f'{results["step_time_median_s"]:.4f} s (min {results["step_time_min_s"]:.4f}, max '
+        f'{results["step_time_max_s"]:.4f}); {results["examples_per_s"]:.2f} examples/s')
+  print('benchmark: ' + summaries.key_values(results))
+  print(f'step_time_s={results["step_time_median_s"]:.6f}', flush=True)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,164 @@
+"""Data parallelism over devices and processes, and bfloat16 compute.
+
+The multi-device checks run in subprocesses with simulated CPU devices
+(`--xla_force_host_platform_device_count`), the multi-process one as two real processes joined by
+`jax.distributed` over 127.0.0.1 with CPU collectives.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import fraction_above
+from conftest import relative_difference
+from conftest import ROOT
+from conftest import updated
+from cyclegan_jax import checkpointing
+from cyclegan_jax import input_pipeline
+from cyclegan_jax import train
+
+CHECKS = pathlib.Path(__file__).resolve().parent / 'multi_device_checks.py'
+
+
+def run_check(name: str, devices: int, *args) -> dict:
+  env = {
+      **os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      'JAX_PLATFORMS': 'cpu'
+  }
+  result = subprocess.run([sys.executable, str(CHECKS), name, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [line for line in result.stdout.splitlines() if line.startswith('RESULT ')][-1]
+  return json.loads(line[len('RESULT '):])
+
+
+def test_one_step_on_8_devices_equals_the_global_batch_on_1():
+  result = run_check('equivalence', 8)
+  assert result['devices'] == 8
+  plain = result['pool0']
+  assert plain['state_devices'] == [1, 8]
+  # The gradients (Adam's moments after one step) are those of the global batch.
+  assert plain['adam_mu_relative'] < 1e-4 and plain['adam_nu_relative'] < 1e-4
+  assert plain['metrics_relative'] < 1e-5
+  # Adam's first step is lr * sign(g) where |g| >> eps, so parameters whose gradient is near zero
+  # may round differently; everything else matches to 1e-6.
+  assert plain['params_fraction_above_1e-6'] < 0.01
+  # One global pool: after three steps both hold the same images, and the losses agree.
+  pooled = result['pool4']
+  assert pooled['pool_counts'] == [4, 4]
+  assert pooled['pool_max_difference'] < 1e-4
+  assert pooled['metrics_relative'] < 1e-4
+
+
+def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
+  result = run_check('resume', 8, tmp_path)
+  assert result['devices'] == 8 and result['steps'] == [4, 4]
+  assert result['leaves'] > 0 and result['unequal_leaves'] == 0
+
+
+def free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    return sock.getsockname()[1]
+
+
+TWO_PROCESS_OVERRIDES = ('--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
+                         '--config.sample_every_steps=2', '--config.log_every_steps=1')
+
+
+def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_path):
+  workdir = tmp_path / 'two_processes'
+  port = free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  processes = [
+      subprocess.Popen([
+          sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/tiny.py',
+          f'--workdir={workdir}', *TWO_PROCESS_OVERRIDES, f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2', f'--process_id={index}'
+      ],
+                       cwd=ROOT,
+                       env=env,
+                       stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE,
+                       text=True) for index in range(2)
+  ]
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=600))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  assert 'JAX process 1 of 2' in outputs[1][1]
+  assert 'global batch 2 over 2 devices: 1 per device, 1 per process of 2' in outputs[0][1]
+  assert 'final: step=2' in outputs[0][0]
+  assert (workdir / 'samples' / 'step_00000002.png').exists()  # Written by process 0.
+
+  tiny_config.num_train_steps = 2
+  tiny_config.checkpoint_every_steps = 2
+  train.train_and_evaluate(tiny_config, str(tmp_path / 'one_process'))
+  # The two-process checkpoint restores into this one-device process.
+  crop = tiny_config.data.crop_size
+  trainer = train.build_trainer(tiny_config, 1000, (crop, crop, 3), (crop, crop, 3))
+  abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
+  states = []
+  for name in ('two_processes', 'one_process'):
+    manager = checkpointing.create_manager(tmp_path / name, keep=3)
+    assert manager.latest_step() == 2
+    state, data_state = checkpointing.restore_with_data_state(manager, abstract)
+    manager.close()
+    states.append(checkpointing.to_host(state))
+    assert data_state['next_example'] == 4
+  two, one = states
+  # Same gradients (Adam's moments), and parameters equal to 1e-6 (two Adam steps of lr 2e-4
+  # move a weight by up to 4e-4) except where a near-zero gradient's sign rounds differently:
+  # e.g. the biases before instance norm, whose gradient is exactly zero but for rounding.
+  moments = lambda state: [state.opt_state_generators[0], state.opt_state_discriminators[0]]
+  assert relative_difference(moments(one), moments(two)) < 1e-4
+  assert fraction_above(one.params, two.params, 1e-6) < 0.03
+  np.testing.assert_allclose(one.pool_A.images, two.pool_A.images, atol=1e-4)
+  assert int(one.pool_A.count) == int(two.pool_A.count) == 4
+
+
+def test_bfloat16_step_stays_close_to_float32(tiny_config):
+  crop = tiny_config.data.crop_size
+  dataset = input_pipeline.create_dataset(tiny_config.data, seed=0)
+  batch = dataset.train_batch(0, tiny_config.batch_size)
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    trainer = train.build_trainer(updated(tiny_config, compute_dtype=dtype), 1000,
+                                  (crop, crop, 3), (crop, crop, 3))
+    state = trainer.init()
+    initial = checkpointing.to_host(state.params)
+    state, metrics = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
+    for _ in range(3):
+      state, later = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
+    results[dtype] = (initial, checkpointing.to_host(state.params), checkpointing.to_host(metrics),
+                      checkpointing.to_host(later))
+  initial, params_32, metrics_32, _ = results['float32']
+  initial_16, params_16, metrics_16, later_16 = results['bfloat16']
+  # Parameters and optimiser stay float32 in both; only activations are bfloat16.
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params_16))
+  for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(initial_16)):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.isfinite(value) for value in later_16.values())
+  for key in ('loss/gan_G', 'loss/gan_F', 'loss/cycle_A', 'loss/cycle_B', 'loss/D_X',
+              'loss/D_Y'):
+    assert metrics_16[key] == pytest.approx(metrics_32[key], rel=0.02), key
+  # Four Adam steps move weights by up to 8e-4; bfloat16 rounding flips some near-zero gradient
+  # signs, but the typical weight lands within a tenth of that of float32.
+  moved = np.concatenate([np.abs(b - a).ravel() for a, b in
+                          zip(jax.tree.leaves(initial), jax.tree.leaves(params_32))])
+  apart = np.concatenate([np.abs(b - a).ravel() for a, b in
+                          zip(jax.tree.leaves(params_32), jax.tree.leaves(params_16))])
+  assert np.median(apart) < 0.1 * np.median(moved)
