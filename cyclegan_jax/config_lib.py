@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.init_gain = 0.02  # Std (normal) or gain (xavier, orthogonal) of the init.
   config.model.input_nc = 3  # Channels of domain A (X) images: 1 or 3.
   config.model.output_nc = 3  # Channels of domain B (Y) images: 1 or 3.
+  # Exact faster formulations of slow convolutions (models.py); False: plain lax convolutions.
+  config.model.fast_convs = True
 
   config.data = ml_collections.ConfigDict()
   # 'tfds' (a prepared TFDS dataset), 'folder' (a folder or .zip of images) or 'embedded' (the

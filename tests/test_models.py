@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -433,3 +434,60 @@ def test_factories_and_presets():
   assert models.ResnetGenerator9().num_blocks == 9
   assert models.ResnetGenerator6().num_blocks == 6
   assert models.PatchGANDiscriminator().n_layers == 3
+
+
+# The exact reformulations behind model.fast_convs, against the plain convolutions.
+
+
+def values_and_grads(fn, x, kernel):
+  """fn's output and the gradients of a non-linear function of it w.r.t. x and kernel."""
+  loss = lambda x, kernel: jnp.sum(jnp.sin(fn(x, kernel)))
+  return jax.jit(fn)(x, kernel), jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+
+
+def assert_relatively_close(expected, actual, tolerance):
+  """Each top-level part (output, each gradient, or the whole gradient tree) within `tolerance` of
+  its largest magnitude: float32 sums in another order, not another function."""
+  for part_expected, part_actual in zip(expected, actual):
+    leaves = list(zip(jax.tree.leaves(part_expected), jax.tree.leaves(part_actual)))
+    scale = max(float(jnp.max(jnp.abs(a))) for a, _ in leaves)
+    difference = max(float(jnp.max(jnp.abs(a - b))) for a, b in leaves)
+    assert difference <= tolerance * scale, (difference, scale)
+
+
+@pytest.mark.parametrize('in_channels, out_channels', [(16, 8), (8, 4)])
+def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels):
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, in_channels))
+  plain = jax.nn.initializers.normal(1.0)(jax.random.key(1), (3, 3, out_channels, in_channels))
+  module = nn.ConvTranspose(out_channels, (3, 3), strides=(2, 2), padding=models.TRANSPOSED_PAD,
+                            transpose_kernel=True, use_bias=False)
+  reference = lambda x, kernel: module.apply({'params': {'kernel': kernel}}, x)
+  expected = values_and_grads(reference, x, plain)
+  actual = values_and_grads(models.subpixel_conv_transpose, x, plain)
+  assert actual[0].shape == (2, 12, 10, out_channels)
+  assert_relatively_close(expected, actual, 1e-5)
+
+
+# Few output channels: tap sums forward; few input channels: patches backward.
+@pytest.mark.parametrize('kernel_shape', [(7, 7, 16, 3), (7, 7, 3, 16)])
+def test_valid_conv_equals_the_plain_conv(kernel_shape):
+  x = jax.random.normal(jax.random.key(0), (2, 13, 11, kernel_shape[2]))
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+  expected = values_and_grads(models._plain_conv, x, kernel)
+  assert_relatively_close(expected, values_and_grads(models.valid_conv, x, kernel), 1e-4)
+
+
+def test_fast_and_plain_generators_share_parameters_and_outputs():
+  config = ml_collections.ConfigDict(
+      dict(ngf=8, generator='resnet_1blocks', norm='instance', init_type='normal', init_gain=0.02,
+           fast_convs=True))
+  x = jax.random.uniform(jax.random.key(0), (1, 16, 16, 3), minval=-1, maxval=1)
+  fast = models.build_generator(config, 3)
+  config.fast_convs = False
+  plain = models.build_generator(config, 3)
+  params = fast.init(jax.random.key(1), x)
+  assert jax.tree.structure(params) == jax.tree.structure(plain.init(jax.random.key(1), x))
+  loss = lambda module: jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, x)**2)))
+  assert_relatively_close([jax.jit(plain.apply)(params, x)], [jax.jit(fast.apply)(params, x)],
+                          1e-5)
+  assert_relatively_close([loss(plain)(params)], [loss(fast)(params)], 1e-4)
