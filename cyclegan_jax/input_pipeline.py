@@ -233,7 +233,7 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
   return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode='L')
 
 
-def _convert(image: Image.Image, channels: int) -> Image.Image:
+def convert_channels(image: Image.Image, channels: int) -> Image.Image:
   """Any PIL image -> 'RGB' (channels 3) or 'L' (channels 1), by the module's channel policy."""
   if image.mode == 'I' or image.mode.startswith('I;16'):
     image = _to_8_bit(image)
@@ -243,7 +243,7 @@ def _convert(image: Image.Image, channels: int) -> Image.Image:
   return image if channels == 3 else image.convert('L')
 
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def decode_image(data: bytes, channels: int, name: str) -> Image.Image:
@@ -251,8 +251,8 @@ def decode_image(data: bytes, channels: int, name: str) -> Image.Image:
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
-      return _convert(image, channels)
-  except _DECODE_ERRORS as error:
+      return convert_channels(image, channels)
+  except DECODE_ERRORS as error:
     raise UnreadableImageError(f'cannot read image {name}: {error}') from error
 
 
@@ -705,7 +705,7 @@ class Dataset:
           data = source.read(index)
           with Image.open(io.BytesIO(data)) as image:
             size = training_size(image.size, self.preprocess, self.load_size, self.test_size)
-        except (UnreadableImageError, *_DECODE_ERRORS):
+        except (UnreadableImageError, *DECODE_ERRORS):
           continue  # Skipped (or reported) when training reaches it.
         sizes.setdefault(size, source.describe(index))
       if len(sizes) > 1:

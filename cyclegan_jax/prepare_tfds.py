@@ -61,11 +61,11 @@ import zlib
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import cycle_gan
 
+from cyclegan_jax import input_pipeline
 from cyclegan_jax.input_pipeline import IMAGE_EXTENSIONS
 
 DATASET_NAME = 'cycle_gan'
@@ -83,7 +83,6 @@ _IGNORED_NAMES = ('__MACOSX',)
 _FORMATS_STORED_AS_IS = ('JPEG', 'MPO', 'PNG')
 _MODES_STORED_AS_IS = ('RGB', 'L')
 _PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length, type, width, height.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # Damaged data (CRC, deflate stream, truncation) or a compression method zipfile lacks.
 _ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
 
@@ -240,28 +239,13 @@ def _list_splits(source: _Source) -> tuple[dict[str, _SplitFiles], dict[str, str
 # Image bytes.
 
 
-def _grey_to_8_bit(image: Image.Image) -> Image.Image:
-  """16/32-bit integer greyscale -> 'L', 0..65535 scaled to 0..255 (PIL itself would clip)."""
-  scaled = np.round(np.asarray(image, dtype=np.float64) / 257.0)
-  return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode='L')
-
-
-def _as_rgb(image: Image.Image) -> Image.Image:
-  if image.mode == 'I' or image.mode.startswith('I;16'):
-    image = _grey_to_8_bit(image)
-  elif image.mode == 'P' and 'transparency' in image.info:
-    image = image.convert('RGBA')  # PIL warns when a palette with transparency goes to RGB.
-  return image.convert('RGB')
-
-
 def _stored_as_is(image: Image.Image, encoded: bytes) -> bool:
   if image.format not in _FORMATS_STORED_AS_IS or image.mode not in _MODES_STORED_AS_IS:
     return False
   return image.format != 'PNG' or encoded[_PNG_BIT_DEPTH_OFFSET] == 8
 
 
-class UnreadableImageError(ValueError):
-  """An image file that Pillow cannot decode."""
+UnreadableImageError = input_pipeline.UnreadableImageError
 
 
 def encoded_for_tfds(encoded: bytes, location: str) -> tuple[bytes, bool]:
@@ -279,8 +263,8 @@ def encoded_for_tfds(encoded: bytes, location: str) -> tuple[bytes, bool]:
       image.load()
       if _stored_as_is(image, encoded):
         return encoded, False
-      rgb = _as_rgb(image)
-  except _DECODE_ERRORS as error:
+      rgb = input_pipeline.convert_channels(image, 3)
+  except input_pipeline.DECODE_ERRORS as error:
     raise UnreadableImageError(f'{location} is not a readable image ({error})') from error
   buffer = io.BytesIO()
   rgb.save(buffer, format='PNG')

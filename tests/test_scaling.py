@@ -50,11 +50,13 @@ def test_one_step_on_8_devices_equals_the_global_batch_on_1():
   # Adam's first step is lr * sign(g) where |g| >> eps, so parameters whose gradient is near zero
   # may round differently; everything else matches to 1e-6.
   assert plain['params_fraction_above_1e-6'] < 0.01
-  # One global pool: after three steps both hold the same images, and the losses agree.
+  # One global pool: after three steps both hold the same images in the same slots (an image
+  # chosen or placed differently would differ by O(1)); they differ only as much as the
+  # generators producing them, which Adam's sign-like first steps pull apart by ~1e-3.
   pooled = result['pool4']
   assert pooled['pool_counts'] == [4, 4]
-  assert pooled['pool_max_difference'] < 1e-4
-  assert pooled['metrics_relative'] < 1e-4
+  assert pooled['pool_max_difference'] < 1e-2
+  assert pooled['metrics_relative'] < 1e-3
 
 
 def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
