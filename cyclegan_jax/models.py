@@ -17,7 +17,8 @@ holds `kernel` (HWIO) and, where the official network has one, `bias`; with norm
 parameters, the same sums in another order) that XLA's CPU backend runs much faster: the
 transposed convolutions in sub-pixel form (`subpixel_conv_transpose`; their gradients were ~10x
 slower as the dilated convolutions `nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
-head through `valid_conv` (on CPU a 64 -> 3 conv ran at ~4 GFLOP/s). False keeps plain `nn.Conv` and `nn.ConvTranspose`.
+head and, on large feature maps, the residual blocks' 3x3 convs through `valid_conv` (on CPU a
+64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60). False keeps plain `nn.Conv` and `nn.ConvTranspose`.
 """
 
 from functools import partial
@@ -145,24 +146,33 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-def _conv_formulations(kernel_shape) -> tuple[Callable, Callable]:
+# Output pixels from which XLA's CPU convolutions fall behind a matmul formulation (measured:
+# 3x3 256 -> 256 convs on 32 x 32 maps are as fast plain, on 64 x 64 maps 1.8x slower).
+_LARGE_MAP_PIXELS = 48 * 48
+
+
+def _conv_formulations(x_shape, kernel_shape) -> tuple[Callable, Callable]:
   """(forward, backward) formulations of a VALID stride-1 conv: all are the same sums in another
-  order. XLA's CPU convolutions are slow to run (especially with few output channels) and slow to
-  differentiate with few input channels; other backends keep their own convolutions."""
+  order. XLA's CPU convolutions are slow to run with few output channels or on large maps, and
+  slow to differentiate with few input channels or on large maps; other backends keep their own
+  convolutions."""
   if jax.default_backend() != 'cpu':
     return _plain_conv, _plain_conv
-  _, _, cin, cout = kernel_shape
+  kh, kw, cin, cout = kernel_shape
+  large_map = (x_shape[1] - kh + 1) * (x_shape[2] - kw + 1) >= _LARGE_MAP_PIXELS
   if 4 * cout <= cin:
     return _tap_sum_conv, _plain_conv
   if 4 * cin <= cout:
     return _plain_conv, _im2col_conv
+  if large_map:
+    return _tap_sum_conv, _im2col_conv
   return _plain_conv, _plain_conv
 
 
 @jax.custom_vjp
 def valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """VALID stride-1 NHWC conv, computed and differentiated by the fastest exact formulation."""
-  return _conv_formulations(kernel.shape)[0](x, kernel)
+  return _conv_formulations(x.shape, kernel.shape)[0](x, kernel)
 
 
 def _valid_conv_forward(x, kernel):
@@ -171,7 +181,7 @@ def _valid_conv_forward(x, kernel):
 
 def _valid_conv_backward(residuals, output_grad):
   x, kernel = residuals
-  return jax.vjp(_conv_formulations(kernel.shape)[1], x, kernel)[1](output_grad)
+  return jax.vjp(_conv_formulations(x.shape, kernel.shape)[1], x, kernel)[1](output_grad)
 
 
 valid_conv.defvjp(_valid_conv_forward, _valid_conv_backward)

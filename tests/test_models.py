@@ -468,10 +468,13 @@ def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels
   assert_relatively_close(expected, actual, 1e-5)
 
 
-# Few output channels: tap sums forward; few input channels: patches backward.
-@pytest.mark.parametrize('kernel_shape', [(7, 7, 16, 3), (7, 7, 3, 16)])
-def test_valid_conv_equals_the_plain_conv(kernel_shape):
-  x = jax.random.normal(jax.random.key(0), (2, 13, 11, kernel_shape[2]))
+# Few output channels: tap sums forward; few input channels: patches backward; a large map: both.
+@pytest.mark.parametrize('kernel_shape, size', [((7, 7, 16, 3), 13), ((7, 7, 3, 16), 13),
+                                                ((3, 3, 8, 8), 52)])
+def test_valid_conv_equals_the_plain_conv(kernel_shape, size):
+  forward, backward = models._conv_formulations((2, size, size, 0), kernel_shape)
+  assert (forward, backward) != (models._plain_conv, models._plain_conv)
+  x = jax.random.normal(jax.random.key(0), (2, size, size - 2, kernel_shape[2]))
   kernel = jax.random.normal(jax.random.key(1), kernel_shape)
   expected = values_and_grads(models._plain_conv, x, kernel)
   assert_relatively_close(expected, values_and_grads(models.valid_conv, x, kernel), 1e-4)
