@@ -187,10 +187,13 @@ def _valid_conv_backward(residuals, output_grad):
 valid_conv.defvjp(_valid_conv_forward, _valid_conv_backward)
 
 
-class FastConv(nn.Module):
-  """Drop-in for a VALID stride-1 `nn.Conv` (same parameters) computed by `valid_conv`."""
+class ReformulatedConv(nn.Module):
+  """Drop-in for a VALID stride-1 `nn.Conv` (computed by `valid_conv`) or, with `transpose`, for
+  the official transposed conv (`nn.ConvTranspose` with kernel 3, stride 2, TRANSPOSED_PAD,
+  transpose_kernel=True; computed by `subpixel_conv_transpose`): the same parameters."""
   features: int
   kernel_size: int
+  transpose: bool
   use_bias: bool
   dtype: Dtype
   kernel_init: Callable
@@ -198,29 +201,11 @@ class FastConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
-    y = valid_conv(x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-    return y
-
-
-class SubpixelConvTranspose(nn.Module):
-  """Drop-in for the official transposed conv (`nn.ConvTranspose` with kernel 3, stride 2,
-  TRANSPOSED_PAD, transpose_kernel=True): the same parameters, computed by
-  `subpixel_conv_transpose`."""
-  features: int
-  use_bias: bool
-  dtype: Dtype
-  kernel_init: Callable
-  bias_init: Callable
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init, (3, 3, self.features, x.shape[-1]),
+    channels = (self.features, x.shape[-1]) if self.transpose else (x.shape[-1], self.features)
+    kernel = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, *channels),
                         jnp.float32)
-    y = subpixel_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype))
+    conv = subpixel_conv_transpose if self.transpose else valid_conv
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
@@ -261,16 +246,15 @@ class ConvNormAct(nn.Module):
         name='conv',
     )
     subpixel = (self.kernel_size, self.strides, tuple(self.padding)) == (3, 2, TRANSPOSED_PAD)
-    if self.transpose and self.fast_convs and subpixel:
-      x = SubpixelConvTranspose(self.features, self.use_bias, self.dtype,
-                                conv_args['kernel_init'], conv_args['bias_init'], name='conv')(x)
+    plain_stride_1 = self.strides == 1 and tuple(self.padding) == VALID and not self.transpose
+    if self.fast_convs and (plain_stride_1 or (self.transpose and subpixel)):
+      x = ReformulatedConv(self.features, self.kernel_size, self.transpose, self.use_bias,
+                           self.dtype, conv_args['kernel_init'], conv_args['bias_init'],
+                           name='conv')(x)
     elif self.transpose:
       # transpose_kernel=True: kernel is (kH, kW, out, in), the same axis order as a PyTorch
       # ConvTranspose2d weight after transpose(2, 3, 1, 0), and fan_in is computed as PyTorch does.
       x = nn.ConvTranspose(transpose_kernel=True, **conv_args)(x)
-    elif self.fast_convs and self.strides == 1 and tuple(self.padding) == VALID:
-      x = FastConv(self.features, self.kernel_size, self.use_bias, self.dtype,
-                   conv_args['kernel_init'], conv_args['bias_init'], name='conv')(x)
     else:
       x = nn.Conv(**conv_args)(x)
     if self.norm == 'instance':
@@ -298,10 +282,12 @@ class ResnetBlock(nn.Module):
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Dtype = jnp.float32
+  fast_convs: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    layer = _normed_layer(self.norm, self.init_type, self.init_gain, self.dtype)
+    layer = partial(_normed_layer(self.norm, self.init_type, self.init_gain, self.dtype),
+                    fast_convs=self.fast_convs)
     features = x.shape[-1]
     y = layer(features, 3, reflect_pad=1, activation=nn.relu, name='conv_0')(x)
     y = layer(features, 3, reflect_pad=1, name='conv_1')(y)
@@ -333,7 +319,8 @@ class ResnetGenerator(nn.Module):
       x = layer(self.ngf * 2**(i + 1), 3, strides=2, padding=ZERO_PAD_1, activation=nn.relu,
                 name=f'down_{i}')(x)
     for i in range(self.num_blocks):
-      x = ResnetBlock(self.norm, self.init_type, self.init_gain, self.dtype, name=f'block_{i}')(x)
+      x = ResnetBlock(self.norm, self.init_type, self.init_gain, self.dtype, self.fast_convs,
+                      name=f'block_{i}')(x)
     for i in range(2):
       x = layer(self.ngf * 2**(1 - i), 3, strides=2, padding=TRANSPOSED_PAD, transpose=True,
                 activation=nn.relu, fast_convs=self.fast_convs, name=f'up_{i}')(x)

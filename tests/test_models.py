@@ -494,3 +494,17 @@ def test_fast_and_plain_generators_share_parameters_and_outputs():
   assert_relatively_close([jax.jit(plain.apply)(params, x)], [jax.jit(fast.apply)(params, x)],
                           1e-5)
   assert_relatively_close([loss(plain)(params)], [loss(fast)(params)], 1e-4)
+
+
+def test_plain_generator_uses_no_reformulated_convs():
+  config = ml_collections.ConfigDict(
+      dict(ngf=8, generator='resnet_1blocks', norm='instance', init_type='normal', init_gain=0.02,
+           fast_convs=False))
+  x = jnp.zeros((1, 16, 16, 3))
+  plain = models.build_generator(config, 3)
+  text = jax.make_jaxpr(lambda p: plain.apply(p, x))(plain.init(jax.random.key(0), x))
+  assert 'custom_vjp' not in str(text) and 'conv_general_dilated' in str(text)
+  config.fast_convs = True
+  fast = models.build_generator(config, 3)
+  assert 'custom_vjp' in str(jax.make_jaxpr(lambda p: fast.apply(p, x))(fast.init(
+      jax.random.key(0), x)))
