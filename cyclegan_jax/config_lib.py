@@ -21,6 +21,7 @@ LR_POLICIES = ('linear', 'step', 'cosine')
 DATA_SOURCES = input_pipeline.SOURCES
 PREPROCESS_MODES = input_pipeline.PREPROCESS_MODES
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+LOSS_SWITCHES = ('use_gan_G', 'use_gan_F', 'use_cycle_forward', 'use_cycle_backward')
 
 # Fields that fix the shapes of the saved train state: a workdir whose saved config
 # differs in any of them cannot be resumed with the new config.
@@ -62,6 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.gan_mode = 'lsgan'  # 'lsgan' (least squares) or 'vanilla' (BCE with logits).
   config.lambda_cycle = 10.0  # λ_A = λ_B: weight of both cycle-consistency L1 terms.
   config.lambda_identity = 0.5  # Identity loss weight relative to λ (0 disables it).
+  # Loss terms, switched off one by one for ablations (the paper's Table 4); all on is CycleGAN.
+  # A switched-off term is still computed and logged, but does not train anything; with its GAN
+  # term off a discriminator is not trained either.
+  config.use_gan_G = True  # G's adversarial loss: D_Y judges G(x).
+  config.use_gan_F = True  # F's adversarial loss: D_X judges F(y).
+  config.use_cycle_forward = True  # Forward cycle consistency: F(G(x)) ≈ x.
+  config.use_cycle_backward = True  # Backward cycle consistency: G(F(y)) ≈ y.
   config.pool_size = 50  # Images kept in each fake-image pool (0 disables the pools).
   config.compute_dtype = 'float32'  # Activations' dtype; params and optimiser stay float32.
 
@@ -190,6 +198,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_number(config, 'lambda_cycle', 0.0)
   _require_number(config, 'lambda_identity', 0.0)
   _require_int(config, 'pool_size', 0)
+  for field in LOSS_SWITCHES:
+    if not isinstance(config[field], bool):
+      _fail(field, config[field], 'expected True or False')
+  if not any(config[field] for field in LOSS_SWITCHES) and config.lambda_identity == 0:
+    _fail('use_gan_G', config.use_gan_G,
+          'every loss term is switched off (use_gan_G/F, use_cycle_forward/backward and '
+          'lambda_identity): nothing would be trained')
   _require_choice(config, 'compute_dtype', COMPUTE_DTYPES)
 
   model = config.model

@@ -1,5 +1,6 @@
 """TensorBoard summaries, sample-image grids and the console progress line."""
 
+import json
 import time
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import numpy as np
 from PIL import Image
 
 from cyclegan_jax.input_pipeline import to_uint8
+
+METRICS_FILE = 'metrics.jsonl'
+FINAL_FILE = 'final.json'
 
 
 def image_grid(columns: list[np.ndarray]) -> np.ndarray:
@@ -32,18 +36,27 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 class SummaryWriter:
-  """TensorBoard event files written by process 0 only; a no-op on other processes."""
+  """TensorBoard event files plus `metrics.jsonl`, written by process 0 only (else a no-op).
 
-  def __init__(self, logdir: Path):
+  `metrics.jsonl` holds one JSON object per `scalars` call, `{"step": N, name: value, ...}`, for
+  plots and scripts that should not need TensorBoard. A resumed run appends to it, so a step can
+  appear twice (from before and after the resume): the later line wins.
+  """
+
+  def __init__(self, workdir: Path):
     self._writer = None
+    self._jsonl_path = Path(workdir) / METRICS_FILE
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter as TensorBoardWriter  # pylint: disable=g-import-not-at-top
-      self._writer = TensorBoardWriter(logdir=str(logdir))
+      self._writer = TensorBoardWriter(logdir=str(Path(workdir) / 'tensorboard'))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if self._writer:
       for name, value in values.items():
         self._writer.add_scalar(name, value, step)
+      line = json.dumps({'step': int(step), **{k: float(v) for k, v in values.items()}})
+      with open(self._jsonl_path, 'a', encoding='utf-8') as file:
+        file.write(line + '\n')
 
   def image(self, step: int, name: str, image: np.ndarray) -> None:
     if self._writer:
@@ -89,3 +102,11 @@ def key_values(values: dict[str, float]) -> str:
   for key, value in values.items():
     parts.append(f'{key}={value:.6g}' if isinstance(value, float) else f'{key}={value}')
   return ' '.join(parts)
+
+
+def write_json(path: Path, values: dict) -> None:
+  """Writes `values` as JSON atomically (a reader never sees half a file)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(values, indent=1, sort_keys=False) + '\n', encoding='utf-8')
+  tmp.replace(path)

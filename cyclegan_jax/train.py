@@ -32,6 +32,19 @@ from cyclegan_jax import summaries
 
 GENERATORS = ('G', 'F')
 DISCRIMINATORS = ('D_X', 'D_Y')
+# Config switch -> the generator loss term it controls (names as in the train step's metrics).
+SWITCHABLE_TERMS = {
+    'use_gan_G': 'gan_G',
+    'use_gan_F': 'gan_F',
+    'use_cycle_forward': 'cycle_A',
+    'use_cycle_backward': 'cycle_B',
+}
+# Each discriminator trains only while the GAN term it judges for is on.
+DISCRIMINATOR_TERM_OF = {'D_Y': 'gan_G', 'D_X': 'gan_F'}
+
+
+def switched_off_terms(config: ml_collections.ConfigDict) -> frozenset[str]:
+  return frozenset(term for switch, term in SWITCHABLE_TERMS.items() if not config[switch])
 
 
 class Networks(NamedTuple):
@@ -130,8 +143,9 @@ def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Networks,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               gan_mode: str, lambda_cycle: float,
-               lambda_identity: float) -> tuple[TrainState, dict[str, jax.Array]]:
+               gan_mode: str, lambda_cycle: float, lambda_identity: float,
+               switched_off: frozenset[str] = frozenset()
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One CycleGAN iteration in the official order.
 
   1. G and F: one joint Adam step on the GAN + cycle + identity objective, the
@@ -139,6 +153,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
   2. The fakes of that forward pass (pre-update generators, no gradient) go
      through the image pools.
   3. D_X and D_Y: one joint Adam step, each on its real batch and the pool's fakes.
+
+  `switched_off` names loss terms (see `SWITCHABLE_TERMS`) that are computed and reported but
+  left out of the objectives; a discriminator whose GAN term is off gets no gradient.
   """
   real_A, real_B = batch['A'], batch['B']
   rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
@@ -162,7 +179,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
     if lambda_identity > 0:
       terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
       terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
-    total = sum(terms.values())
+    total = sum((value for name, value in terms.items() if name not in switched_off),
+                jnp.zeros((), jnp.float32))
     return total, (terms, fake_A, fake_B)
 
   generator_params = {k: params[k] for k in GENERATORS}
@@ -187,7 +205,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
         'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),
     }
     mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
-    return terms['D_X'] + terms['D_Y'], (terms, mean_scores)
+    total = sum((value for name, value in terms.items()
+                 if DISCRIMINATOR_TERM_OF[name] not in switched_off), jnp.zeros((), jnp.float32))
+    return total, (terms, mean_scores)
 
   discriminator_params = {k: params[k] for k in DISCRIMINATORS}
   grads, (discriminator_terms, mean_scores) = jax.grad(
@@ -197,7 +217,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
   discriminator_params = optax.apply_updates(discriminator_params, updates)
 
   metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
-  metrics['loss/generators'] = sum(generator_terms.values())
+  metrics['loss/generators'] = sum(
+      (value for name, value in generator_terms.items() if name not in switched_off),
+      jnp.zeros((), jnp.float32))
   metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
   metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
   metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -255,7 +277,8 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
   step = jax.jit(
       functools.partial(train_step, networks=networks, optimizer=optimizer, schedule=schedule,
                         gan_mode=config.gan_mode, lambda_cycle=float(config.lambda_cycle),
-                        lambda_identity=float(config.lambda_identity)),
+                        lambda_identity=float(config.lambda_identity),
+                        switched_off=switched_off_terms(config)),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   return Trainer(
@@ -356,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_example = (dataset.resume_example(data_state)
                    if data_state is not None else start_step * config.batch_size)
 
-  writer = summaries.SummaryWriter(workdir / 'tensorboard')
+  writer = summaries.SummaryWriter(workdir)
   samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
   heldout = dataset.heldout_pairs()
 
@@ -440,5 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else 'done'
     logging.info('Run %s. Workdir %s: checkpoints/, samples/, tensorboard/, config.json.',
                  status, workdir)
+    if step == num_steps:
+      summaries.write_json(workdir / summaries.FINAL_FILE, final)
     print('final: ' + summaries.key_values(final), flush=True)
   return final

@@ -168,3 +168,13 @@ def test_architecture_mismatch_is_listed():
   config.model.ngf = 8
   config.num_train_steps = 100  # Not an architecture field.
   assert not config_lib.architecture_mismatches(saved, config)
+
+
+def test_switching_every_loss_term_off_is_an_error():
+  config = load('default')
+  config.update(dict(use_gan_G=False, use_gan_F=False, use_cycle_forward=False,
+                     use_cycle_backward=False))
+  with pytest.raises(ValueError, match=r'config\.use_gan_G.*nothing would be trained'):
+    config_lib.validate(config)
+  config.lambda_identity = 0.5  # Identity alone trains something.
+  config_lib.validate(config)

@@ -49,6 +49,14 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['model']['ngf'] == 8 and saved['num_train_steps'] == 6
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  # The same numbers, machine-readable without TensorBoard: a JSON line per log step, and the
+  # final line as final.json.
+  logged = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [entry['step'] for entry in logged if 'loss/cycle_A' in entry] == [2, 4, 6]
+  assert any('heldout/heldout_mae_AtoB' in entry for entry in logged)
+  final_json = json.loads((workdir / 'final.json').read_text())
+  assert set(final_json) == set(final)
+  assert final_json['heldout_mae_AtoB'] == pytest.approx(float(final['heldout_mae_AtoB']), rel=1e-5)
   grids = sorted((workdir / 'samples').glob('*.png'))
   assert [g.name for g in grids] == ['step_00000003.png', 'step_00000006.png']
   grid = np.asarray(Image.open(grids[-1]))
