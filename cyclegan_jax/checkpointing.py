@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from cyclegan_jax import config_lib
 
 CONFIG_FILE = 'config.json'
+IMPORTED_FILE = 'imported.json'  # Written by convert: {network name: source file}.
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -87,6 +88,39 @@ def load_saved_config(workdir: str | Path) -> dict | None:
   except json.JSONDecodeError as error:
     raise ValueError(f'{path} is not valid JSON ({error}); it records the config of the run in '
                      'this workdir. Restore it or use a new --workdir.') from error
+
+
+def saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was trained with (its config.json)."""
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f'Workdir not found: {workdir}')
+  saved = load_saved_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f'{workdir} has no {CONFIG_FILE}: not a training run '
+                            'workdir (nor one written by cyclegan_jax.convert)')
+  config = config_lib.base_config()
+  config.update_from_flattened_dict(_known_fields(config, saved))
+  return config
+
+
+def _known_fields(config: ml_collections.ConfigDict, saved: dict, prefix: str = '') -> dict:
+  """Flattened saved values for the fields `config` defines (older or newer runs may differ)."""
+  flat = {}
+  for key, value in saved.items():
+    if key not in config:
+      continue
+    if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict):
+      flat.update(_known_fields(config[key], value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def imported_networks(workdir: str | Path) -> dict[str, str] | None:
+  """{network: source} for a converted workdir; None for a trained one (all networks valid)."""
+  path = Path(workdir) / IMPORTED_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def check_and_save_config(workdir: str | Path,

@@ -21,6 +21,7 @@ LR_POLICIES = ('linear', 'step', 'cosine')
 DATA_SOURCES = input_pipeline.SOURCES
 PREPROCESS_MODES = input_pipeline.PREPROCESS_MODES
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+INIT_PARTS = ('G', 'F', 'D_X', 'D_Y', 'optimizer', 'pools')  # See warm_start.py.
 LOSS_SWITCHES = ('use_gan_G', 'use_gan_F', 'use_cycle_forward', 'use_cycle_backward')
 
 # Fields that fix the shapes of the saved train state: a workdir whose saved config
@@ -103,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.num_heldout = 0  # Embedded source: held-out pairs to evaluate (0 = all).
   config.data.num_workers = 0  # Decoding threads (0 = one per CPU core).
   config.data.prefetch = 4  # Batches prepared ahead of the train step (0 = no background work).
+
+  # Warm start (cyclegan_jax/warm_start.py): a new run takes these parts of another run's state.
+  config.init_from = ''  # A workdir (latest checkpoint) or <workdir>/checkpoints/<step>.
+  config.init_parts = 'G,F,D_X,D_Y'  # Any of G, F, D_X, D_Y, optimizer, pools, comma-separated.
 
   # Bookkeeping.
   config.log_every_steps = 100  # Console progress line and TensorBoard scalars.
@@ -261,6 +266,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require_int(config, field, 1)
   _require_int(config, 'num_sample_images', 0)
   _require_int(config, 'eval_every_steps', 0)
+  if config.init_from:
+    parse_init_parts(config.init_parts)
+
+
+def parse_init_parts(init_parts: str) -> list[str]:
+  """'G, F' -> ['G', 'F']; ValueError naming an unknown or repeated part."""
+  parts = [part.strip() for part in init_parts.split(',') if part.strip()]
+  unknown = [part for part in parts if part not in INIT_PARTS]
+  if unknown or not parts:
+    raise ValueError(f'Invalid config.init_parts = {init_parts!r}: expected a comma-separated '
+                     f'list of {", ".join(INIT_PARTS)}.')
+  if len(set(parts)) != len(parts):
+    raise ValueError(f'Invalid config.init_parts = {init_parts!r}: a part is named twice.')
+  return parts
 
 
 def architecture_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

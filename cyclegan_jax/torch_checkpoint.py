@@ -83,9 +83,10 @@ class _LazyTensor:
       raise TorchCheckpointError(
           f'a tensor of shape {self.size} reaches past the end of its storage '
           f'({flat.size} elements): the file is truncated or corrupt')
-    view = np.lib.stride_tricks.as_strided(
-        flat[self.offset:], shape=self.size,
-        strides=tuple(s * flat.itemsize for s in self.stride), writeable=False)
+    view = np.lib.stride_tricks.as_strided(flat[self.offset:],
+                                           shape=self.size,
+                                           strides=tuple(s * flat.itemsize for s in self.stride),
+                                           writeable=False)
     array = np.array(view)
     if self.storage.storage_type.name == BFLOAT16_STORAGE:
       array = (array.astype(np.uint32) << 16).view(np.float32)
@@ -253,8 +254,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   contents = load(path)
   if isinstance(contents, Mapping):
     for key in NESTED_STATE_DICT_KEYS:
-      if isinstance(contents.get(key), Mapping) and not any(
-          isinstance(v, np.ndarray) for v in contents.values()):
+      if isinstance(contents.get(key),
+                    Mapping) and not any(isinstance(v, np.ndarray) for v in contents.values()):
         contents = contents[key]
         break
   if not isinstance(contents, Mapping):

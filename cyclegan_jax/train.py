@@ -29,6 +29,7 @@ from cyclegan_jax import input_pipeline
 from cyclegan_jax import losses
 from cyclegan_jax import models
 from cyclegan_jax import summaries
+from cyclegan_jax import warm_start
 
 GENERATORS = ('G', 'F')
 DISCRIMINATORS = ('D_X', 'D_Y')
@@ -292,6 +293,52 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
                   out_shardings=replicated)))
 
 
+def abstract_train_state(config: ml_collections.ConfigDict) -> Any:
+  """The shapes of a run's train state, placed on the first local device (no compute)."""
+  networks = build_networks(config)
+  optimizer = adam(config, learning_rate_schedule(config, 1))
+  crop = config.data.crop_size
+  init = functools.partial(init_train_state, config, networks, optimizer,
+                           (crop, crop, config.model.input_nc),
+                           (crop, crop, config.model.output_nc))
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return checkpointing.abstract_like(jax.eval_shape(init), sharding)
+
+
+def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
+  """(train state as numpy, its step) from the latest checkpoint, or the one at `step`."""
+  workdir = Path(workdir)
+  config = checkpointing.saved_config(workdir)
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not directory.is_dir():
+    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder')
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'No checkpoint under {directory}')
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f'No checkpoint for step {step} under {directory}; it has steps '
+                              f'{", ".join(map(str, sorted(steps)))}')
+    state = checkpointing.restore(manager, abstract_train_state(config), step)
+  finally:
+    manager.close()
+  state = jax.device_get(state)
+  return state, int(state.step)
+
+
+def warm_started(state: TrainState, config: ml_collections.ConfigDict,
+                 sharding: jax.sharding.Sharding) -> TrainState:
+  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
+  parts = config_lib.parse_init_parts(config.init_parts)
+  source_workdir, step = warm_start.locate(config.init_from)
+  warm_start.check_imported(source_workdir, parts, config.init_from)
+  source, source_step = restore_train_state(source_workdir, step)
+  merged = warm_start.merge(jax.device_get(state), source, parts)
+  logging.info('Warm start: %s from %s at step %d.', ', '.join(parts), source_workdir, source_step)
+  return jax.device_put(merged, sharding)
+
+
 def _on_host(fn: Callable[..., jax.Array]) -> Callable[..., np.ndarray]:
   return lambda *args: checkpointing.to_host(fn(*args))
 
@@ -373,8 +420,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
     state, data_state = checkpointing.restore_with_data_state(manager, abstract)
     logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+    if config.init_from:
+      logging.info('Resuming this run; config.init_from (%s) only applies to a new run.',
+                   config.init_from)
   else:
     state = trainer.init()
+    if config.init_from:
+      state = warm_started(state, config, trainer.state_sharding)
   start_step = int(checkpointing.to_host(state.step))
   start_example = (dataset.resume_example(data_state)
                    if data_state is not None else start_step * config.batch_size)

@@ -1,0 +1,184 @@
+"""Converts official PyTorch CycleGAN checkpoints into a JAX workdir (no PyTorch needed).
+
+    # One pretrained generator (horse2zebra.pth is horse -> zebra: G, direction AtoB).
+    python -m cyclegan_jax.convert --torch_checkpoint=horse2zebra.pth --output=runs/h2z_official
+    # A whole official training run: <epoch>_net_G_A/G_B/D_A/D_B.pth from its checkpoints folder.
+    python -m cyclegan_jax.convert --torch_dir=checkpoints/horse2zebra_cyclegan --output=runs/h2z
+
+The workdir holds a step-0 checkpoint of a full train state in which the converted networks
+carry the PyTorch weights and the rest are freshly initialised, its config.json (architecture
+inferred from the state_dicts), and `imported.json` naming the converted networks. Use it with
+`translate --workdir`, `export --workdir`, or as `--config.init_from` of a training run.
+Official names map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X.
+"""
+
+import functools
+import sys
+from pathlib import Path
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cyclegan_jax import checkpointing
+from cyclegan_jax import config_lib
+from cyclegan_jax import inference
+from cyclegan_jax import summaries
+from cyclegan_jax import torch_checkpoint
+from cyclegan_jax import torch_convert
+from cyclegan_jax import train
+
+FLAGS = flags.FLAGS
+
+OFFICIAL_NAMES = {'G_A': 'G', 'G_B': 'F', 'D_A': 'D_Y', 'D_B': 'D_X'}
+
+
+def official_run_files(torch_dir: str | Path, epoch: str) -> dict[str, Path]:
+  """{our network name: file} for the `<epoch>_net_<name>.pth` files in an official folder."""
+  torch_dir = Path(torch_dir)
+  if not torch_dir.is_dir():
+    raise FileNotFoundError(f'Folder not found: {torch_dir}')
+  files = {
+      ours: torch_dir / f'{epoch}_net_{official}.pth' for official, ours in OFFICIAL_NAMES.items()
+  }
+  files = {name: path for name, path in files.items() if path.is_file()}
+  if not files:
+    raise FileNotFoundError(f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B)')
+  return files
+
+
+def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collections.ConfigDict]:
+  """{network: PyTorch state_dict} -> ({network: Flax params}, the config they fit)."""
+  config = config_lib.base_config()
+  params, arches = {}, {}
+  for name, state_dict in state_dicts.items():
+    convert = (torch_convert.generator_params_from_state_dict
+               if name in ('G', 'F') else torch_convert.discriminator_params_from_state_dict)
+    try:
+      params[name], arches[name] = convert(state_dict)
+    except ValueError as error:
+      kind = 'a ResnetGenerator' if name in ('G', 'F') else 'an NLayerDiscriminator'
+      raise ValueError(f'the {name} state_dict is not {kind}: {error}') from None
+  norms = {arch['norm'] for arch in arches.values()}
+  if len(norms) > 1:
+    raise ValueError(f'the networks use different norms ({sorted(norms)}); one run has one')
+  config.model.norm = norms.pop()
+
+  channels = {}  # domain -> channels, from every network that sees or makes that domain
+  generators = {'G': ('A', 'B'), 'F': ('B', 'A')}
+  for name, (source, target) in generators.items():
+    if name in arches:
+      channels.setdefault(source, set()).add(arches[name]['input_nc'])
+      channels.setdefault(target, set()).add(arches[name]['output_nc'])
+  for name, domain in (('D_X', 'A'), ('D_Y', 'B')):
+    if name in arches:
+      channels.setdefault(domain, set()).add(arches[name]['input_nc'])
+  for domain, values in channels.items():
+    if len(values) > 1:
+      raise ValueError(f'the networks disagree on the channels of domain {domain}: {values}')
+  config.model.input_nc = channels.get('A', {3}).pop()
+  config.model.output_nc = channels.get('B', {3}).pop()
+
+  generator_arches = [arches[name] for name in ('G', 'F') if name in arches]
+  if generator_arches:
+    shapes = {(arch['ngf'], arch['num_blocks']) for arch in generator_arches}
+    if len(shapes) > 1:
+      raise ValueError(f'G and F differ in (ngf, residual blocks): {sorted(shapes)}')
+    config.model.ngf, blocks = shapes.pop()
+    config.model.generator = f'resnet_{blocks}blocks'
+  discriminator_arches = [arches[name] for name in ('D_X', 'D_Y') if name in arches]
+  if discriminator_arches:
+    shapes = {(arch['ndf'], arch['n_layers']) for arch in discriminator_arches}
+    if len(shapes) > 1:
+      raise ValueError(f'D_X and D_Y differ in (ndf, layers): {sorted(shapes)}')
+    config.model.ndf, n_layers = shapes.pop()
+    config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
+    config.model.n_layers_D = n_layers
+  if config.lambda_identity > 0 and config.model.input_nc != config.model.output_nc:
+    config.lambda_identity = 0.0
+  return params, config
+
+
+def write_workdir(output: str | Path, params: dict, config: ml_collections.ConfigDict,
+                  sources: dict[str, str]) -> Path:
+  """A step-0 train state with `params` in place of the fresh networks' ones, saved in `output`."""
+  output = Path(output)
+  if checkpointing.checkpoint_dir(output).exists():
+    raise FileExistsError(f'{output} already holds checkpoints; choose a new --output.')
+  config_lib.validate(config)
+  networks = train.build_networks(config)
+  optimizer = train.adam(config, train.learning_rate_schedule(config, 1))
+  crop = config.data.crop_size
+  init = jax.jit(
+      functools.partial(train.init_train_state, config, networks, optimizer,
+                        (crop, crop, config.model.input_nc), (crop, crop, config.model.output_nc)))
+  state = init()
+  merged = dict(state.params)
+  for name, imported in params.items():
+    expected = jax.tree.map(np.shape, merged[name])
+    actual = jax.tree.map(np.shape, imported)
+    if expected != actual:
+      raise ValueError(f'{name}: converted parameter shapes {actual} do not fit the config\'s '
+                       f'{expected}')
+    merged[name] = jax.tree.map(jnp.asarray, imported)
+  generator_params = {name: merged[name] for name in train.GENERATORS}
+  discriminator_params = {name: merged[name] for name in train.DISCRIMINATORS}
+  state = state.replace(params=merged,
+                        opt_state_generators=optimizer.init(generator_params),
+                        opt_state_discriminators=optimizer.init(discriminator_params))
+  checkpointing.check_and_save_config(output, config)
+  manager = checkpointing.create_manager(output, config.keep_checkpoints)
+  try:
+    checkpointing.save(manager, state, config)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  summaries.write_json(output / checkpointing.IMPORTED_FILE, sources)
+  return output
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if (FLAGS.torch_checkpoint is None) == (FLAGS.torch_dir is None):
+    raise app.UsageError('Give exactly one of --torch_checkpoint and --torch_dir.')
+  try:
+    if FLAGS.torch_checkpoint is not None:
+      files = {inference.DIRECTIONS[FLAGS.direction]: Path(FLAGS.torch_checkpoint)}
+    else:
+      files = official_run_files(FLAGS.torch_dir, FLAGS.epoch)
+    state_dicts = {name: torch_checkpoint.load_state_dict(path) for name, path in files.items()}
+    params, config = convert_state_dicts(state_dicts)
+    config.data.crop_size = FLAGS.crop_size
+    output = write_workdir(FLAGS.output, params, config, {
+        name: str(path) for name, path in files.items()
+    })
+  except (ValueError, FileNotFoundError, FileExistsError) as error:
+    sys.stderr.write(f'Error: {error}\n')
+    sys.exit(1)
+  logging.info('Converted %s into %s (%s, ngf %d, %s norm).',
+               ', '.join(f'{path} -> {name}' for name, path in files.items()), output,
+               config.model.generator, config.model.ngf, config.model.norm)
+  print(f'convert: output={output} networks={",".join(sorted(files))}', flush=True)
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules import together)."""
+  flags.DEFINE_string('torch_checkpoint', None, 'One official generator .pth file.')
+  flags.DEFINE_enum('direction', 'AtoB', list(inference.DIRECTIONS),
+                    "With --torch_checkpoint: the generator's direction (AtoB -> G, BtoA -> F).")
+  flags.DEFINE_string('torch_dir', None,
+                      'An official checkpoints folder holding <epoch>_net_{G_A,G_B,D_A,D_B}.pth.')
+  flags.DEFINE_string('epoch', 'latest', 'With --torch_dir: which epoch to convert.')
+  flags.DEFINE_string('output', None, 'New workdir to write (must not hold checkpoints).')
+  flags.DEFINE_integer('crop_size', 256, 'config.data.crop_size recorded in the workdir.')
+  flags.mark_flag_as_required('output')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

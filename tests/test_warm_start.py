@@ -1,0 +1,110 @@
+"""config.init_from / init_parts: a new run takes exactly the named parts of another run's state."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import updated
+from cyclegan_jax import checkpointing
+from cyclegan_jax import config_lib
+from cyclegan_jax import train
+
+
+@pytest.fixture(scope='module')
+def source_run(tmp_path_factory):
+  """A finished tiny run (6 steps, checkpoints at 3 and 6) and its final train state."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('tiny')
+  workdir = tmp_path_factory.mktemp('source')
+  train.train_and_evaluate(config, str(workdir))
+  state, step = train.restore_train_state(workdir)
+  assert step == 6
+  return workdir, state
+
+
+def fresh_state(config):
+  crop = config.data.crop_size
+  trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3))
+  return trainer, trainer.init()
+
+
+def assert_tree_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def assert_tree_differs(a, b):
+  same = jax.tree.map(lambda x, y: np.array_equal(x, y), jax.device_get(a), jax.device_get(b))
+  assert not all(jax.tree.leaves(same))
+
+
+def test_only_the_named_parts_are_taken(tiny_config, source_run):
+  workdir, source = source_run
+  config = updated(tiny_config, seed=1, init_from=str(workdir), init_parts='G, F')
+  trainer, fresh = fresh_state(config)
+  state = train.warm_started(fresh, config, trainer.state_sharding)
+  for name in ('G', 'F'):
+    assert_tree_equal(state.params[name], source.params[name])
+  for name in ('D_X', 'D_Y'):
+    assert_tree_equal(state.params[name], fresh.params[name])
+    assert_tree_differs(state.params[name], source.params[name])
+  assert_tree_equal(state.opt_state_generators, fresh.opt_state_generators)
+  assert_tree_equal(state.pool_A, fresh.pool_A)
+  assert int(state.step) == 0
+  assert_tree_equal(state.rng, fresh.rng)
+
+  everything = updated(config, init_parts='G,F,D_X,D_Y,optimizer,pools')
+  state = train.warm_started(fresh_state(everything)[1], everything, trainer.state_sharding)
+  assert_tree_equal(state.params, source.params)
+  assert_tree_equal(state.opt_state_discriminators, source.opt_state_discriminators)
+  assert_tree_equal((state.pool_A, state.pool_B), (source.pool_A, source.pool_B))
+  assert int(state.step) == 0  # The new run's schedule starts over.
+
+
+def test_a_checkpoint_folder_names_its_step(tiny_config, source_run):
+  workdir, _ = source_run
+  config = updated(tiny_config, init_from=str(checkpointing.checkpoint_dir(workdir) / '3'),
+                   init_parts='D_X')
+  trainer, fresh = fresh_state(config)
+  state = train.warm_started(fresh, config, trainer.state_sharding)
+  at_step_3, step = train.restore_train_state(workdir, 3)
+  assert step == 3
+  assert_tree_equal(state.params['D_X'], at_step_3.params['D_X'])
+
+
+def test_shapes_that_do_not_fit_are_named(tiny_config, source_run):
+  workdir, _ = source_run
+  config = updated(tiny_config, init_from=str(workdir), model__ngf=16)
+  trainer, fresh = fresh_state(config)
+  with pytest.raises(ValueError, match=r"init_from does not fit.*params\['[GF]'\].*shape"):
+    train.warm_started(fresh, config, trainer.state_sharding)
+  config = updated(tiny_config, init_from=str(workdir), init_parts='pools', pool_size=2)
+  trainer, fresh = fresh_state(config)
+  with pytest.raises(ValueError, match='pool_A.*shape'):
+    train.warm_started(fresh, config, trainer.state_sharding)
+
+
+def test_bad_init_settings_are_clear_errors(tiny_config, tmp_path):
+  config = updated(tiny_config, init_from=str(tmp_path / 'absent'))
+  trainer, fresh = fresh_state(config)
+  with pytest.raises(FileNotFoundError, match='init_from'):
+    train.warm_started(fresh, config, trainer.state_sharding)
+  for parts in ('G,Q', '', 'G,G'):
+    with pytest.raises(ValueError, match=r'config\.init_parts'):
+      config_lib.validate(updated(tiny_config, init_from='x', init_parts=parts))
+
+
+def test_a_run_warm_starts_once_then_resumes_its_own_checkpoints(tiny_config, source_run, tmp_path):
+  workdir, source = source_run
+  config = updated(tiny_config, init_from=str(workdir), init_parts='G,F,D_X,D_Y',
+                   num_train_steps=3, learning_rate=1e-12)
+  run = tmp_path / 'finetune'
+  train.train_and_evaluate(config, str(run))
+  state, step = train.restore_train_state(run)
+  assert step == 3
+  # A learning rate of ~0 keeps the warm-started weights (to float rounding).
+  np.testing.assert_allclose(state.params['G']['head']['conv']['kernel'],
+                             source.params['G']['head']['conv']['kernel'], atol=1e-6)
+  # Resuming continues the run's own checkpoint even if the source changes.
+  final = train.train_and_evaluate(updated(config, num_train_steps=4,
+                                           init_from=str(tmp_path / 'gone')), str(run))
+  assert final['step'] == 4
