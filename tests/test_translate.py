@@ -1,0 +1,233 @@
+"""translate and convert: official checkpoints reproduce the official outputs; files in, files out.
+
+The official outputs in tests/data/official_test_outputs/ were written by the authors' `test.py`
+(see the README there) from the shared reference checkpoints.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from cyclegan_jax import convert
+from cyclegan_jax import inference
+from cyclegan_jax import input_pipeline
+from cyclegan_jax import torch_convert
+from cyclegan_jax import translate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PARITY_DIR = ROOT.parent / 'shared' / 'reference' / 'torch_parity'
+OFFICIAL_OUTPUTS = pathlib.Path(__file__).parent / 'data' / 'official_test_outputs'
+ZIP_PTH = PARITY_DIR / 'G_resnet_9blocks_ngf8_64_randbias.pth'
+LEGACY_PTH = PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias_legacy.pth'
+needs_parity_files = pytest.mark.skipif(not PARITY_DIR.is_dir(),
+                                        reason='shared reference files not present')
+
+# (checkpoint, its .npz twin, the official test.py input and output for it)
+OFFICIAL_CASES = {
+    'zip': (ZIP_PTH, 'G_resnet_9blocks_ngf8_64_randbias.npz', 'photo64'),
+    'legacy': (LEGACY_PTH, 'G_resnet_6blocks_ngf8_32_randbias.npz', 'photo32'),
+}
+
+
+@pytest.fixture(scope='module')
+def legacy_generator():
+  return inference.load_generator(torch_checkpoint=LEGACY_PTH)
+
+
+def run(module, *args):
+  return subprocess.run([sys.executable, '-m', f'cyclegan_jax.{module}', *map(str, args)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+# --- the official checkpoints ---------------------------------------------------------------
+
+
+@needs_parity_files
+@pytest.mark.parametrize('file_format', OFFICIAL_CASES)
+def test_official_checkpoint_reproduces_the_official_network(file_format):
+  path, npz, _ = OFFICIAL_CASES[file_format]
+  reference = np.load(PARITY_DIR / npz)
+  generator = inference.load_generator(torch_checkpoint=path)
+  with jax.default_matmul_precision('highest'):
+    y = inference.translate_any_size(generator, reference['input'].transpose(0, 2, 3, 1))
+  official = reference['output'].transpose(0, 2, 3, 1)
+  assert np.abs(y - official).max() < 1e-4
+  # As saved images (official util.tensor2im): within one grey level.
+  difference = input_pipeline.to_uint8(y).astype(int) - input_pipeline.to_uint8(official)
+  assert np.abs(difference).max() <= 1
+
+
+@needs_parity_files
+@pytest.mark.parametrize('file_format', OFFICIAL_CASES)
+def test_translate_cli_matches_official_test_py_output(tmp_path, file_format):
+  path, _, name = OFFICIAL_CASES[file_format]
+  result = run('translate', f'--torch_checkpoint={path}',
+               f'--input={OFFICIAL_OUTPUTS / f"{name}.png"}', f'--output={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'translate: written=1 skipped=0' in result.stdout
+  ours = np.asarray(Image.open(tmp_path / f'{name}.png'), dtype=int)
+  official = np.asarray(Image.open(OFFICIAL_OUTPUTS / f'{name}_fake_{file_format}.png'), dtype=int)
+  assert ours.shape == official.shape
+  assert np.abs(ours - official).max() <= 1
+
+
+@needs_parity_files
+def test_architecture_is_inferred_from_the_state_dict(legacy_generator):
+  module = legacy_generator.module
+  assert (module.ngf, module.num_blocks, module.norm, module.output_nc) == (8, 6, 'instance', 3)
+  assert legacy_generator.in_channels == 3
+  assert 'resnet_6blocks' in legacy_generator.description
+
+
+def test_a_discriminator_checkpoint_is_not_a_generator(tmp_path):
+  path = tmp_path / 'net_D.pth'
+  path.write_bytes((pathlib.Path(__file__).parent / 'data' / 'torch_checkpoint_zip.pth')
+                   .read_bytes())
+  with pytest.raises(ValueError, match='not an official ResnetGenerator'):
+    inference.load_generator(torch_checkpoint=path)
+
+
+# --- any size, any file -----------------------------------------------------------------------
+
+
+@needs_parity_files
+def test_any_size_is_padded_and_cropped_back(legacy_generator):
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (2, 37, 30, 3)).astype(np.float32)
+  y = inference.translate_any_size(legacy_generator, x)
+  assert y.shape == x.shape
+  # Equal to translating the explicitly reflection-padded image and cropping.
+  padded = np.pad(x, ((0, 0), (0, 3), (0, 2), (0, 0)), mode='reflect')
+  expected = inference.translate_any_size(legacy_generator, padded)[:, :37, :30]
+  np.testing.assert_allclose(y, expected, atol=1e-6)
+  with pytest.raises(ValueError, match='at least 8 pixels'):
+    inference.translate_any_size(legacy_generator, x[:, :6])
+
+
+def write_inputs(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+  """Images in every mode the channel policy covers, odd sizes, a subfolder and bad files."""
+  rng = np.random.default_rng(1)
+  (folder / 'sub').mkdir(parents=True)
+  rgb = rng.integers(0, 256, (33, 41, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(folder / 'rgb.jpg')
+  Image.fromarray(rgb[:, :, 0]).save(folder / 'grey.png')
+  Image.fromarray(np.dstack([rgb, rgb[..., :1]]), mode='RGBA').save(folder / 'sub' / 'rgba.png')
+  Image.fromarray(rng.integers(0, 65536, (32, 32), dtype=np.uint16)).save(folder / 'deep.png')
+  (folder / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  (folder / 'notes.txt').write_text('not an image')
+  return {'rgb': (33, 41), 'grey': (33, 41), 'sub/rgba': (33, 41), 'deep': (32, 32)}
+
+
+@needs_parity_files
+def test_folder_of_mixed_images(tmp_path, legacy_generator):
+  inputs = tmp_path / 'in'
+  sizes = write_inputs(inputs)
+  jobs = translate.find_inputs(str(inputs))
+  assert sorted(str(job.relative) for job in jobs) == [
+      'broken.jpg', 'deep.png', 'grey.png', 'rgb.jpg', 'sub/rgba.png']
+  output = tmp_path / 'out'
+  translate.check_outputs(jobs, output, grid=True, overwrite=False)
+  written, errors = translate.translate_files(legacy_generator, jobs, output, batch_size=2,
+                                              grid=True)
+  assert written == 4 and len(errors) == 1 and 'broken.jpg' in errors[0]
+  for name, (height, width) in sizes.items():
+    image = np.asarray(Image.open(output / f'{name}.png'))
+    assert image.shape == (height, width, 3), name
+    grid = np.asarray(Image.open(output / 'grid' / f'{name}.png'))
+    assert grid.shape == (height, 2 * width, 3), name
+  # The same image alone or in a batch gives the same translation (no batch coupling).
+  single = inference.translate_any_size(
+      legacy_generator,
+      input_pipeline.from_uint8(np.asarray(Image.open(inputs / 'rgb.jpg'))[None]))
+  np.testing.assert_array_equal(np.asarray(Image.open(output / 'rgb.png')),
+                                input_pipeline.to_uint8(single[0]))
+  with pytest.raises(FileExistsError, match='--overwrite'):
+    translate.check_outputs(jobs, output, grid=False, overwrite=False)
+  translate.check_outputs(jobs, output, grid=True, overwrite=True)
+
+
+def test_inputs_that_name_nothing(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='No images in folder'):
+    translate.find_inputs(str(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError, match='Input not found'):
+    translate.find_inputs(str(tmp_path / 'absent.jpg'))
+  with pytest.raises(ValueError, match='No image files match'):
+    translate.find_inputs(str(tmp_path / '*.jpg'))
+
+
+def test_glob_keeps_names_and_rejects_colliding_outputs(tmp_path):
+  for name in ('a/x.jpg', 'b/x.jpg', 'b/x.png'):
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    Image.new('RGB', (8, 8)).save(tmp_path / name)
+  jobs = translate.find_inputs(str(tmp_path / '*' / 'x.jpg'))
+  assert [str(job.relative) for job in jobs] == ['a/x.jpg', 'b/x.jpg']
+  jobs = translate.find_inputs(str(tmp_path / 'b'))
+  with pytest.raises(ValueError, match='would both be written'):
+    translate.check_outputs(jobs, tmp_path / 'out', grid=False, overwrite=False)
+
+
+@needs_parity_files
+def test_cli_errors_are_one_clear_line(tmp_path):
+  (tmp_path / 'bad.png').write_bytes(b'garbage')
+  result = run('translate', f'--torch_checkpoint={LEGACY_PTH}', f'--input={tmp_path / "bad.png"}',
+               f'--output={tmp_path / "out"}')
+  assert result.returncode == 1
+  assert 'cannot read image' in result.stderr and 'no image could be translated' in result.stderr
+  result = run('translate', f'--workdir={tmp_path / "nowhere"}', f'--input={tmp_path}',
+               f'--output={tmp_path / "out"}')
+  assert result.returncode == 1 and 'Error:' in result.stderr
+  assert 'Workdir not found' in result.stderr or 'No images' in result.stderr
+
+
+# --- convert ----------------------------------------------------------------------------------
+
+
+@needs_parity_files
+def test_converted_workdir_translates_like_the_checkpoint(tmp_path, legacy_generator):
+  output = tmp_path / 'converted'
+  result = run('convert', f'--torch_checkpoint={LEGACY_PTH}', '--direction=BtoA', '--crop_size=32',
+               f'--output={output}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((output / 'imported.json').read_text()) == {'F': str(LEGACY_PTH)}
+  saved = json.loads((output / 'config.json').read_text())
+  assert saved['model']['generator'] == 'resnet_6blocks' and saved['model']['ngf'] == 8
+  converted = inference.load_generator(workdir=output, direction='BtoA')
+  x = np.random.default_rng(2).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_array_equal(inference.translate_any_size(converted, x),
+                                inference.translate_any_size(legacy_generator, x))
+  with pytest.raises(ValueError, match='holds no AtoB generator'):
+    inference.load_generator(workdir=output, direction='AtoB')
+  with pytest.raises(FileNotFoundError, match='No checkpoint for step 5'):
+    inference.load_generator(workdir=output, direction='BtoA', step=5)
+  # Never written over.
+  again = run('convert', f'--torch_checkpoint={LEGACY_PTH}', f'--output={output}')
+  assert again.returncode == 1 and 'already holds checkpoints' in again.stderr
+
+
+@needs_parity_files
+def test_official_run_folder_maps_names(tmp_path):
+  for name in ('G_A', 'G_B'):
+    (tmp_path / f'latest_net_{name}.pth').symlink_to(LEGACY_PTH)
+  files = convert.official_run_files(tmp_path, 'latest')
+  assert files == {'G': tmp_path / 'latest_net_G_A.pth', 'F': tmp_path / 'latest_net_G_B.pth'}
+  with pytest.raises(FileNotFoundError, match='7_net_G_A.pth'):
+    convert.official_run_files(tmp_path, '7')
+
+
+@needs_parity_files
+def test_discriminators_convert_with_their_architecture():
+  state_dict = torch_convert.load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
+  generator = torch_convert.load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
+  params, config = convert.convert_state_dicts({'D_Y': state_dict, 'G': generator})
+  assert set(params) == {'D_Y', 'G'}
+  assert (config.model.ndf, config.model.discriminator, config.model.ngf) == (8, 'basic', 8)
+  assert config.model.generator == 'resnet_6blocks'
+  with pytest.raises(ValueError, match='the D_X state_dict is not an NLayerDiscriminator'):
+    convert.convert_state_dicts({'D_X': generator})
