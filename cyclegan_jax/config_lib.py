@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.no_flip = False  # True disables the random horizontal flip.
   config.data.skip_bad_images = True  # Skip unreadable images with a warning (False: raise).
   config.data.num_heldout = 0  # Embedded source: held-out pairs to evaluate (0 = all).
+  # Test images i of testA and testB show the same scene (aligned datasets: facades, maps):
+  # evaluation then also reports paired metrics against them.
+  config.data.paired_test = False
   config.data.num_workers = 0  # Decoding threads (0 = one per CPU core).
   config.data.prefetch = 4  # Batches prepared ahead of the train step (0 = no background work).
 
@@ -115,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # Most recent checkpoints kept on disk.
   config.sample_every_steps = 1000  # PNG grid of real / translated / reconstructed images.
   config.num_sample_images = 4  # Rows of that grid.
-  config.eval_every_steps = 0  # Held-out paired metrics (embedded data); 0 = at the end only.
+  config.eval_every_steps = 0  # Test-split evaluation (evaluation.py); 0 = at the end only.
+  # FID Inception-v3 weights file (README, "Evaluate"); '' skips FID and KID.
+  config.inception_weights = ''
   return config
 
 

@@ -1,10 +1,31 @@
-"""Paired metrics on held-out data with ground truth (MAE and PSNR on a 0–255 scale)."""
+"""Evaluation on the test splits: paired metrics, cycle reconstruction, FID and KID.
 
-from typing import Callable
+Every metric is measured on the 0–255 scale of saved images. Keys (all per direction, AtoB is G
+and BtoA is F):
+- `heldout_mae_*`, `heldout_psnr_*`, `heldout_ssim_*`: against ground truth, where the test
+  images come in pairs (the embedded dataset's held-out regions, or a folder/TFDS test split
+  with `config.data.paired_test`), next to `baseline_mae_*` of leaving images untranslated;
+- `cycle_mae_A` (F(G(a)) against a) and `cycle_mae_B` (G(F(b)) against b), always;
+- `fid_*`, `kid_*` and `kid_std_*`: translated images against the real test images of the
+  target domain, in Inception-v3 pool features, when FID Inception weights are given.
+"""
 
+import collections
+from pathlib import Path
+import re
+from typing import Callable, Iterable, Sequence
+
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cyclegan_jax import input_pipeline
+from cyclegan_jax import metrics
+
+Translate = Callable[[np.ndarray], np.ndarray]  # float32 [-1, 1] NHWC -> the same
+EVAL_DIR = 'eval'
+_PAIR_SUFFIX = re.compile(r'[_-]?[AB]$')
 
 
 def to_255(images: jax.Array) -> jax.Array:
@@ -18,7 +39,7 @@ def paired_errors(prediction: jax.Array, target: jax.Array) -> dict[str, jax.Arr
   axes = tuple(range(1, difference.ndim))
   mae = jnp.mean(jnp.abs(difference), axis=axes)
   mse = jnp.mean(jnp.square(difference), axis=axes)
-  psnr = 10.0 * jnp.log10(255.0 ** 2 / jnp.maximum(mse, 1e-10))
+  psnr = 10.0 * jnp.log10(255.0**2 / jnp.maximum(mse, 1e-10))
   return {'mae': mae, 'psnr': psnr}
 
 
@@ -35,20 +56,121 @@ def batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
   return np.concatenate(outputs)
 
 
-def heldout_metrics(translate_AtoB: Callable, translate_BtoA: Callable,
-                    pairs: dict[str, np.ndarray], batch_size: int = 16) -> dict[str, float]:
-  """G(a) against the true b and F(b) against the true a, next to the untranslated baseline."""
-  real_A, real_B = pairs['A'], pairs['B']
-  fake_B = batched(translate_AtoB, real_A, batch_size)
-  fake_A = batched(translate_BtoA, real_B, batch_size)
-  results = {}
-  for direction, prediction, source, target in (('AtoB', fake_B, real_A, real_B),
-                                                ('BtoA', fake_A, real_B, real_A)):
-    model = paired_errors(prediction, target)
-    if source.shape[-1] == target.shape[-1]:
-      baseline = paired_errors(source, target)
-      results[f'baseline_mae_{direction}'] = float(jnp.mean(baseline['mae']))
-      results[f'baseline_psnr_{direction}'] = float(jnp.mean(baseline['psnr']))
-    results[f'heldout_mae_{direction}'] = float(jnp.mean(model['mae']))
-    results[f'heldout_psnr_{direction}'] = float(jnp.mean(model['psnr']))
+def apply_by_size(fn: Translate, images: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+  """`fn` over float images of possibly different sizes, batching equal sizes; input order."""
+  groups = collections.defaultdict(list)
+  for index, image in enumerate(images):
+    groups[image.shape].append(index)
+  outputs: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
+  for indices in groups.values():
+    results = batched(fn, np.stack([images[i] for i in indices]), min(batch_size, len(indices)))
+    for index, result in zip(indices, results):
+      outputs[index] = result
+  return outputs
+
+
+def pair_test_images(names: dict[str, list[str]]) -> None:
+  """Checks that test images i of A and B are a pair: equal names up to an A/B suffix."""
+  if len(names['A']) != len(names['B']):
+    raise ValueError(f'config.data.paired_test: testA has {len(names["A"])} images and testB '
+                     f'{len(names["B"])}; paired test splits need one B image per A image')
+  for name_a, name_b in zip(names['A'], names['B']):
+    stem_a, stem_b = (_PAIR_SUFFIX.sub('', Path(n).stem) for n in (name_a, name_b))
+    if stem_a != stem_b:
+      raise ValueError(f'config.data.paired_test: testA image {name_a} and testB image {name_b} '
+                       'do not pair by name (expected equal names up to an A/B suffix)')
+
+
+def _mean(values: Iterable[float]) -> float:
+  return float(np.mean(np.asarray(list(values), np.float64)))
+
+
+def evaluate(translate_AtoB: Translate,
+             translate_BtoA: Translate,
+             test: dict[str, list[np.ndarray]],
+             paired: bool,
+             features: Callable[[np.ndarray], np.ndarray] | None = None,
+             batch_size: int = 16) -> dict[str, float]:
+  """Metrics (module docstring) of the two generators on uint8 test images per domain.
+
+  `features` maps float [-1, 1] NHWC images to Inception pool features (FID/KID), or None.
+  """
+  real = {
+      domain: [input_pipeline.from_uint8(image) for image in images]
+      for domain, images in test.items()
+  }
+  fake = {
+      'B': apply_by_size(translate_AtoB, real['A'], batch_size),
+      'A': apply_by_size(translate_BtoA, real['B'], batch_size)
+  }
+  reconstructed = {
+      'A': apply_by_size(translate_BtoA, fake['B'], batch_size),
+      'B': apply_by_size(translate_AtoB, fake['A'], batch_size)
+  }
+  results: dict[str, float] = {'num_test_A': len(real['A']), 'num_test_B': len(real['B'])}
+  for domain in ('A', 'B'):
+    results[f'cycle_mae_{domain}'] = _mean(
+        float(paired_errors(rec[None], x[None])['mae'][0])
+        for rec, x in zip(reconstructed[domain], real[domain]))
+
+  for direction, source, target in (('AtoB', 'A', 'B'), ('BtoA', 'B', 'A')):
+    prediction, truth = fake[target], real[target]
+    if paired:
+      errors = [paired_errors(p[None], t[None]) for p, t in zip(prediction, truth)]
+      results[f'heldout_mae_{direction}'] = _mean(float(e['mae'][0]) for e in errors)
+      results[f'heldout_psnr_{direction}'] = _mean(float(e['psnr'][0]) for e in errors)
+      results[f'heldout_ssim_{direction}'] = _mean(
+          float(metrics.ssim(p[None], t[None])[0]) for p, t in zip(prediction, truth))
+      if real[source][0].shape[-1] == truth[0].shape[-1]:
+        results[f'baseline_mae_{direction}'] = _mean(
+            float(paired_errors(s[None], t[None])['mae'][0]) for s, t in zip(real[source], truth))
+    if features is not None:
+      fake_features = np.stack(apply_by_size(features, prediction, batch_size))
+      real_features = np.stack(apply_by_size(features, truth, batch_size))
+      results[f'fid_{direction}'] = metrics.fid_from_features(fake_features, real_features)
+      kid_mean, kid_std = metrics.kid_from_features(fake_features, real_features)
+      results[f'kid_{direction}'] = kid_mean
+      results[f'kid_std_{direction}'] = kid_std
   return results
+
+
+def load_test_sets(dataset: input_pipeline.Dataset,
+                   paired_test: bool) -> tuple[dict[str, list[np.ndarray]], bool]:
+  """(uint8 test images per domain, whether they are pairs) of a dataset."""
+  test, names = {}, {}
+  for domain in ('A', 'B'):
+    items = list(dataset.test_images(domain))
+    if not items:
+      raise ValueError(f'The dataset has no readable test{domain} images to evaluate on.')
+    names[domain] = [name for name, _ in items]
+    test[domain] = [image for _, image in items]
+  paired = dataset.heldout_pairs() is not None
+  if paired_test and not paired:
+    try:
+      pair_test_images(names)
+      paired = True
+    except ValueError as error:
+      logging.warning('%s; evaluating without paired metrics.', error)
+  return test, paired
+
+
+def log_summary(step: int, results: dict[str, float]) -> None:
+  parts = [
+      f'{key} {results[key]:.3g}' for key in sorted(results)
+      if key.startswith(('heldout_mae', 'heldout_ssim', 'cycle_mae', 'fid_', 'kid_A', 'kid_B'))
+  ]
+  logging.info('Evaluation at step %d: %s', step, ', '.join(parts))
+
+
+def eval_path(workdir: str | Path, step: int) -> Path:
+  return Path(workdir) / EVAL_DIR / f'step_{step:08d}.json'
+
+
+def inception_features(weights_path: str) -> Callable[[np.ndarray], np.ndarray] | None:
+  """The FID feature extractor for `weights_path`, or None (with a log line) if it is ''."""
+  if not weights_path:
+    logging.info('FID/KID skipped: no Inception weights given (config.inception_weights or '
+                 '--inception_weights; see README, "Evaluate").')
+    return None
+  from cyclegan_jax import inception  # pylint: disable=g-import-not-at-top
+  return inception.load_fid_inception(weights_path)

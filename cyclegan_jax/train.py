@@ -433,20 +433,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   writer = summaries.SummaryWriter(workdir)
   samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
-  heldout = dataset.heldout_pairs()
+  has_test_data = min(dataset.num_test('A'), dataset.num_test('B')) > 0
+  test_sets, paired = (evaluation.load_test_sets(dataset, config.data.paired_test)
+                       if has_test_data else ({}, False))
+  features = evaluation.inception_features(config.inception_weights)
 
   def evaluate(state, step) -> dict[str, float]:
-    if heldout is None:
+    if not has_test_data:
       return {}
-    results = evaluation.heldout_metrics(
+    results = evaluation.evaluate(
         functools.partial(trainer.translate_AtoB, state.params),
-        functools.partial(trainer.translate_BtoA, state.params), heldout)
-    writer.scalars(step, {f'heldout/{k}': v for k, v in results.items()})
+        functools.partial(trainer.translate_BtoA, state.params), test_sets, paired, features)
+    writer.scalars(step, {f'eval/{k}': v for k, v in results.items()})
     if is_chief:
-      logging.info('held-out at step %d: MAE G(a) %.2f, F(b) %.2f (no translation %.2f); '
-                   'PSNR G(a) %.2f dB', step, results['heldout_mae_AtoB'],
-                   results['heldout_mae_BtoA'], results.get('baseline_mae_AtoB', float('nan')),
-                   results['heldout_psnr_AtoB'])
+      evaluation.log_summary(step, results)
+      summaries.write_json(evaluation.eval_path(workdir, step), {'step': step, **results})
     return results
 
   def save_samples(state, step):

@@ -53,7 +53,8 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   # final line as final.json.
   logged = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [entry['step'] for entry in logged if 'loss/cycle_A' in entry] == [2, 4, 6]
-  assert any('heldout/heldout_mae_AtoB' in entry for entry in logged)
+  assert any('eval/heldout_mae_AtoB' in entry for entry in logged)
+  assert json.loads((workdir / 'eval' / 'step_00000006.json').read_text())['step'] == 6
   final_json = json.loads((workdir / 'final.json').read_text())
   assert set(final_json) == set(final)
   assert final_json['heldout_mae_AtoB'] == pytest.approx(float(final['heldout_mae_AtoB']), rel=1e-5)
