@@ -116,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100  # Console progress line and TensorBoard scalars.
   config.checkpoint_every_steps = 1000  # Also saved at the end of the run.
   config.keep_checkpoints = 3  # Most recent checkpoints kept on disk.
+  config.plot_at_end = True  # Loss and metric curves in <workdir>/plots/ (matplotlib).
   config.sample_every_steps = 1000  # PNG grid of real / translated / reconstructed images.
   config.num_sample_images = 4  # Rows of that grid.
   config.eval_every_steps = 0  # Test-split evaluation (evaluation.py); 0 = at the end only.

@@ -392,6 +392,15 @@ def _check_finite(step: int, metrics: dict[str, float], workdir: Path) -> None:
         'check the data.')
 
 
+def _plot(workdir: Path) -> None:
+  """Loss and metric curves as PNGs in the workdir; a plotting problem never fails the run."""
+  try:
+    from cyclegan_jax import plots  # pylint: disable=g-import-not-at-top  # matplotlib is slow.
+    plots.plot_run(workdir)
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('Could not draw the plots in %s: %s', workdir / 'plots', error)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final summary."""
   workdir = Path(workdir)
@@ -518,5 +527,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  status, workdir)
     if step == num_steps:
       summaries.write_json(workdir / summaries.FINAL_FILE, final)
+    if config.plot_at_end:
+      _plot(workdir)
     print('final: ' + summaries.key_values(final), flush=True)
   return final

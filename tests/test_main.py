@@ -32,7 +32,8 @@ def final_line(stdout: str) -> dict[str, str]:
 
 def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   workdir = tmp_path / 'run'
-  result = subprocess.run(command(workdir), cwd=ROOT, capture_output=True, text=True,
+  result = subprocess.run(command(workdir, '--config.plot_at_end=True'), cwd=ROOT,
+                          capture_output=True, text=True,
                           timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
 
@@ -55,6 +56,7 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   assert [entry['step'] for entry in logged if 'loss/cycle_A' in entry] == [2, 4, 6]
   assert any('eval/heldout_mae_AtoB' in entry for entry in logged)
   assert json.loads((workdir / 'eval' / 'step_00000006.json').read_text())['step'] == 6
+  assert sorted(p.name for p in (workdir / 'plots').glob('*.png')) == ['losses.png', 'metrics.png']
   final_json = json.loads((workdir / 'final.json').read_text())
   assert set(final_json) == set(final)
   assert final_json['heldout_mae_AtoB'] == pytest.approx(float(final['heldout_mae_AtoB']), rel=1e-5)

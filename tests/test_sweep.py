@@ -1,0 +1,355 @@
+"""experiments/sweep.py: sweep files, run names and commands, results, and real tiny sweeps."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from experiments import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The tiny config cut to 2 steps with a checkpoint after each (for the resume check below), and
+# to networks that compile in half the time.
+SHORT = {
+    'num_train_steps': 2,
+    'log_every_steps': 1,
+    'checkpoint_every_steps': 1,
+    'num_sample_images': 0,
+    'model.fast_convs': False,
+    'model.discriminator': 'n_layers',
+    'model.n_layers_D': 1
+}
+
+
+def write_sweep_file(path: pathlib.Path, body: str) -> str:
+  path.write_text('from experiments import sweep\n\n' + textwrap.dedent(body), encoding='utf-8')
+  return str(path)
+
+
+def run_cli(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'experiments.sweep', *args],
+                        cwd=ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        check=False)
+
+
+def read_csv(path):
+  with open(path, newline='', encoding='utf-8') as file:
+    return list(csv.DictReader(file))
+
+
+def test_two_run_sweep_collects_results_skips_finished_runs_and_resumes_unfinished(tmp_path):
+  sweep_file = write_sweep_file(
+      tmp_path / 'seeds.py', f"""
+      def get_sweep():
+        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
+                           fixed={SHORT!r})
+      """)
+  root = tmp_path / 'sweep'
+  args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}')
+  result = run_cli(*args)
+  assert result.returncode == 0, result.stdout + result.stderr
+  names = ['tiny,seed=0', 'tiny,seed=1']
+  for name in names:
+    log = (root / name / 'log.txt').read_text()
+    assert 'final: step=2' in log and f'--config.seed={name[-1]}' in log
+    assert '--config.num_train_steps=2' in log
+  rows = read_csv(root / 'results.csv')
+  assert [row['name'] for row in rows] == names
+  assert [row['seed'] for row in rows] == ['0', '1']
+  for row in rows:
+    assert row['status'] == 'done' and row['group'] == 'tiny' and row['step'] == '2'
+    assert float(row['heldout_mae_AtoB']) > 0 and float(row['loss_cycle_A']) > 0
+  assert rows[0]['heldout_mae_AtoB'] != rows[1]['heldout_mae_AtoB']  # Two seeds, two runs.
+  markdown = (root / 'results.md').read_text()
+  assert all(name in markdown for name in names)
+  assert '## Mean ± std over seeds' in markdown and '| tiny | 2 |' in markdown
+  record = json.loads((root / 'sweep.json').read_text())
+  assert record['config'] == 'configs/tiny.py' and record['sweep'] == sweep_file
+  assert [run['name'] for run in record['runs']] == names
+  assert record['runs'][1]['overrides'] == {**SHORT, 'seed': 1}
+  assert f'Results: {root / "results.csv"}' in result.stdout
+
+  # Everything finished: the rerun skips both runs and trains nothing.
+  logs = {name: (root / name / 'log.txt').read_text() for name in names}
+  again = run_cli(*args)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert again.stdout.count('skipped, finished earlier') == 2
+  assert {name: (root / name / 'log.txt').read_text() for name in names} == logs
+  assert len(read_csv(root / 'results.csv')) == 2
+
+  # Interrupted after its first checkpoint: the same command resumes it from there.
+  unfinished = root / names[1]
+  (unfinished / 'final.json').unlink()
+  for path in sorted((unfinished / 'checkpoints' / '2').rglob('*'), reverse=True):
+    path.rmdir() if path.is_dir() else path.unlink()
+  (unfinished / 'checkpoints' / '2').rmdir()
+  resumed = run_cli(*args, '--plot')
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f'[2/2] {names[1]}: resuming' in resumed.stdout
+  assert 'skipped, finished earlier' in resumed.stdout  # The first run.
+  log = (unfinished / 'log.txt').read_text()
+  assert log.count('=== ') == 2 and 'Resumed from step 1' in log
+  assert json.loads((unfinished / 'final.json').read_text())['step'] == 2
+  assert (root / 'plots' / 'final_metrics.png').stat().st_size > 0
+  assert (root / 'plots' / 'curves.png').stat().st_size > 0
+
+
+def test_failing_runs_are_reported_and_the_sweep_goes_on(tmp_path):
+  sweep_file = write_sweep_file(
+      tmp_path / 'bad.py', """
+      def get_sweep():
+        return sweep.runs({'name': 'misspelt', 'lambda_cylce': 5.0},
+                          {'name': 'negative', 'lambda_cycle': -1.0})
+      """)
+  root = tmp_path / 'sweep'
+  result = run_cli('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}')
+  assert result.returncode == 1
+  for name in ('misspelt', 'negative'):
+    assert f'{name}: FAILED' in result.stdout
+    assert f'{name}: training exited with status 1; log {root / name / "log.txt"}' in result.stdout
+  assert 'no such config field' in result.stdout and 'lambda_cylce' in result.stdout
+  assert 'config.lambda_cycle' in (root / 'negative' / 'log.txt').read_text()
+  assert [row['status'] for row in read_csv(root / 'results.csv')] == ['failed', 'failed']
+  assert '## Failures' in (root / 'results.md').read_text()
+
+
+def test_dry_run_prints_each_command_and_writes_nothing(tmp_path, capsys):
+  root = tmp_path / 'lambda'
+  code = sweep.run_sweep('configs/tiny.py',
+                         str(ROOT / 'experiments/sweeps/lambda_cycle.py'),
+                         root,
+                         dry_run=True)
+  assert code == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 4
+  assert lines[1] == (f'python -m cyclegan_jax.main --config=configs/tiny.py '
+                      f'--workdir={root}/lambda_cycle=1.0,seed=1 --config.lambda_cycle=1.0 '
+                      '--config.seed=1')
+  assert not root.exists()
+
+
+def test_the_paper_ablation_sweep_file(tmp_path, capsys):
+  planned = sweep.plan(sweep.load_sweep_file(ROOT / 'experiments/sweeps/paper_ablation.py'))
+  assert len(planned) == 18
+  groups = {run.group for run in planned}
+  assert groups == {
+      'cycle_alone', 'gan_alone', 'gan+forward_cycle', 'gan+backward_cycle', 'cyclegan',
+      'cyclegan+identity'
+  }
+  by_name = {run.name: run.overrides for run in planned}
+  assert by_name['cycle_alone,seed=2'] == {
+      'num_epochs': 40,
+      'num_epochs_decay': 31,
+      'log_every_steps': 71,
+      'sample_every_steps': 142,
+      'checkpoint_every_steps': 497,
+      'eval_every_steps': 497,
+      'use_gan_G': False,
+      'use_gan_F': False,
+      'seed': 2
+  }
+  steps = (40 + 31) * 14  # configs/default.py: 14 steps per epoch.
+  for every in ('sample_every_steps', 'checkpoint_every_steps', 'eval_every_steps'):
+    assert steps % by_name['cyclegan,seed=0'][every] == 0
+  assert by_name['cyclegan+identity,seed=1']['lambda_identity'] == 0.5
+  assert by_name['gan_alone,seed=0']['use_cycle_forward'] is False
+  # Every override is a field of the default config, of the field's type.
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('default')
+  for overrides in by_name.values():
+    config.update_from_flattened_dict(overrides)
+  code = sweep.run_sweep('configs/default.py',
+                         str(ROOT / 'experiments/sweeps/paper_ablation.py'),
+                         tmp_path / 'pa',
+                         dry_run=True)
+  assert code == 0 and len(capsys.readouterr().out.splitlines()) == 18
+
+
+def test_helpers_build_and_name_runs():
+  assert sweep.grid(lambda_cycle=[5, 10.0], seed=[0, 1]) == [{
+      'lambda_cycle': 5,
+      'seed': 0
+  }, {
+      'lambda_cycle': 5,
+      'seed': 1
+  }, {
+      'lambda_cycle': 10.0,
+      'seed': 0
+  }, {
+      'lambda_cycle': 10.0,
+      'seed': 1
+  }]
+  assert sweep.grid({'data.crop_size': [32]}, seed=[3]) == [{'data.crop_size': 32, 'seed': 3}]
+  combined = sweep.product(sweep.runs({'name': 'base'}, {
+      'name': 'idt',
+      'lambda_identity': 0.5
+  }), sweep.grid(seed=[0, 1]))
+  assert combined[3] == {'name': 'idt,seed=1', 'lambda_identity': 0.5, 'seed': 1}
+  planned = sweep.plan(
+      sweep.Sweep(sweep.grid(lambda_cycle=[5, 10.0], seed=[0, 1]) + [{
+          'data.root': '/data/a b.zip'
+      }, {}],
+                  fixed={'num_epochs': 2}))
+  assert [run.name for run in planned] == [
+      'lambda_cycle=5,seed=0', 'lambda_cycle=5,seed=1', 'lambda_cycle=10.0,seed=0',
+      'lambda_cycle=10.0,seed=1', 'data.root=_data_a_b.zip', 'default'
+  ]
+  assert [run.group for run in planned][:4] == ['lambda_cycle=5'] * 2 + ['lambda_cycle=10.0'] * 2
+  assert planned[0].overrides == {'num_epochs': 2, 'lambda_cycle': 5, 'seed': 0}
+  planned = sweep.plan(
+      sweep.Sweep(sweep.runs({'name': 'a'}, {
+          'name': 'b',
+          'seed': 1
+      }, {'seed': 2}, {'seed': 3})))
+  assert [run.group for run in planned] == ['a', 'b', 'default', 'default']
+  command = sweep.train_command(
+      'configs/tiny.py', pathlib.Path('r/x'), {
+          'use_gan_G': False,
+          'learning_rate': 1e-4,
+          'model.ngf': 8,
+          'data.source': 'embedded',
+          'init_parts': 'G,F'
+      }, 'python')
+  assert command == [
+      'python', '-m', 'cyclegan_jax.main', '--config=configs/tiny.py', '--workdir=r/x',
+      '--config.use_gan_G=False', '--config.learning_rate=0.0001', '--config.model.ngf=8',
+      '--config.data.source=embedded', '--config.init_parts=G,F'
+  ]
+
+
+@pytest.mark.parametrize('runs, message', [
+    ([{
+        'name': 'a'
+    }, {
+        'name': 'a'
+    }], "both named 'a'"),
+    ([{
+        'name': 'run'
+    }, {
+        'name': 'RUN'
+    }], "both named 'RUN'"),
+    ([{
+        'seed': 0
+    }, {
+        'seed': 0
+    }], "both named 'seed=0'"),
+    ([{
+        'name': 'a/b'
+    }], 'not filesystem-safe'),
+    ([{
+        'name': 'plots'
+    }], 'reserved'),
+    ([{
+        'lambda cycle': 1
+    }], 'not a config field name'),
+    ([{
+        'lambda_cycle': None
+    }], 'expected a bool, number or string'),
+    ([{
+        'name': 'x' * 201
+    }], 'longer than 200'),
+    ([], 'no runs'),
+])
+def test_bad_runs_are_rejected_before_anything_runs(runs, message):
+  with pytest.raises(sweep.SweepError, match=message):
+    sweep.plan(sweep.Sweep(runs))
+
+
+def test_bad_sweep_files_are_clear_errors(tmp_path):
+  no_function = write_sweep_file(tmp_path / 'empty.py', 'RUNS = []\n')
+  with pytest.raises(sweep.SweepError, match='defines no get_sweep'):
+    sweep.run_sweep('configs/tiny.py', no_function, tmp_path / 'root', dry_run=True)
+  broken = write_sweep_file(tmp_path / 'broken.py', 'def get_sweep(:\n')
+  with pytest.raises(sweep.SweepError, match='failed to load: SyntaxError'):
+    sweep.load_sweep_file(broken)
+  wrong = write_sweep_file(tmp_path / 'wrong.py', 'def get_sweep():\n  return 3\n')
+  with pytest.raises(sweep.SweepError, match='returned a int'):
+    sweep.load_sweep_file(wrong)
+  with pytest.raises(sweep.SweepError, match='set by two parts'):
+    sweep.product([{'seed': 0}], [{'seed': 1}])
+  with pytest.raises(sweep.SweepError, match='non-empty list'):
+    sweep.grid(seed=3)
+  with pytest.raises(sweep.SweepError, match='no config file'):
+    sweep.run_sweep('configs/nope.py', no_function, tmp_path / 'root', dry_run=True)
+  assert not (tmp_path / 'root').exists()
+  # On the command line: one line on stderr, exit status 2.
+  result = run_cli('--config=configs/tiny.py', f'--sweep={no_function}',
+                   f'--root={tmp_path / "root"}')
+  assert result.returncode == 2
+  assert result.stderr.startswith('Error: sweep file') and 'get_sweep' in result.stderr
+
+
+def test_a_root_made_for_another_sweep_is_refused_unless_forced(tmp_path):
+  lambda_file = str(ROOT / 'experiments/sweeps/lambda_cycle.py')
+  planned = sweep.plan(sweep.load_sweep_file(lambda_file))
+  root = tmp_path / 'root'
+  root.mkdir()
+  sweep.write_record(root, 'configs/tiny.py', lambda_file, {}, planned)
+  assert sweep.run_sweep('configs/tiny.py', lambda_file, root, dry_run=True) == 0
+  with pytest.raises(sweep.SweepError, match='made for another sweep.*config configs/tiny.py'):
+    sweep.run_sweep('configs/default.py', lambda_file, root, dry_run=True)
+  assert sweep.run_sweep('configs/default.py', lambda_file, root, dry_run=True, force=True) == 0
+  # The same names with other overrides: another sweep too.
+  other = write_sweep_file(
+      tmp_path / 'other.py', """
+      def get_sweep():
+        return sweep.Sweep(sweep.grid(lambda_cycle=[1.0], seed=[0]), fixed={'num_epochs': 3})
+      """)
+  with pytest.raises(sweep.SweepError, match='run lambda_cycle=1.0,seed=0 with overrides'):
+    sweep.check_root(root,
+                     'configs/tiny.py',
+                     lambda_file,
+                     sweep.plan(sweep.load_sweep_file(other)),
+                     force=False)
+  # A folder of something else.
+  (tmp_path / 'busy').mkdir()
+  (tmp_path / 'busy' / 'notes.txt').write_text('mine')
+  with pytest.raises(sweep.SweepError, match='not a sweep root'):
+    sweep.run_sweep('configs/tiny.py', lambda_file, tmp_path / 'busy', dry_run=True)
+
+
+def test_results_average_seeds_and_keep_the_latest_evaluation(tmp_path):
+  planned = sweep.plan(sweep.Sweep(sweep.grid(lambda_cycle=[5.0, 10.0], seed=[0, 1])))
+  values = {
+      'lambda_cycle=5.0,seed=0': 1.0,
+      'lambda_cycle=5.0,seed=1': 3.0,
+      'lambda_cycle=10.0,seed=0': 7.0
+  }
+  for name, value in values.items():
+    workdir = tmp_path / name
+    (workdir / 'eval').mkdir(parents=True)
+    (workdir / 'final.json').write_text(
+        json.dumps({
+            'step': 10,
+            'wall_time_s': 1.5,
+            'loss_cycle_A': 0.5,
+            'heldout_mae_AtoB': value
+        }))
+    for step, fid in ((5, 99.0), (10, value * 10)):
+      (workdir / 'eval' / f'step_{step:08d}.json').write_text(
+          json.dumps({
+              'step': step,
+              'heldout_mae_AtoB': value,
+              'fid_AtoB': fid,
+              'num_test_A': 4
+          }))
+  rows = sweep.collect_results(tmp_path, planned)
+  assert [row['status'] for row in rows] == ['done', 'done', 'done', 'pending']
+  assert rows[1]['eval_step'] == 10 and rows[1]['eval_fid_AtoB'] == 30.0
+  markdown = sweep.results_markdown(rows, 'configs/tiny.py', 'sweep.py', {}, planned)
+  lines = markdown.splitlines()
+  header = next(line for line in lines if line.startswith('| group |'))
+  assert header == '| group | runs | heldout_mae_AtoB | eval_fid_AtoB |'
+  assert '| lambda_cycle=5.0 | 2 | 2 ± 1.414 | 20 ± 14.14 |' in lines
+  assert '| lambda_cycle=10.0 | 1 | 7 | 70 |' in lines
+  assert '| lambda_cycle=10.0,seed=1 | pending | 10.0 | 1 |  |  |  |  |' in lines
+  sweep.write_csv(tmp_path / 'results.csv', rows)
+  read = read_csv(tmp_path / 'results.csv')
+  assert read[0]['heldout_mae_AtoB'] == '1.0' and read[3]['heldout_mae_AtoB'] == ''
