@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,6 @@ from cyclegan_jax import evaluate
 from cyclegan_jax import evaluation
 from cyclegan_jax import inception
 from cyclegan_jax import input_pipeline
-from cyclegan_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,15 +62,10 @@ def test_paired_test_splits_pair_by_name():
     evaluation.pair_test_images({'A': ['1_A.jpg'], 'B': []})
 
 
-@pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  final = train.train_and_evaluate(load_config('tiny'), str(workdir))
-  return workdir, final
-
-
-def test_cli_reports_what_training_reported(tiny_run):
-  workdir, final = tiny_run
+def test_cli_reports_what_training_reported(finished_tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_tiny_run[0], workdir)
+  final = finished_tiny_run[1]
   result = subprocess.run([sys.executable, '-m', 'cyclegan_jax.evaluate', f'--workdir={workdir}'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -105,7 +100,7 @@ def test_fid_and_kid_with_inception_weights(embedded_test_sets):
     assert untranslated[f'kid_std_{direction}'] >= 0
 
 
-def test_missing_inception_weights_fail_before_any_work(tiny_run, tmp_path):
-  workdir, _ = tiny_run
+def test_missing_inception_weights_fail_before_any_work(finished_tiny_run, tmp_path):
+  workdir, _ = finished_tiny_run
   with pytest.raises(FileNotFoundError, match='pt_inception'):
     evaluate.evaluate_workdir(str(workdir), inception_weights=str(tmp_path / 'absent.pth'))

@@ -10,13 +10,10 @@ from cyclegan_jax import config_lib
 from cyclegan_jax import train
 
 
-@pytest.fixture(scope='module')
-def source_run(tmp_path_factory):
-  """A finished tiny run (6 steps, checkpoints at 3 and 6) and its final train state."""
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
-  config = load_config('tiny')
-  workdir = tmp_path_factory.mktemp('source')
-  train.train_and_evaluate(config, str(workdir))
+@pytest.fixture
+def source_run(finished_tiny_run):
+  """A finished tiny run (checkpoints at 3 and 6) and its final train state."""
+  workdir, _ = finished_tiny_run
   state, step = train.restore_train_state(workdir)
   assert step == 6
   return workdir, state
