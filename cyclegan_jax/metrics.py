@@ -188,15 +188,3 @@ def ssim_255(x: np.ndarray, y: np.ndarray, data_range: float = DATA_RANGE) -> np
 def ssim(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
   """Per-image SSIM [N] of [-1, 1] NHWC batches, measured on the 0–255 scale."""
   return ssim_255(to_255(prediction), to_255(target))
-
-
-def paired_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
-  """Per-image 'mae', 'psnr' (dB) and 'ssim' [N] of [-1, 1] NHWC batches on the 0–255 scale."""
-  # evaluation imports this module: import it here, not at the top.
-  from cyclegan_jax import evaluation  # pylint: disable=g-import-not-at-top
-  errors = evaluation.paired_errors(np.asarray(prediction), np.asarray(target))
-  return {
-      'mae': np.asarray(errors['mae'], np.float64),
-      'psnr': np.asarray(errors['psnr'], np.float64),
-      'ssim': ssim(prediction, target),
-  }

@@ -80,7 +80,6 @@ def max_and_mean_error(run, pairs):
 
 
 def test_stablehlo_runs_without_the_model_code(generator, batches, tmp_path):
-  pytest.importorskip('flatbuffers')
   module, params = generator
   path = export.export_stablehlo(module, params, tmp_path / 'g.stablehlo')
   exported = jax.export.deserialize(bytearray(path.read_bytes()))
@@ -95,7 +94,6 @@ def test_stablehlo_runs_without_the_model_code(generator, batches, tmp_path):
 
 
 def test_onnx_matches_jax(generator, batches, tmp_path):
-  pytest.importorskip('onnxruntime')
   import onnx  # pylint: disable=g-import-not-at-top
   module, params = generator
   path = export.export_onnx(module, params, tmp_path / 'g.onnx', description='tiny test')
@@ -110,7 +108,6 @@ def test_onnx_matches_jax(generator, batches, tmp_path):
 
 def test_fixed_input_shape(generator, batches, tmp_path):
   """--input_shape fixes some or all of batch, height and width."""
-  pytest.importorskip('onnxruntime')
   module, params = generator
   (x, expected), _ = batches
   fixed = export.export_stablehlo(module, params, tmp_path / 'f.stablehlo',
@@ -125,7 +122,6 @@ def test_fixed_input_shape(generator, batches, tmp_path):
 
 
 def test_onnx_batch_norm_uses_batch_statistics(tmp_path):
-  pytest.importorskip('onnxruntime')
   module = models.ResnetGenerator(output_nc=1, ngf=4, num_blocks=1, norm='batch', fast_convs=False)
   params = random_params(module, (1, 16, 16, 2), seed=2)
   x = np.random.default_rng(1).uniform(-1, 1, (3, 20, 16, 2)).astype(np.float32)
@@ -149,9 +145,6 @@ for path, quantize, input_shape in variants:
 @pytest.fixture(scope='module')
 def tflite_models(generator, tmp_path_factory):
   """One conversion per variant (each takes seconds): name -> path."""
-  for package in ('tensorflow', 'ai_edge_litert'):  # Looked up, not imported.
-    if importlib.util.find_spec(package) is None:
-      pytest.skip(f'{package} is not installed (requirements-export.txt)')
   module, params = generator
   folder = tmp_path_factory.mktemp('tflite')
   variants = {quantize: (quantize, None) for quantize in export.QUANTIZE}
@@ -226,7 +219,6 @@ def run_cli(*args):
 
 @pytest.mark.skipif(not TORCH_PTH.is_file(), reason='shared reference files not present')
 def test_cli_exports_an_official_checkpoint(tmp_path):
-  pytest.importorskip('onnxruntime')
   output = tmp_path / 'h2z.onnx'
   result = run_cli(f'--torch_checkpoint={TORCH_PTH}', '--format=onnx', f'--output={output}')
   assert result.returncode == 0, result.stderr

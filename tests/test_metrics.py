@@ -6,6 +6,7 @@ import numpy as np
 import scipy.linalg
 import pytest
 
+from cyclegan_jax import evaluation
 from cyclegan_jax import metrics
 
 REFERENCE = Path(__file__).parent / 'data' / 'fid_inception_reference.npz'
@@ -257,13 +258,15 @@ def test_ssim_rejects_small_or_mismatched_images():
     metrics.ssim_255(np.zeros((1, 12, 12, 3)), np.zeros((1, 12, 13, 3)))
 
 
-def test_paired_metrics_hand_computed():
+def test_mae_psnr_ssim_hand_computed():
   prediction = np.zeros((2, 12, 12, 3), np.float32)  # 127.5 everywhere.
   target = np.zeros_like(prediction)
   target[0] = 1.0  # 255: every pixel off by 127.5.
   target[1, 0, 0, 0] = -1.0  # 0: one pixel of 432 off by 127.5.
   prediction[1, 5, 5, 2] = 3.0  # Clipped to 1 (255): another pixel off by 127.5.
-  result = metrics.paired_metrics(prediction, target)
+  errors = evaluation.paired_errors(prediction, target)
+  result = {'mae': np.asarray(errors['mae']), 'psnr': np.asarray(errors['psnr']),
+            'ssim': metrics.ssim(prediction, target)}
   np.testing.assert_allclose(result['mae'], [127.5, 2 * 127.5 / 432], rtol=1e-6)
   mse = np.array([127.5**2, 2 * 127.5**2 / 432])
   # evaluation.paired_errors computes in float32.
