@@ -16,7 +16,16 @@ from cyclegan_jax import models
 from cyclegan_jax import torch_convert
 
 PARITY_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'torch_parity'
-PARITY_FILES = sorted(PARITY_DIR.glob('*.npz')) if PARITY_DIR.is_dir() else []
+# The reference files of the networks this project builds (the folder also holds others).
+PARITY_STEMS = (
+    'G_resnet_9blocks_ngf8_64_randbias',
+    'G_resnet_6blocks_ngf8_32_randbias',
+    'G_resnet_6blocks_ngf8_batchnorm_b2_randbias',
+    'D_basic_ndf8_64_randbias',
+    'D_n_layers5_ndf8_128_randbias',
+    'D_basic_cond6_ndf8_batchnorm_64_randbias',
+)
+PARITY_FILES = [PARITY_DIR / f'{stem}.npz' for stem in PARITY_STEMS] if PARITY_DIR.is_dir() else []
 PARITY_TOL = 1e-4
 needs_parity_files = pytest.mark.skipif(
     not PARITY_FILES, reason=f'reference tensors not found: {PARITY_DIR} is absent')

@@ -105,7 +105,9 @@ def test_any_size_is_padded_and_cropped_back(legacy_generator):
   # Equal to translating the explicitly reflection-padded image and cropping.
   padded = np.pad(x, ((0, 0), (0, 3), (0, 2), (0, 0)), mode='reflect')
   expected = inference.translate_any_size(legacy_generator, padded)[:, :37, :30]
-  np.testing.assert_allclose(y, expected, atol=1e-6)
+  # Two compiled programs (the padding inside or outside) may fuse and order float sums
+  # differently: ~1e-7 apart at the output's scale of 1, far below the 4e-3 of one grey level.
+  np.testing.assert_allclose(y, expected, atol=1e-5)
   with pytest.raises(ValueError, match='at least 8 pixels'):
     inference.translate_any_size(legacy_generator, x[:, :6])
 
@@ -141,12 +143,15 @@ def test_folder_of_mixed_images(tmp_path, legacy_generator):
     assert image.shape == (height, width, 3), name
     grid = np.asarray(Image.open(output / 'grid' / f'{name}.png'))
     assert grid.shape == (height, 2 * width, 3), name
-  # The same image alone or in a batch gives the same translation (no batch coupling).
+  # The same image alone or in a batch gives the same translation (no batch coupling). XLA
+  # blocks the convolutions of a batch of 2 differently from those of one image, so float sums
+  # run in another order and differ by a few float32 ulps (~1e-7 at the output's scale of 1);
+  # to_uint8 truncates, so such a difference can still cross a grey level: within one.
   single = inference.translate_any_size(
       legacy_generator,
       input_pipeline.from_uint8(np.asarray(Image.open(inputs / 'rgb.jpg'))[None]))
-  np.testing.assert_array_equal(np.asarray(Image.open(output / 'rgb.png')),
-                                input_pipeline.to_uint8(single[0]))
+  written_png = np.asarray(Image.open(output / 'rgb.png'), dtype=int)
+  assert np.abs(written_png - input_pipeline.to_uint8(single[0])).max() <= 1
   with pytest.raises(FileExistsError, match='--overwrite'):
     translate.check_outputs(jobs, output, grid=False, overwrite=False)
   translate.check_outputs(jobs, output, grid=True, overwrite=True)
@@ -200,6 +205,7 @@ def test_converted_workdir_translates_like_the_checkpoint(tmp_path, legacy_gener
   assert saved['model']['generator'] == 'resnet_6blocks' and saved['model']['ngf'] == 8
   converted = inference.load_generator(workdir=output, direction='BtoA')
   x = np.random.default_rng(2).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+  # The same network, parameters and input shape: the same compiled program, so bitwise equal.
   np.testing.assert_array_equal(inference.translate_any_size(converted, x),
                                 inference.translate_any_size(legacy_generator, x))
   with pytest.raises(ValueError, match='holds no AtoB generator'):
