@@ -20,12 +20,12 @@ import statistics
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 import numpy as np
 
+from cyclegan_jax import cli
 from cyclegan_jax import config_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import train
@@ -146,8 +146,7 @@ def benchmark(config, steps: int, warmup: int, inference: bool) -> dict[str, Any
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   results = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.inference)
   print(f'{results["workload"]}: {results["generator"]}, {results["crop_size"]} px, batch '
         f'{results["batch_size"]}, {results["compute_dtype"]}, {results["devices"]} x '
@@ -160,4 +159,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

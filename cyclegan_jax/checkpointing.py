@@ -7,17 +7,24 @@ the identity of the dataset), so a resumed run continues the same data order.
 """
 
 import json
+import logging as logging_std
 from pathlib import Path
-from typing import Any
+import sys
+import traceback
+from typing import Any, NamedTuple, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from cyclegan_jax import config_lib
+from cyclegan_jax import errors
 
 CONFIG_FILE = 'config.json'
+# Damaged checkpoints a resumed run found, moved here (never deleted) to free their step numbers.
+DAMAGED_DIR = 'damaged_checkpoints'
 IMPORTED_FILE = 'imported.json'  # Written by convert: {network name: source file}.
 
 
@@ -65,13 +72,132 @@ def restore_with_data_state(manager: ocp.CheckpointManager,
   """(train state, input iterator state or None if the checkpoint has none) at `step`."""
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'No checkpoint under {manager.directory}.')
+    raise errors.PathNotFoundError(f'No checkpoint under {manager.directory}.')
   items = dict(state=ocp.args.StandardRestore(abstract_state))
-  has_data_state = 'data' in (manager.item_metadata(step) or {})
+  # Read from disk: asking Orbax (`item_metadata`) warns about every item it is not restoring.
+  has_data_state = (Path(manager.directory) / str(step) / 'data').is_dir()
   if has_data_state:
     items['data'] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored.state, (restored.data if has_data_state else None)
+
+
+class Restored(NamedTuple):
+  state: Any
+  data_state: dict | None  # The input iterator's state; None in checkpoints that have none.
+  step: int
+  damaged: list[int]  # Newer steps that could not be restored (newest first).
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """The root cause of a failed restore (e.g. TensorStore's OUT_OF_RANGE on a short file)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = ' '.join(f'{type(error).__name__}: {error}'.split())
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _is_aborted_read(text: str) -> bool:
+  return '/orbax/checkpoint/' in text.replace('\\', '/')
+
+
+class _AbortedReadFilter(logging_std.Filter):
+  """Drops asyncio's '... exception was never retrieved' reports of Orbax's abandoned reads."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    message = str(record.msg)
+    if 'exception was never retrieved' not in message:
+      return True
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return not (_is_aborted_read(message) or
+                any(_is_aborted_read(frame.filename) for frame in frames))
+
+
+def drop_aborted_read_noise() -> None:
+  """Silences the reads still in flight when a restore fails.
+
+  Orbax closes its event loop as soon as one read fails. Every other read of the checkpoint then
+  reports itself as it finishes or is collected: TensorStore's callback as an unraisable
+  `RuntimeError('Event loop is closed')`, the abandoned coroutines and tasks with their own
+  errors: one traceback per array, summarised already by restore_intact's warning. Only those
+  are dropped; any other unraisable error or asyncio report still shows.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_aborted_reads', False):
+    return
+
+  def hook(unraisable):
+    error, source = unraisable.exc_value, unraisable.object
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    code = getattr(source, 'cr_code', None)
+    if code is not None and _is_aborted_read(code.co_filename):
+      return
+    previous(unraisable)
+
+  hook.drops_aborted_reads = True
+  sys.unraisablehook = hook
+  logging_std.getLogger('asyncio').addFilter(_AbortedReadFilter())
+
+
+def restore_intact(manager: ocp.CheckpointManager,
+                   abstract_state: Any,
+                   step: int | None = None) -> Restored:
+  """The checkpoint at `step`, or by default the newest one that restores.
+
+  A checkpoint that fails to restore (a truncated or missing array file after a partial copy, a
+  full disk or a broken network file system) is damaged: without `step`, each damaged one is
+  named in a warning and the next older one is tried; the damaged files are left as they are.
+  Raises a user error naming the damaged steps if none restores, or if `step` is damaged or
+  absent (with the steps there are).
+  """
+  directory = Path(manager.directory)
+  drop_aborted_read_noise()  # Before any read: the noise starts before the failure surfaces.
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise errors.PathNotFoundError(f'No checkpoint under {directory}.')
+  if step is not None:
+    if step not in steps:
+      raise errors.PathNotFoundError(
+          f'No checkpoint for step {step} under {directory}; it has steps '
+          f'{", ".join(map(str, sorted(steps)))}.')
+    try:
+      return Restored(*restore_with_data_state(manager, abstract_state, step), step, [])
+    except Exception as error:  # pylint: disable=broad-except  # Whatever the damage raises.
+      raise errors.CheckpointError(
+          f'Checkpoint step {step} in {directory} is damaged and cannot be restored '
+          f'({_one_line(error)}). Steps there: {", ".join(map(str, sorted(steps)))}.') from None
+  damaged, reasons = [], []
+  for candidate in steps:
+    try:
+      state, data_state = restore_with_data_state(manager, abstract_state, candidate)
+    except Exception as error:  # pylint: disable=broad-except  # Whatever the damage raises.
+      damaged.append(candidate)
+      reasons.append(f'step {candidate}: {_one_line(error)}')
+      logging.warning(
+          'Checkpoint step %d in %s is damaged and cannot be restored (%s); trying '
+          'the one before.', candidate, directory, _one_line(error))
+      continue
+    return Restored(state, data_state, candidate, damaged)
+  raise errors.CheckpointError(
+      f'No checkpoint in {directory} can be restored; each is damaged ({"; ".join(reasons)}). '
+      'Restore the folder from a copy, or start the run afresh in a new --workdir.')
+
+
+def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
+  """Moves damaged checkpoint folders out of the way of new saves, into DAMAGED_DIR; kept."""
+  moved = []
+  for step in steps:
+    source = checkpoint_dir(workdir) / str(step)
+    target = Path(workdir).absolute() / DAMAGED_DIR / str(step)
+    suffix = 1
+    while target.exists():
+      target = target.with_name(f'{step}.{suffix}')
+      suffix += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    moved.append(target)
+  return moved
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -86,19 +212,20 @@ def load_saved_config(workdir: str | Path) -> dict | None:
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as error:
-    raise ValueError(f'{path} is not valid JSON ({error}); it records the config of the run in '
-                     'this workdir. Restore it or use a new --workdir.') from error
+    raise errors.InvalidValueError(
+        f'{path} is not valid JSON ({error}); it records the config of the run in '
+        'this workdir. Restore it or use a new --workdir.') from error
 
 
 def saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was trained with (its config.json)."""
   workdir = Path(workdir)
   if not workdir.is_dir():
-    raise FileNotFoundError(f'Workdir not found: {workdir}')
+    raise errors.PathNotFoundError(f'Workdir not found: {workdir}')
   saved = load_saved_config(workdir)
   if saved is None:
-    raise FileNotFoundError(f'{workdir} has no {CONFIG_FILE}: not a training run '
-                            'workdir (nor one written by cyclegan_jax.convert)')
+    raise errors.PathNotFoundError(f'{workdir} has no {CONFIG_FILE}: not a training run '
+                                   'workdir (nor one written by cyclegan_jax.convert)')
   config = config_lib.base_config()
   config.update_from_flattened_dict(_known_fields(config, saved))
   return config
@@ -135,7 +262,7 @@ def check_and_save_config(workdir: str | Path,
   if saved is not None and checkpoint_dir(workdir).exists():
     mismatches = config_lib.architecture_mismatches(saved, config)
     if mismatches:
-      raise ValueError(
+      raise errors.InvalidValueError(
           f'Cannot resume {workdir}: its checkpoints were trained with a different architecture (' +
           '; '.join(mismatches) + '). Use a new --workdir, or restore the original settings.')
   if not write:

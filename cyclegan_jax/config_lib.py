@@ -10,6 +10,7 @@ import re
 
 import ml_collections
 
+from cyclegan_jax import errors
 from cyclegan_jax import input_pipeline
 
 GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
@@ -138,7 +139,7 @@ def paper_dataset_config(name: str) -> ml_collections.ConfigDict:
 
 
 def _fail(field: str, value, expected: str):
-  raise ValueError(f'Invalid config.{field} = {value!r}: {expected}.')
+  raise errors.InvalidValueError(f'Invalid config.{field} = {value!r}: {expected}.')
 
 
 def _require_choice(config, field: str, choices):
@@ -281,10 +282,12 @@ def parse_init_parts(init_parts: str) -> list[str]:
   parts = [part.strip() for part in init_parts.split(',') if part.strip()]
   unknown = [part for part in parts if part not in INIT_PARTS]
   if unknown or not parts:
-    raise ValueError(f'Invalid config.init_parts = {init_parts!r}: expected a comma-separated '
-                     f'list of {", ".join(INIT_PARTS)}.')
+    raise errors.InvalidValueError(
+        f'Invalid config.init_parts = {init_parts!r}: expected a comma-separated '
+        f'list of {", ".join(INIT_PARTS)}.')
   if len(set(parts)) != len(parts):
-    raise ValueError(f'Invalid config.init_parts = {init_parts!r}: a part is named twice.')
+    raise errors.InvalidValueError(
+        f'Invalid config.init_parts = {init_parts!r}: a part is named twice.')
   return parts
 
 

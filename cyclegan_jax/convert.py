@@ -13,7 +13,6 @@ Official names map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B
 """
 
 import functools
-import sys
 from pathlib import Path
 
 from absl import app
@@ -25,7 +24,9 @@ import ml_collections
 import numpy as np
 
 from cyclegan_jax import checkpointing
+from cyclegan_jax import cli
 from cyclegan_jax import config_lib
+from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import summaries
 from cyclegan_jax import torch_checkpoint
@@ -41,13 +42,13 @@ def official_run_files(torch_dir: str | Path, epoch: str) -> dict[str, Path]:
   """{our network name: file} for the `<epoch>_net_<name>.pth` files in an official folder."""
   torch_dir = Path(torch_dir)
   if not torch_dir.is_dir():
-    raise FileNotFoundError(f'Folder not found: {torch_dir}')
+    raise errors.PathNotFoundError(f'Folder not found: {torch_dir}')
   files = {
       ours: torch_dir / f'{epoch}_net_{official}.pth' for official, ours in OFFICIAL_NAMES.items()
   }
   files = {name: path for name, path in files.items() if path.is_file()}
   if not files:
-    raise FileNotFoundError(f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B)')
+    raise errors.PathNotFoundError(f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B)')
   return files
 
 
@@ -62,10 +63,11 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
       params[name], arches[name] = convert(state_dict)
     except ValueError as error:
       kind = 'a ResnetGenerator' if name in ('G', 'F') else 'an NLayerDiscriminator'
-      raise ValueError(f'the {name} state_dict is not {kind}: {error}') from None
+      raise errors.InvalidValueError(f'the {name} state_dict is not {kind}: {error}') from None
   norms = {arch['norm'] for arch in arches.values()}
   if len(norms) > 1:
-    raise ValueError(f'the networks use different norms ({sorted(norms)}); one run has one')
+    raise errors.InvalidValueError(
+        f'the networks use different norms ({sorted(norms)}); one run has one')
   config.model.norm = norms.pop()
 
   channels = {}  # domain -> channels, from every network that sees or makes that domain
@@ -79,7 +81,8 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
       channels.setdefault(domain, set()).add(arches[name]['input_nc'])
   for domain, values in channels.items():
     if len(values) > 1:
-      raise ValueError(f'the networks disagree on the channels of domain {domain}: {values}')
+      raise errors.InvalidValueError(
+          f'the networks disagree on the channels of domain {domain}: {values}')
   config.model.input_nc = channels.get('A', {3}).pop()
   config.model.output_nc = channels.get('B', {3}).pop()
 
@@ -87,14 +90,14 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
   if generator_arches:
     shapes = {(arch['ngf'], arch['num_blocks']) for arch in generator_arches}
     if len(shapes) > 1:
-      raise ValueError(f'G and F differ in (ngf, residual blocks): {sorted(shapes)}')
+      raise errors.InvalidValueError(f'G and F differ in (ngf, residual blocks): {sorted(shapes)}')
     config.model.ngf, blocks = shapes.pop()
     config.model.generator = f'resnet_{blocks}blocks'
   discriminator_arches = [arches[name] for name in ('D_X', 'D_Y') if name in arches]
   if discriminator_arches:
     shapes = {(arch['ndf'], arch['n_layers']) for arch in discriminator_arches}
     if len(shapes) > 1:
-      raise ValueError(f'D_X and D_Y differ in (ndf, layers): {sorted(shapes)}')
+      raise errors.InvalidValueError(f'D_X and D_Y differ in (ndf, layers): {sorted(shapes)}')
     config.model.ndf, n_layers = shapes.pop()
     config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
     config.model.n_layers_D = n_layers
@@ -108,7 +111,7 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
   """A step-0 train state with `params` in place of the fresh networks' ones, saved in `output`."""
   output = Path(output)
   if checkpointing.checkpoint_dir(output).exists():
-    raise FileExistsError(f'{output} already holds checkpoints; choose a new --output.')
+    raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
   config_lib.validate(config)
   networks = train.build_networks(config)
   optimizer = train.adam(config, train.learning_rate_schedule(config, 1))
@@ -122,8 +125,9 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
     expected = jax.tree.map(np.shape, merged[name])
     actual = jax.tree.map(np.shape, imported)
     if expected != actual:
-      raise ValueError(f'{name}: converted parameter shapes {actual} do not fit the config\'s '
-                       f'{expected}')
+      raise errors.InvalidValueError(
+          f'{name}: converted parameter shapes {actual} do not fit the config\'s '
+          f'{expected}')
     merged[name] = jax.tree.map(jnp.asarray, imported)
   generator_params = {name: merged[name] for name in train.GENERATORS}
   discriminator_params = {name: merged[name] for name in train.DISCRIMINATORS}
@@ -142,24 +146,19 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   if (FLAGS.torch_checkpoint is None) == (FLAGS.torch_dir is None):
     raise app.UsageError('Give exactly one of --torch_checkpoint and --torch_dir.')
-  try:
-    if FLAGS.torch_checkpoint is not None:
-      files = {inference.DIRECTIONS[FLAGS.direction]: Path(FLAGS.torch_checkpoint)}
-    else:
-      files = official_run_files(FLAGS.torch_dir, FLAGS.epoch)
-    state_dicts = {name: torch_checkpoint.load_state_dict(path) for name, path in files.items()}
-    params, config = convert_state_dicts(state_dicts)
-    config.data.crop_size = FLAGS.crop_size
-    output = write_workdir(FLAGS.output, params, config, {
-        name: str(path) for name, path in files.items()
-    })
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(1)
+  if FLAGS.torch_checkpoint is not None:
+    files = {inference.DIRECTIONS[FLAGS.direction]: Path(FLAGS.torch_checkpoint)}
+  else:
+    files = official_run_files(FLAGS.torch_dir, FLAGS.epoch)
+  state_dicts = {name: torch_checkpoint.load_state_dict(path) for name, path in files.items()}
+  params, config = convert_state_dicts(state_dicts)
+  config.data.crop_size = FLAGS.crop_size
+  output = write_workdir(FLAGS.output, params, config, {
+      name: str(path) for name, path in files.items()
+  })
   logging.info('Converted %s into %s (%s, ngf %d, %s norm).',
                ', '.join(f'{path} -> {name}' for name, path in files.items()), output,
                config.model.generator, config.model.ngf, config.model.norm)
@@ -181,4 +180,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

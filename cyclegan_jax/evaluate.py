@@ -11,7 +11,6 @@ stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here 
 """
 
 import functools
-import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +18,7 @@ from absl import logging
 import jax
 
 from cyclegan_jax import checkpointing
+from cyclegan_jax import cli
 from cyclegan_jax import evaluation
 from cyclegan_jax import input_pipeline
 from cyclegan_jax import summaries
@@ -63,16 +63,11 @@ def evaluate_workdir(workdir: str,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   if FLAGS.batch_size < 1:
     raise app.UsageError('--batch_size must be >= 1')
-  try:
-    step, results = evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
-                                     FLAGS.data_root, FLAGS.batch_size)
-  except (ValueError, FileNotFoundError) as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(1)
+  step, results = evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
+                                   FLAGS.data_root, FLAGS.batch_size)
   evaluation.log_summary(step, results)
   logging.info('Wrote %s.', evaluation.eval_path(FLAGS.workdir, step))
   print('eval: ' + summaries.key_values({'step': step, **results}), flush=True)
@@ -95,4 +90,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

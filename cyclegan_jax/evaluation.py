@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclegan_jax import errors
 from cyclegan_jax import input_pipeline
 from cyclegan_jax import metrics
 
@@ -72,13 +73,15 @@ def apply_by_size(fn: Translate, images: Sequence[np.ndarray], batch_size: int) 
 def pair_test_images(names: dict[str, list[str]]) -> None:
   """Checks that test images i of A and B are a pair: equal names up to an A/B suffix."""
   if len(names['A']) != len(names['B']):
-    raise ValueError(f'config.data.paired_test: testA has {len(names["A"])} images and testB '
-                     f'{len(names["B"])}; paired test splits need one B image per A image')
+    raise errors.InvalidValueError(
+        f'config.data.paired_test: testA has {len(names["A"])} images and testB '
+        f'{len(names["B"])}; paired test splits need one B image per A image')
   for name_a, name_b in zip(names['A'], names['B']):
     stem_a, stem_b = (_PAIR_SUFFIX.sub('', Path(n).stem) for n in (name_a, name_b))
     if stem_a != stem_b:
-      raise ValueError(f'config.data.paired_test: testA image {name_a} and testB image {name_b} '
-                       'do not pair by name (expected equal names up to an A/B suffix)')
+      raise errors.InvalidValueError(
+          f'config.data.paired_test: testA image {name_a} and testB image {name_b} '
+          'do not pair by name (expected equal names up to an A/B suffix)')
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -141,7 +144,8 @@ def load_test_sets(dataset: input_pipeline.Dataset,
   for domain in ('A', 'B'):
     items = list(dataset.test_images(domain))
     if not items:
-      raise ValueError(f'The dataset has no readable test{domain} images to evaluate on.')
+      raise errors.InvalidValueError(
+          f'The dataset has no readable test{domain} images to evaluate on.')
     names[domain] = [name for name, _ in items]
     test[domain] = [image for _, image in items]
   paired = dataset.heldout_pairs() is not None

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclegan_jax import cli
+from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import models
 
@@ -74,8 +76,7 @@ RUNTIME_PACKAGES = {
 INSTALL_HINT = 'pip install -r requirements-export.txt'
 
 
-class MissingPackageError(ImportError):
-  """A format's optional packages are not installed."""
+MissingPackageError = errors.MissingPackageError  # A format's optional packages are missing.
 
 
 def require_packages(fmt: str, runtime_only: bool = False) -> None:
@@ -91,22 +92,24 @@ def require_packages(fmt: str, runtime_only: bool = False) -> None:
 
 def check_format(fmt: str, quantize: str = 'none') -> None:
   if fmt not in FORMATS:
-    raise ValueError(f'Unknown format {fmt!r}: expected one of {", ".join(FORMATS)}')
+    raise errors.InvalidValueError(f'Unknown format {fmt!r}: expected one of {", ".join(FORMATS)}')
   if quantize not in QUANTIZE:
-    raise ValueError(f'Unknown quantization {quantize!r}: expected one of {", ".join(QUANTIZE)}')
+    raise errors.InvalidValueError(
+        f'Unknown quantization {quantize!r}: expected one of {", ".join(QUANTIZE)}')
   if quantize != 'none' and fmt != 'tflite':
-    raise ValueError(f'--quantize={quantize} is for --format=tflite only; {fmt} is float32')
+    raise errors.InvalidValueError(
+        f'--quantize={quantize} is for --format=tflite only; {fmt} is float32')
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:
   """The output path, if its folder exists and it is not a file to keep."""
   path = Path(path)
   if not path.parent.is_dir():
-    raise FileNotFoundError(f'The output folder {path.parent} does not exist')
+    raise errors.PathNotFoundError(f'The output folder {path.parent} does not exist')
   if path.is_dir():
-    raise IsADirectoryError(f'The output {path} is a folder; give a file name')
+    raise errors.InvalidValueError(f'The output {path} is a folder; give a file name')
   if path.exists() and not overwrite:
-    raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
+    raise errors.PathExistsError(f'{path} exists; pass --overwrite to replace it')
   return path
 
 
@@ -194,14 +197,14 @@ def input_dims(input_shape: InputShape = None) -> list[str | int]:
   if input_shape is None:
     return list(DIM_NAMES)
   if len(input_shape) != 3:
-    raise ValueError(f'input_shape is (batch, height, width), got {input_shape}')
+    raise errors.InvalidValueError(f'input_shape is (batch, height, width), got {input_shape}')
   dims = []
   for name, size in zip(DIM_NAMES, input_shape):
     if size is None or size == -1:
       dims.append(name)
     elif int(size) < (1 if name == 'batch' else MIN_SIDE):
-      raise ValueError(f'{name} {size} is too small: the minimum is '
-                       f'{1 if name == "batch" else MIN_SIDE} (or -1 for dynamic)')
+      raise errors.InvalidValueError(f'{name} {size} is too small: the minimum is '
+                                     f'{1 if name == "batch" else MIN_SIDE} (or -1 for dynamic)')
     else:
       dims.append(int(size))
   return dims
@@ -324,10 +327,11 @@ def _check_generator_params(module: models.ResnetGenerator, params: dict[str, An
   expected = {'stem', 'down_0', 'down_1', 'up_0', 'up_1', 'head'}
   expected |= {f'block_{i}' for i in range(module.num_blocks)}
   if set(params) != expected:
-    raise ValueError(f'Parameters do not match a ResnetGenerator with {module.num_blocks} blocks: '
-                     f'got {sorted(params)}')
+    raise errors.InvalidValueError(
+        f'Parameters do not match a ResnetGenerator with {module.num_blocks} blocks: '
+        f'got {sorted(params)}')
   if module.norm not in models.NORM_TYPES:
-    raise ValueError(f'norm must be one of {models.NORM_TYPES}, got {module.norm!r}')
+    raise errors.InvalidValueError(f'norm must be one of {models.NORM_TYPES}, got {module.norm!r}')
 
 
 def onnx_model(module: models.ResnetGenerator,
@@ -511,7 +515,8 @@ def format_of(path: str | Path) -> str:
   for fmt, known in SUFFIXES.items():
     if suffix == known:
       return fmt
-  raise ValueError(f'Cannot tell the format of {path}: no {sidecar.name} and an unknown suffix')
+  raise errors.InvalidValueError(
+      f'Cannot tell the format of {path}: no {sidecar.name} and an unknown suffix')
 
 
 def load_artifact(path: str | Path,
@@ -599,8 +604,9 @@ def export(generator: inference.Generator,
   path = check_output(path, overwrite)
   require_packages(fmt)
   if input_channels(generator.params) != generator.in_channels:
-    raise ValueError(f'The generator takes {input_channels(generator.params)} channels, not '
-                     f'{generator.in_channels}')
+    raise errors.InvalidValueError(
+        f'The generator takes {input_channels(generator.params)} channels, not '
+        f'{generator.in_channels}')
   module, params = generator.module, generator.params
   if fmt == 'stablehlo':
     export_stablehlo(module, params, path, platforms, input_shape, overwrite=True)
@@ -614,34 +620,29 @@ def export(generator: inference.Generator,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   if (FLAGS.workdir is None) == (FLAGS.torch_checkpoint is None):
     raise app.UsageError('Give exactly one of --workdir and --torch_checkpoint.')
   platforms = tuple(p.strip() for p in FLAGS.platforms.split(',') if p.strip())
-  try:
-    input_shape = None
-    if FLAGS.input_shape:
-      try:
-        input_shape = tuple(int(size) for size in FLAGS.input_shape.split(','))
-      except ValueError:
-        raise ValueError(f'--input_shape={FLAGS.input_shape}: expected BATCH,HEIGHT,WIDTH '
-                         'integers, -1 for dynamic') from None
-      input_dims(input_shape)
-    check_format(FLAGS.format, FLAGS.quantize)
-    check_output(FLAGS.output, FLAGS.overwrite)
-    require_packages(FLAGS.format)
-    generator = inference.load_generator(FLAGS.workdir,
-                                         FLAGS.torch_checkpoint,
-                                         FLAGS.direction,
-                                         FLAGS.step,
-                                         fast_convs=False)
-    logging.info('Exporting %s as %s.', generator.description, FLAGS.format)
-    path = export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite,
-                  platforms, input_shape)
-  except (ValueError, OSError, ImportError) as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(1)
+  input_shape = None
+  if FLAGS.input_shape:
+    try:
+      input_shape = tuple(int(size) for size in FLAGS.input_shape.split(','))
+    except ValueError:
+      raise errors.InvalidValueError(f'--input_shape={FLAGS.input_shape}: expected '
+                                     'BATCH,HEIGHT,WIDTH integers, -1 for dynamic') from None
+    input_dims(input_shape)
+  check_format(FLAGS.format, FLAGS.quantize)
+  check_output(FLAGS.output, FLAGS.overwrite)
+  require_packages(FLAGS.format)
+  generator = inference.load_generator(FLAGS.workdir,
+                                       FLAGS.torch_checkpoint,
+                                       FLAGS.direction,
+                                       FLAGS.step,
+                                       fast_convs=False)
+  logging.info('Exporting %s as %s.', generator.description, FLAGS.format)
+  path = export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite, platforms,
+                input_shape)
   print(f'export: format={FLAGS.format} quantize={FLAGS.quantize} bytes={path.stat().st_size} '
         f'output={path} description={sidecar_path(path)}',
         flush=True)
@@ -674,4 +675,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

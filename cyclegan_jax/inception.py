@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclegan_jax import errors
+
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
 INPUT_SIZE = 299
@@ -358,7 +360,8 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   for key, value in state_dict.items():
     name = canonical_key(key)
     if name in canonical:
-      raise ValueError(f'FID Inception weights: {key!r} duplicates another entry ({name!r})')
+      raise errors.InvalidValueError(
+          f'FID Inception weights: {key!r} duplicates another entry ({name!r})')
     canonical[name] = np.asarray(value)
   expected = state_dict_shapes(include_classifier=False)
   missing = [key for key in expected if key not in canonical]
@@ -382,8 +385,8 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   if misshapen:
     problems.append(f'wrong shape {_describe(misshapen)}')
   if problems:
-    raise ValueError('Not a pytorch-fid Inception state_dict (pt_inception-2015-12-05): ' +
-                     '; '.join(problems))
+    raise errors.InvalidValueError(
+        'Not a pytorch-fid Inception state_dict (pt_inception-2015-12-05): ' + '; '.join(problems))
 
   variables: dict = {'params': {}, 'batch_stats': {}}
   for path in _basic_conv_paths():
@@ -403,7 +406,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.PathNotFoundError(
         f'FID Inception weights not found: {path}. Download pytorch-fid\'s '
         f'pt_inception-2015-12-05-6726825d.pth from {FID_WEIGHTS_URL} and pass its path.')
   if path.endswith('.npz'):

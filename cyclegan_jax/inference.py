@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from cyclegan_jax import checkpointing
+from cyclegan_jax import errors
 from cyclegan_jax import models
 from cyclegan_jax import torch_checkpoint
 from cyclegan_jax import torch_convert
@@ -57,14 +58,15 @@ def load_generator(workdir: str | Path | None = None,
   if (workdir is None) == (torch_checkpoint is None):
     raise ValueError('Give exactly one of a workdir and a PyTorch checkpoint.')
   if direction not in DIRECTIONS:
-    raise ValueError(f'Unknown direction {direction!r}: expected one of {", ".join(DIRECTIONS)}')
+    raise errors.InvalidValueError(
+        f'Unknown direction {direction!r}: expected one of {", ".join(DIRECTIONS)}')
   if torch_checkpoint is not None:
     return generator_from_torch(torch_checkpoint, fast_convs)
 
   network = DIRECTIONS[direction]
   imported = checkpointing.imported_networks(workdir)
   if imported is not None and network not in imported:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'{workdir} was converted from {", ".join(sorted(set(imported.values())))}, which holds '
         f'no {direction} generator ({network}); it has {", ".join(sorted(imported))}.')
   config = checkpointing.saved_config(workdir)
@@ -86,7 +88,8 @@ def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator
   try:
     params, arch = torch_convert.generator_params_from_state_dict(state_dict)
   except ValueError as error:
-    raise ValueError(f'{path} is not an official ResnetGenerator state_dict: {error}') from None
+    raise errors.InvalidValueError(
+        f'{path} is not an official ResnetGenerator state_dict: {error}') from None
   module = models.ResnetGenerator(output_nc=arch['output_nc'],
                                   ngf=arch['ngf'],
                                   num_blocks=arch['num_blocks'],
@@ -107,8 +110,9 @@ def padding_for(size: int) -> int:
 
 def check_size(height: int, width: int, name: str = 'image') -> None:
   if min(height, width) < MIN_SIDE:
-    raise ValueError(f'{name} is {width}x{height} pixels; the generator needs at least '
-                     f'{MIN_SIDE} pixels on each side')
+    raise errors.InvalidValueError(
+        f'{name} is {width}x{height} pixels; the generator needs at least '
+        f'{MIN_SIDE} pixels on each side')
 
 
 def pad_to_multiple(x: jax.Array) -> jax.Array:

@@ -75,6 +75,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from cyclegan_jax import errors
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.tif', '.tiff', '.webp')
 SOURCES = ('embedded', 'folder', 'tfds')
 PREPROCESS_MODES = ('resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none')
@@ -223,7 +225,7 @@ def heldout_crops(photos: dict[str, np.ndarray], cells: list[Cell], crop_size: i
 # Decoding and the channel policy.
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(errors.InvalidValueError):
   """An image file that cannot be read or decoded; the message names it."""
 
 
@@ -271,17 +273,35 @@ def as_hwc(image: Image.Image) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
+def is_hidden(name: str) -> bool:
+  """A hidden or `__MACOSX` path component: an archiver's or file manager's file."""
+  parts = pathlib.PurePosixPath(name.replace(os.sep, '/')).parts
+  return any(part.startswith('.') or part == '__MACOSX' for part in parts)
+
+
 def is_image_name(name: str) -> bool:
   """An image extension, and no hidden or `__MACOSX` path component."""
-  parts = pathlib.PurePosixPath(name.replace(os.sep, '/')).parts
-  return (pathlib.PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS and
-          not any(part.startswith('.') or part == '__MACOSX' for part in parts))
+  return pathlib.PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(name)
 
 
 def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
-  """Image files under `folder` (recursive, sorted, hidden files skipped)."""
-  return sorted(path for path in folder.rglob('*')
-                if is_image_name(str(path.relative_to(folder))) and path.is_file())
+  """Image files under `folder` (recursive, sorted, hidden files skipped); the other files are
+  reported (`report_ignored`)."""
+  files = sorted(path for path in folder.rglob('*')
+                 if path.is_file() and not is_hidden(str(path.relative_to(folder))))
+  report_ignored([str(path.relative_to(folder)) for path in files if not is_image_name(path.name)],
+                 str(folder))
+  return [path for path in files if is_image_name(path.name)]
+
+
+def report_ignored(names: Sequence[str], where: str, limit: int = 10) -> None:
+  """A warning listing files that are skipped because they are not images of a known type."""
+  if not names:
+    return
+  shown = ', '.join(
+      names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+  logging.warning('Ignoring %d file(s) in %s that are not %s images: %s.', len(names), where,
+                  '/'.join(extension[1:] for extension in IMAGE_EXTENSIONS), shown)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,8 +539,9 @@ def local_rows(batch_size: int, process_index: int, process_count: int) -> range
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} outside 0..{process_count - 1}')
   if batch_size % process_count:
-    raise ValueError(f'config.batch_size={batch_size} does not divide over {process_count} '
-                     'processes; use a multiple of the process count')
+    raise errors.InvalidValueError(
+        f'config.batch_size={batch_size} does not divide over {process_count} '
+        'processes; use a multiple of the process count')
   per_process = batch_size // process_count
   return range(process_index * per_process, (process_index + 1) * per_process)
 
@@ -529,7 +550,7 @@ def _stack(images: list[np.ndarray], describe: Callable[[int], str]) -> np.ndarr
   shapes = [image.shape for image in images]
   if len(set(shapes)) > 1:
     first, other = 0, next(i for i, shape in enumerate(shapes) if shape != shapes[0])
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'a batch needs images of one size, but {describe(first)} is {shapes[first][1]}x'
         f'{shapes[first][0]} px and {describe(other)} is {shapes[other][1]}x{shapes[other][0]} '
         'px after preprocessing: use batch_size 1 or a cropping config.data.preprocess')
@@ -631,8 +652,9 @@ class Dataset:
           self._bad[domain].add(candidate)
           skipped = sum(len(bad) for bad in self._bad.values())
         logging.warning('Skipping an unreadable image (%d skipped so far): %s', skipped, error)
-    raise ValueError(f'every image of {sources[domain].describe(0)} and the rest of its split '
-                     f'({count}) is unreadable')
+    raise errors.InvalidValueError(
+        f'every image of {sources[domain].describe(0)} and the rest of its split '
+        f'({count}) is unreadable')
 
   def _training_image(self, domain: str, index: int) -> np.ndarray:
     source = self.sources[domain]
@@ -710,7 +732,7 @@ class Dataset:
         sizes.setdefault(size, source.describe(index))
       if len(sizes) > 1:
         examples = ', '.join(f'{name} ({w}x{h})' for (w, h), name in list(sizes.items())[:2])
-        raise ValueError(
+        raise errors.InvalidValueError(
             f'config.data.preprocess="{self.preprocess}" keeps image proportions, and train'
             f'{domain} gives {len(sizes)} different sizes (e.g. {examples}): use batch_size 1 '
             'or a cropping preprocess such as "resize_and_crop"')
@@ -876,24 +898,25 @@ class BatchIterator(Iterator[dict]):
 
 def _validate(config: ml_collections.ConfigDict, channels: dict[str, int]) -> None:
   if config.source not in SOURCES:
-    raise ValueError(f'config.data.source must be one of {SOURCES}, got {config.source!r}')
+    raise errors.InvalidValueError(
+        f'config.data.source must be one of {SOURCES}, got {config.source!r}')
   if config.crop_size < 4 or config.crop_size % 4:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'config.data.crop_size must be a positive multiple of 4 (the generator downsamples '
         f'twice by 2), got {config.crop_size}')
   if config.preprocess not in PREPROCESS_MODES:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'config.data.preprocess must be one of {PREPROCESS_MODES}, got {config.preprocess!r}')
   if config.source != 'embedded' and config.preprocess in ('resize_and_crop',
                                                            'scale_width_and_crop'):
     if config.load_size < config.crop_size:
-      raise ValueError(f'config.data.load_size={config.load_size} is smaller than '
-                       f'config.data.crop_size={config.crop_size}')
+      raise errors.InvalidValueError(f'config.data.load_size={config.load_size} is smaller than '
+                                     f'config.data.crop_size={config.crop_size}')
   if config.prefetch < 0 or config.num_heldout < 0 or config.num_workers < 0:
-    raise ValueError('config.data.prefetch, num_workers and num_heldout must be >= 0')
+    raise errors.InvalidValueError('config.data.prefetch, num_workers and num_heldout must be >= 0')
   for domain, count in channels.items():
     if count not in (1, 3):
-      raise ValueError(f'domain {domain} must have 1 or 3 channels, got {count}')
+      raise errors.InvalidValueError(f'domain {domain} must have 1 or 3 channels, got {count}')
 
 
 def create_dataset(data_config: ml_collections.ConfigDict,
@@ -932,8 +955,9 @@ def create_dataset(data_config: ml_collections.ConfigDict,
 
 def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
   if tuple(channels.values()) != (3, 3):
-    raise ValueError('the embedded photos are RGB: set the model input_nc and output_nc to 3, '
-                     f'got {channels["A"]} and {channels["B"]}')
+    raise errors.InvalidValueError(
+        'the embedded photos are RGB: set the model input_nc and output_nc to 3, '
+        f'got {channels["A"]} and {channels["B"]}')
   crop_size = config.crop_size
   photos = _embedded_photos()
   cell_size = embedded_cell_size(crop_size)
@@ -941,7 +965,7 @@ def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
   by_role = {role: [c.pixels(photos) for c in cells if c.role == role] for role in ROLE_PATTERN}
   if not all(by_role.values()):
     counts = {role: len(found) for role, found in by_role.items()}
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'config.data.crop_size={crop_size} is too large for the embedded photos (long side '
         f'{max(max(p.shape[:2]) for p in photos.values())} px): cells of {cell_size} px give '
         f'{counts}; use a smaller crop_size (64 works)')
@@ -974,14 +998,15 @@ def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
 
 def _folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
   if not config.root:
-    raise ValueError(f'config.data.root is empty; source "folder" needs it: {_FOLDER_LAYOUT}')
+    raise errors.InvalidValueError(
+        f'config.data.root is empty; source "folder" needs it: {_FOLDER_LAYOUT}')
   root = pathlib.Path(config.root).expanduser()
   if root.is_file():
     sources = _zip_sources(root)
   elif root.is_dir():
     sources = _directory_sources(root)
   else:
-    raise FileNotFoundError(
+    raise errors.PathNotFoundError(
         f'config.data.root={config.root!r}: {root} does not exist; {_FOLDER_LAYOUT}')
   return _by_domain(sources, 'train'), _by_domain(sources, 'test'), str(root)
 
@@ -990,9 +1015,10 @@ def _by_domain(sources: dict[str, Source], prefix: str) -> dict[str, Source]:
   return {domain: sources[prefix + domain] for domain in DOMAINS}
 
 
-def _no_images(where: str, root: pathlib.Path) -> ValueError:
-  return ValueError(f'{where} holds no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} images '
-                    f'(config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
+def _no_images(where: str, root: pathlib.Path) -> errors.InvalidValueError:
+  return errors.InvalidValueError(
+      f'{where} holds no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} images '
+      f'(config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
 
 
 def _directory_sources(root: pathlib.Path) -> dict[str, Source]:
@@ -1001,7 +1027,7 @@ def _directory_sources(root: pathlib.Path) -> dict[str, Source]:
     folder = root / split
     if not folder.is_dir():
       if split.startswith('train'):
-        raise FileNotFoundError(
+        raise errors.PathNotFoundError(
             f'{folder} not found (config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
       sources[split] = FileSource(folder, ())
       continue
@@ -1017,28 +1043,39 @@ def _zip_sources(zip_path: pathlib.Path) -> dict[str, Source]:
     with zipfile.ZipFile(zip_path) as archive:
       names = [info.filename for info in archive.infolist() if not info.is_dir()]
   except (zipfile.BadZipFile, OSError) as error:
-    raise ValueError(f'config.data.root={str(zip_path)!r} is neither a folder nor a readable zip '
-                     f'({error}); {_FOLDER_LAYOUT}') from error
+    raise errors.InvalidValueError(
+        f'config.data.root={str(zip_path)!r} is neither a folder nor a readable zip '
+        f'({error}); {_FOLDER_LAYOUT}') from error
   by_prefix = collections.defaultdict(lambda: collections.defaultdict(list))
+  ignored = collections.defaultdict(list)
   for name in names:
-    if not is_image_name(name):
+    if is_hidden(name):
       continue
     parts = name.split('/')
     for depth, part in enumerate(parts[:-1]):
       if part in SPLITS:
-        by_prefix['/'.join(parts[:depth])][part].append(name)
+        prefix = '/'.join(parts[:depth])
+        if is_image_name(name):
+          by_prefix[prefix][part].append(name)
+        else:
+          ignored[(prefix, part)].append('/'.join(parts[depth + 1:]))
         break
   candidates = sorted(
       prefix for prefix, splits in by_prefix.items() if 'trainA' in splits and 'trainB' in splits)
   if not candidates:
     found = sorted(
         {f'{prefix}/{split}'.lstrip('/') for prefix in by_prefix for split in by_prefix[prefix]})
-    raise ValueError(f'{zip_path} has no trainA/ and trainB/ folders with images (found: '
-                     f'{", ".join(found) or "no image folders"}); {_FOLDER_LAYOUT}')
+    raise errors.InvalidValueError(
+        f'{zip_path} has no trainA/ and trainB/ folders with images (found: '
+        f'{", ".join(found) or "no image folders"}); {_FOLDER_LAYOUT}')
   if len(candidates) > 1:
-    raise ValueError(f'{zip_path} holds several datasets ({", ".join(candidates)}); unpack the '
-                     'one you want and point config.data.root at its folder')
+    raise errors.InvalidValueError(
+        f'{zip_path} holds several datasets ({", ".join(candidates)}); unpack the '
+        'one you want and point config.data.root at its folder')
   prefix = candidates[0]
+  for split in SPLITS:
+    report_ignored(sorted(ignored[(prefix, split)]),
+                   f'{zip_path}:{prefix}/{split}'.replace(':/', ':'))
   return {
       split: ZipSource(zip_path, f'{prefix}/{split}/'.lstrip('/'), sorted(by_prefix[prefix][split]))
       for split in SPLITS
@@ -1052,23 +1089,25 @@ def _tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except (ValueError, tfds.core.registered.DatasetNotFoundError) as error:
-    raise ValueError(f'config.data.tfds_name={name!r} is not a TFDS dataset ({error})') from error
+    raise errors.InvalidValueError(
+        f'config.data.tfds_name={name!r} is not a TFDS dataset ({error})') from error
   where = pathlib.Path(builder.data_dir).parents[2]  # <data_dir>/<name>/<config>/<version>
   help_text = _TFDS_HELP.format(name=name.split('/')[-1], tfds_name=name, data_dir=where)
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise errors.PathNotFoundError(
         f'TFDS dataset {name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir='
         f'{config.tfds_data_dir!r}; nothing is downloaded at run time). {help_text}')
   file_format = builder.info.file_format
   if file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'TFDS dataset {name} in {builder.data_dir} is stored as {file_format.value}, and '
         'reading it without TensorFlow needs array_record. Prepare it again with '
         f'--file_format=array_record. {help_text}')
   missing = [split for split in SPLITS if split not in builder.info.splits]
   if any(split.startswith('train') for split in missing):
-    raise ValueError(f'TFDS dataset {name} lacks the splits {missing}; it needs trainA and '
-                     'trainB (and testA, testB for evaluation)')
+    raise errors.InvalidValueError(
+        f'TFDS dataset {name} lacks the splits {missing}; it needs trainA and '
+        'trainB (and testA, testB for evaluation)')
   sources = {
       split:
           TfdsSource(builder, split) if split not in missing else ArraySource(
@@ -1076,6 +1115,7 @@ def _tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
   }
   for split in ('trainA', 'trainB'):
     if not len(sources[split]):
-      raise ValueError(f'TFDS dataset {name} in {builder.data_dir} has an empty {split} split')
+      raise errors.InvalidValueError(
+          f'TFDS dataset {name} in {builder.data_dir} has an empty {split} split')
   return (_by_domain(sources, 'train'), _by_domain(sources,
                                                    'test'), f'TFDS {name} in {builder.data_dir}')

@@ -10,7 +10,6 @@ under SLURM the processes find each other by themselves; elsewhere pass
 
 import logging as std_logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -18,6 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cyclegan_jax import cli
 from cyclegan_jax import train
 
 FLAGS = flags.FLAGS
@@ -58,32 +58,13 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**given)
 
 
-def parse_flags(argv):
-  """absl's parsing, with config override errors (e.g. a misspelt field) as one clear line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as error:
-    message = str(error)
-  except (AttributeError, KeyError) as error:  # ml_collections: a field that does not exist.
-    detail = error.args[0] if error.args else error
-    message = 'no such config field ' + str(
-        detail.args[0] if isinstance(detail, Exception) and detail.args else detail)
-  except (TypeError, ValueError) as error:
-    message = str(error)
-  sys.stderr.write(f'FATAL Flags parsing error: {message.strip()}\n'
-                   'Pass --helpfull to see help on flags; config fields are defined in '
-                   'cyclegan_jax/config_lib.py.\n')
-  sys.exit(1)
-
-
 def _quiet_library_info(record) -> bool:
   """Keeps Orbax's per-save INFO chatter out of the console; its warnings still show."""
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
   initialize_distributed()
   logging.info('JAX process %d of %d; local devices %s; %d devices in all.',
@@ -92,4 +73,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -20,13 +20,15 @@ import json
 import math
 from pathlib import Path
 import re
-import sys
 from typing import Iterable, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+
+from cyclegan_jax import cli
+from cyclegan_jax import errors
 
 METRICS_FILE = 'metrics.jsonl'  # As in summaries.py (not imported: it needs jax).
 EVAL_DIR = 'eval'
@@ -66,7 +68,7 @@ SUMMARY_PREFIXES = SUMMARY_ORDER
 _DIRECTION = re.compile(r'_(AtoB|BtoA|A|B)$')
 
 
-class MetricsError(ValueError):
+class MetricsError(errors.InvalidValueError):
   """A metrics file that is missing, empty or corrupt."""
 
 
@@ -95,8 +97,9 @@ def load_metrics(path: str | Path) -> Series:
   if path.is_dir():
     path = path / METRICS_FILE
   if not path.is_file():
-    raise FileNotFoundError(f'No {METRICS_FILE} at {path}: the run has not logged any scalars '
-                            '(or this is not a run directory).')
+    raise errors.PathNotFoundError(
+        f'No {METRICS_FILE} at {path}: the run has not logged any scalars '
+        '(or this is not a run directory).')
   lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
   while lines and not lines[-1].strip():
     lines.pop()
@@ -197,8 +200,9 @@ def read_results(root: str | Path) -> list[dict]:
   """The rows of a sweep's `results.csv`, numbers as floats and empty cells dropped."""
   path = Path(root) / RESULTS_FILE
   if not path.is_file():
-    raise FileNotFoundError(f'No {RESULTS_FILE} in {root}: run `python -m experiments.sweep` '
-                            'there first (it writes the file at the end, also with --plot).')
+    raise errors.PathNotFoundError(
+        f'No {RESULTS_FILE} in {root}: run `python -m experiments.sweep` '
+        'there first (it writes the file at the end, also with --plot).')
   with open(path, newline='', encoding='utf-8') as file:
     rows = []
     for row in csv.DictReader(file):
@@ -450,7 +454,7 @@ def plot_sweep(root: str | Path,
   root = Path(root)
   rows = read_results(root) if rows is None else list(rows)
   if not rows:
-    raise ValueError(f'No runs to plot in {root}.')
+    raise errors.InvalidValueError(f'No runs to plot in {root}.')
   if metrics is None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     metrics = summary_metrics(columns, baselines=False)
@@ -471,22 +475,14 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   if (FLAGS.workdir is None) == (FLAGS.root is None):
     raise app.UsageError('Pass exactly one of --workdir (a run) and --root (a sweep).')
-  try:
-    if FLAGS.workdir is not None:
-      paths = plot_run(FLAGS.workdir)
-    else:
-      paths = plot_sweep(FLAGS.root)
-  except (FileNotFoundError, ValueError) as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(1)
+  paths = plot_run(FLAGS.workdir) if FLAGS.workdir is not None else plot_sweep(FLAGS.root)
   for path in paths:
     print(f'wrote {path}')
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -53,18 +53,18 @@ import io
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 import zipfile
 import zlib
 
-from absl import app
 from absl import flags
 from absl import logging
 from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import cycle_gan
 
+from cyclegan_jax import cli
+from cyclegan_jax import errors
 from cyclegan_jax import input_pipeline
 from cyclegan_jax.input_pipeline import IMAGE_EXTENSIONS
 
@@ -167,8 +167,9 @@ class _ZipSource:
     try:
       return self.archive.read(relative_path)
     except _ZIP_READ_ERRORS as error:
-      raise ValueError(f'{self.location(relative_path)} cannot be read from the zip, which is '
-                       f'damaged or uses an unsupported compression ({error})') from error
+      raise errors.InvalidValueError(
+          f'{self.location(relative_path)} cannot be read from the zip, which is '
+          f'damaged or uses an unsupported compression ({error})') from error
 
 
 _Source = _FolderSource | _ZipSource
@@ -186,16 +187,18 @@ def _find_dataset_root(source: _Source) -> str:
   if '' in complete or len(complete) == 1:
     return complete[0]
   if complete:
-    raise ValueError(f'{source.location("")} holds several datasets, in '
-                     f'{", ".join(c.rstrip("/") for c in complete)}: pass one of them as source')
+    raise errors.InvalidValueError(
+        f'{source.location("")} holds several datasets, in '
+        f'{", ".join(c.rstrip("/") for c in complete)}: pass one of them as source')
   for candidate in candidates:
     if found := splits_in(candidate):
       missing = [split for split in REQUIRED_SPLITS if split not in found]
-      raise FileNotFoundError(
+      raise errors.PathNotFoundError(
           f'{source.location(candidate.rstrip("/"))} has {"/, ".join(found)}/ but no '
           f'{"/ and ".join(missing)}/ folder: {_SOURCE_LAYOUT}')
-  raise FileNotFoundError(f'{source.location("")} holds no trainA/ and trainB/ folders, neither at '
-                          f'its top level nor in a top-level folder: {_SOURCE_LAYOUT}')
+  raise errors.PathNotFoundError(
+      f'{source.location("")} holds no trainA/ and trainB/ folders, neither at '
+      f'its top level nor in a top-level folder: {_SOURCE_LAYOUT}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +233,7 @@ def _list_splits(source: _Source) -> tuple[dict[str, _SplitFiles], dict[str, str
       other_files = _count(len(split_files.skipped), 'other file')
       problem += f' (only {other_files}, e.g. {split_files.skipped[0]})'
     if split in REQUIRED_SPLITS:
-      raise ValueError(f'{problem}: {_SOURCE_LAYOUT}')
+      raise errors.InvalidValueError(f'{problem}: {_SOURCE_LAYOUT}')
     left_out[split] = problem
   return splits, left_out
 
@@ -320,8 +323,9 @@ class _CycleGANFromFiles(cycle_gan.CycleGAN, skip_registration=True):
       yield key, {'image': image, 'label': split[-1]}
     if len(self.unreadable_keys[split]) == len(split_files.image_keys):
       # Raised here, as TFDS cannot write an empty split either.
-      raise ValueError(f'{split_files.location} holds no readable image: all '
-                       f'{_count(len(split_files.image_keys), "image file")} failed to decode')
+      raise errors.InvalidValueError(
+          f'{split_files.location} holds no readable image: all '
+          f'{_count(len(split_files.image_keys), "image file")} failed to decode')
 
 
 def _builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
@@ -333,18 +337,19 @@ def _open_source(source: pathlib.Path, prepare_from: _PrepareFrom) -> pathlib.Pa
   if source.is_dir():
     return prepare_from(_FolderSource(source))
   if not source.exists():
-    raise FileNotFoundError(f'source {source} not found: {_SOURCE_LAYOUT}')
+    raise errors.PathNotFoundError(f'source {source} not found: {_SOURCE_LAYOUT}')
   if not zipfile.is_zipfile(source):
     if source.suffix.lower() == '.zip':
-      raise ValueError(
+      raise errors.InvalidValueError(
           f'source {source} is not a valid zip file (corrupt or incomplete download?): '
           f'{_SOURCE_LAYOUT}')
-    raise ValueError(f'source {source} is neither a folder nor a zip file: {_SOURCE_LAYOUT}')
+    raise errors.InvalidValueError(
+        f'source {source} is neither a folder nor a zip file: {_SOURCE_LAYOUT}')
   try:
     with zipfile.ZipFile(source) as archive:
       return prepare_from(_ZipSource(archive, source))
   except zipfile.BadZipFile as error:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'source {source} is a corrupt zip file ({error}): {_SOURCE_LAYOUT}') from error
 
 
@@ -374,8 +379,8 @@ def prepare(name: str,
     FileNotFoundError: no source, or no trainA/ or trainB/ folder in it.
   """
   if name not in CONFIG_NAMES:
-    raise ValueError(f'unknown CycleGAN dataset name {name!r}: expected one of '
-                     f'{", ".join(CONFIG_NAMES)}')
+    raise errors.InvalidValueError(f'unknown CycleGAN dataset name {name!r}: expected one of '
+                                   f'{", ".join(CONFIG_NAMES)}')
   data_dir = str(pathlib.Path(data_dir or default_data_dir()).expanduser().absolute())
   source = pathlib.Path(source).expanduser().absolute()
   full_name = f'{DATASET_NAME}/{name}'
@@ -386,8 +391,9 @@ def prepare(name: str,
   already_prepared = (target / 'dataset_info.json').exists()
   if target.exists() and not already_prepared and not overwrite:
     # TFDS would take any existing folder for the prepared dataset and write nothing.
-    raise ValueError(f'{target} exists but holds no prepared dataset (no dataset_info.json): '
-                     f'remove it or pass overwrite (--overwrite)')
+    raise errors.InvalidValueError(
+        f'{target} exists but holds no prepared dataset (no dataset_info.json): '
+        f'remove it or pass overwrite (--overwrite)')
   if already_prepared:
     file_format = tfds.builder(full_name, data_dir=data_dir).info.file_format.value
     if not overwrite and file_format == FILE_FORMAT:
@@ -395,9 +401,10 @@ def prepare(name: str,
                    full_name, target)
       return target
     if not overwrite:
-      raise ValueError(f'{full_name} is already prepared in {target} in the {file_format} format, '
-                       f'which tfds.data_source cannot read: pass overwrite (--overwrite) to '
-                       f'replace it with the {FILE_FORMAT} format')
+      raise errors.InvalidValueError(
+          f'{full_name} is already prepared in {target} in the {file_format} format, '
+          f'which tfds.data_source cannot read: pass overwrite (--overwrite) to '
+          f'replace it with the {FILE_FORMAT} format')
 
   def prepare_from(opened_source: _Source) -> pathlib.Path:
     splits, left_out = _list_splits(opened_source)
@@ -454,16 +461,11 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    path = prepare(_NAME.value, _SOURCE.value, _DATA_DIR.value, overwrite=_OVERWRITE.value)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')
-  print(path)
+  cli.no_extra_arguments(argv)
+  print(prepare(_NAME.value, _SOURCE.value, _DATA_DIR.value, overwrite=_OVERWRITE.value))
 
 
 if __name__ == '__main__':
   # Required only here, so that a program importing prepare() can still parse its own flags.
   flags.mark_flags_as_required(['name', 'source'])
-  app.run(main)
+  cli.run(main)

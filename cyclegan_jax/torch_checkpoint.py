@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cyclegan_jax import errors
+
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 
@@ -42,7 +44,7 @@ BFLOAT16_STORAGE = 'BFloat16Storage'  # Read as float32 (numpy has no bfloat16).
 NESTED_STATE_DICT_KEYS = ('state_dict', 'model', 'model_state_dict', 'net', 'netG')
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(errors.InvalidValueError):
   """A file that is not a readable PyTorch state_dict; the message names the file and why."""
 
 
@@ -241,7 +243,7 @@ def load(path: str | os.PathLike) -> Any:
   """Whatever `torch.save` stored in `path` (dicts, lists, numbers and tensors as numpy)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'PyTorch checkpoint not found: {path}')
+    raise errors.PathNotFoundError(f'PyTorch checkpoint not found: {path}')
   loader = _load_zip if zipfile.is_zipfile(path) else _load_legacy
   return _materialize(loader(path))
 

@@ -19,6 +19,8 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from cyclegan_jax import errors
+
 NORM_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 DATA_PARALLEL_PREFIX = 'module.'
 FIRST_BLOCK_INDEX = 10  # pad, conv, norm, relu, then two (conv, norm, relu) downsamplings
@@ -72,10 +74,11 @@ def _infer_norm(state_dict: Mapping, first_norm_slot: str, first_normed_conv: st
 
 def _require(state_dict: Mapping, key: str, ndim: int, what: str) -> tuple[int, ...]:
   if key not in state_dict:
-    raise ValueError(f'{what} state_dict is missing key {key!r}')
+    raise errors.InvalidValueError(f'{what} state_dict is missing key {key!r}')
   shape = tuple(np.shape(state_dict[key]))
   if len(shape) != ndim:
-    raise ValueError(f'{what} state_dict key {key!r} has shape {shape}, expected {ndim} dims')
+    raise errors.InvalidValueError(
+        f'{what} state_dict key {key!r} has shape {shape}, expected {ndim} dims')
   return shape
 
 
@@ -95,14 +98,16 @@ def _convert(state_dict: Mapping, layers: list[_Layer], norm: str, what: str) ->
   norm_slots = [layer.norm_slot for layer in layers if layer.norm_slot is not None]
   for key, (_, shape) in expected.items():
     if key not in state_dict:
-      raise ValueError(f'{what} state_dict is missing key {key!r} (expected shape {shape})')
+      raise errors.InvalidValueError(
+          f'{what} state_dict is missing key {key!r} (expected shape {shape})')
     actual = tuple(np.shape(state_dict[key]))
     if actual != shape:
-      raise ValueError(f'{what} state_dict key {key!r} has shape {actual}, expected {shape}')
+      raise errors.InvalidValueError(
+          f'{what} state_dict key {key!r} has shape {actual}, expected {shape}')
   ignorable = {f'{slot}.{buffer}' for slot in norm_slots for buffer in NORM_BUFFERS}
   unexpected = sorted(set(state_dict) - set(expected) - ignorable)
   if unexpected:
-    raise ValueError(f'{what} state_dict has unexpected keys {unexpected}')
+    raise errors.InvalidValueError(f'{what} state_dict has unexpected keys {unexpected}')
 
   params: dict = {}
   for key, (path, _) in expected.items():
@@ -127,8 +132,8 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
                          if _layer_index(key) is not None
                          and key.endswith('.conv_block.1.weight'))
   if not block_indices:
-    raise ValueError('Generator state_dict has no residual blocks '
-                     '(no key model.<i>.conv_block.1.weight)')
+    raise errors.InvalidValueError('Generator state_dict has no residual blocks '
+                                   '(no key model.<i>.conv_block.1.weight)')
   num_blocks = block_indices[-1] - FIRST_BLOCK_INDEX + 1
   up_0 = FIRST_BLOCK_INDEX + num_blocks  # then norm, relu; up_1; norm, relu; pad; head conv
   ngf, input_nc = _require(state_dict, 'model.1.weight', 4, 'Generator')[:2]
@@ -168,8 +173,9 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
                         and key.endswith('.weight') and np.ndim(value) == 4)
   # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm, LeakyReLU).
   if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
-    raise ValueError(f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
-                     'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2)')
+    raise errors.InvalidValueError(
+        f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
+        'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2)')
   n_layers = (conv_indices[-1] - 2) // 3
   ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
   norm = _infer_norm(state_dict, 'model.3', 'model.2')

@@ -16,6 +16,7 @@ from absl import logging
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -23,6 +24,7 @@ import optax
 
 from cyclegan_jax import checkpointing
 from cyclegan_jax import config_lib
+from cyclegan_jax import errors
 from cyclegan_jax import evaluation
 from cyclegan_jax import image_pool
 from cyclegan_jax import input_pipeline
@@ -30,6 +32,7 @@ from cyclegan_jax import losses
 from cyclegan_jax import models
 from cyclegan_jax import summaries
 from cyclegan_jax import warm_start
+from cyclegan_jax import workdir as workdir_lib
 
 GENERATORS = ('G', 'F')
 DISCRIMINATORS = ('D_X', 'D_Y')
@@ -311,20 +314,13 @@ def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[A
   config = checkpointing.saved_config(workdir)
   directory = checkpointing.checkpoint_dir(workdir)
   if not directory.is_dir():
-    raise FileNotFoundError(f'{workdir} has no checkpoints/ folder')
+    raise errors.PathNotFoundError(f'{workdir} has no checkpoints/ folder')
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   try:
-    steps = manager.all_steps()
-    if not steps:
-      raise FileNotFoundError(f'No checkpoint under {directory}')
-    if step is not None and step not in steps:
-      raise FileNotFoundError(f'No checkpoint for step {step} under {directory}; it has steps '
-                              f'{", ".join(map(str, sorted(steps)))}')
-    state = checkpointing.restore(manager, abstract_train_state(config), step)
+    restored = checkpointing.restore_intact(manager, abstract_train_state(config), step)
   finally:
     manager.close()
-  state = jax.device_get(state)
-  return state, int(state.step)
+  return jax.device_get(restored.state), restored.step
 
 
 def warm_started(state: TrainState, config: ml_collections.ConfigDict,
@@ -386,7 +382,7 @@ class _StopRequest:
 def _check_finite(step: int, metrics: dict[str, float], workdir: Path) -> None:
   bad = [k for k, v in metrics.items() if not math.isfinite(v)]
   if bad:
-    raise FloatingPointError(
+    raise errors.DivergedError(
         f'Non-finite {", ".join(bad)} at step {step}. The checkpoints in '
         f'{checkpointing.checkpoint_dir(workdir)} are untouched; lower the learning rate or '
         'check the data.')
@@ -401,13 +397,65 @@ def _plot(workdir: Path) -> None:
     logging.warning('Could not draw the plots in %s: %s', workdir / 'plots', error)
 
 
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _set_aside_damaged(manager, workdir: Path, damaged: list[int], keep: int):
+  """Moves the damaged newer checkpoints out of checkpoints/ (kept) so their steps can be saved
+  again, and returns a manager that no longer lists them."""
+  manager.close()
+  _sync_processes('checkpoints read')  # No process reads them any more.
+  if jax.process_index() == 0:
+    moved = checkpointing.set_aside(workdir, damaged)
+    logging.warning(
+        'Resuming from the newest intact checkpoint. The damaged one(s) are kept in %s.',
+        ', '.join(map(str, moved)))
+  _sync_processes('damaged checkpoints set aside')
+  return checkpointing.create_manager(workdir, keep)
+
+
+@contextlib.contextmanager
+def exclusive_workdir(workdir: Path):
+  """Holds the workdir's lock (`workdir.WorkdirLock`) for the run, on process 0 of all the run's
+  processes, which share the workdir; every process raises WorkdirBusyError if it is taken."""
+  lock = workdir_lib.WorkdirLock(workdir)
+  busy = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except errors.WorkdirBusyError as error:
+      busy = error
+  if jax.process_count() > 1:
+    free = bool(multihost_utils.broadcast_one_to_all(np.int32(busy is None)))
+    if not free and busy is None:
+      busy = errors.WorkdirBusyError(f'{workdir} is in use by another run (process 0 says which).')
+  if busy is not None:
+    raise busy
+  try:
+    yield
+  finally:
+    lock.release()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final summary."""
+  """Trains (or resumes) the run in `workdir`; returns the final summary.
+
+  Nothing is written into the workdir unless the config is valid, the dataset is found, and no
+  other live run holds the workdir.
+  """
   workdir = Path(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
   dataset = input_pipeline.create_dataset(
       config.data, seed=config.seed, channels_A=config.model.input_nc,
       channels_B=config.model.output_nc)
+  with exclusive_workdir(workdir):
+    return _train_and_evaluate(config, workdir, dataset)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        dataset: input_pipeline.Dataset) -> dict[str, float]:
   is_chief = jax.process_index() == 0
   checkpointing.check_and_save_config(workdir, config, write=is_chief)
   logging.info('Data: %s.', dataset.summary)
@@ -427,8 +475,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_state = None
   if manager.latest_step() is not None:
     abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
-    state, data_state = checkpointing.restore_with_data_state(manager, abstract)
-    logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+    restored = checkpointing.restore_intact(manager, abstract)
+    state, data_state = restored.state, restored.data_state
+    if restored.damaged:
+      manager = _set_aside_damaged(manager, workdir, restored.damaged, config.keep_checkpoints)
+    logging.info('Resumed from step %d in %s.', restored.step, manager.directory)
     if config.init_from:
       logging.info('Resuming this run; config.init_from (%s) only applies to a new run.',
                    config.init_from)

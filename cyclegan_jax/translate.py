@@ -26,6 +26,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from cyclegan_jax import cli
+from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import input_pipeline
 from cyclegan_jax import summaries
@@ -48,18 +50,21 @@ def find_inputs(pattern: str) -> list[Job]:
   if path.is_dir():
     images = input_pipeline.list_images(path)
     if not images:
-      raise ValueError(f'No images in folder {path} (looked for '
-                       f'{", ".join(sorted(input_pipeline.IMAGE_EXTENSIONS))}).')
+      raise errors.InvalidValueError(f'No images in folder {path} (looked for '
+                                     f'{", ".join(sorted(input_pipeline.IMAGE_EXTENSIONS))}).')
     return [Job(image, image.relative_to(path)) for image in images]
   if glob.has_magic(pattern):
     matches = sorted(Path(match) for match in glob.glob(pattern, recursive=True))
-    images = [m for m in matches if m.is_file() and input_pipeline.is_image_name(str(m))]
+    files = [m for m in matches if m.is_file() and not input_pipeline.is_hidden(str(m))]
+    images = [m for m in files if input_pipeline.is_image_name(m.name)]
+    input_pipeline.report_ignored([str(m) for m in files if m not in images], repr(pattern))
     if not images:
-      raise ValueError(f'No image files match {pattern!r}.')
+      raise errors.InvalidValueError(f'No image files match {pattern!r}.')
     root = Path(os.path.commonpath([str(image.parent.absolute()) for image in images]))
     return [Job(image, image.absolute().relative_to(root)) for image in images]
-  raise FileNotFoundError(f'Input not found: {pattern} (expected an image file, a folder or a '
-                          'glob pattern)')
+  raise errors.PathNotFoundError(
+      f'Input not found: {pattern} (expected an image file, a folder or a '
+      'glob pattern)')
 
 
 def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) -> None:
@@ -68,8 +73,9 @@ def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) ->
   for job in jobs:
     target = job.output_path(output)
     if target in seen:
-      raise ValueError(f'{seen[target]} and {job.source} would both be written to {target}; '
-                       'translate them into different --output folders.')
+      raise errors.InvalidValueError(
+          f'{seen[target]} and {job.source} would both be written to {target}; '
+          'translate them into different --output folders.')
     seen[target] = job.source
   if overwrite:
     return
@@ -78,7 +84,7 @@ def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) ->
     targets += [job.output_path(output / 'grid') for job in jobs]
   existing = [target for target in targets if target.exists()]
   if existing:
-    raise FileExistsError(
+    raise errors.PathExistsError(
         f'{len(existing)} output file(s) already exist, e.g. {existing[0]}; pass --overwrite to '
         'replace them or choose another --output.')
 
@@ -172,30 +178,26 @@ def translate_files(generator: inference.Generator,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.no_extra_arguments(argv)
   if (FLAGS.workdir is None) == (FLAGS.torch_checkpoint is None):
     raise app.UsageError('Give exactly one of --workdir and --torch_checkpoint.')
   if FLAGS.batch_size < 1:
     raise app.UsageError('--batch_size must be >= 1')
   output = Path(FLAGS.output)
-  try:
-    jobs = find_inputs(FLAGS.input)
-    check_outputs(jobs, output, FLAGS.grid, FLAGS.overwrite)
-    generator = inference.load_generator(FLAGS.workdir, FLAGS.torch_checkpoint, FLAGS.direction,
-                                         FLAGS.step)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(1)
+  jobs = find_inputs(FLAGS.input)
+  check_outputs(jobs, output, FLAGS.grid, FLAGS.overwrite)
+  generator = inference.load_generator(FLAGS.workdir, FLAGS.torch_checkpoint, FLAGS.direction,
+                                       FLAGS.step)
   logging.info('Translating %d image(s) with %s into %s.', len(jobs), generator.description, output)
-  written, errors = translate_files(generator, jobs, output, FLAGS.batch_size, FLAGS.grid)
-  summary = f'translate: written={written} skipped={len(errors)} output={output}'
+  written, errors_seen = translate_files(generator, jobs, output, FLAGS.batch_size, FLAGS.grid)
+  summary = f'translate: written={written} skipped={len(errors_seen)} output={output}'
   print(summary, flush=True)
-  if errors:
-    logging.warning('%d unreadable file(s) skipped:\n  %s', len(errors), '\n  '.join(errors))
+  if errors_seen:
+    logging.warning('%d unreadable file(s) skipped:\n  %s', len(errors_seen),
+                    '\n  '.join(errors_seen))
   if written == 0:
-    sys.stderr.write('Error: no image could be translated.\n')
-    sys.exit(1)
+    raise errors.InvalidValueError(
+        f'no image could be translated: {len(errors_seen)} unreadable file(s), listed above')
 
 
 def define_flags():
@@ -218,4 +220,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from cyclegan_jax import checkpointing
+from cyclegan_jax import errors
 
 NETWORK_PARTS = ('G', 'F', 'D_X', 'D_Y')
 
@@ -26,7 +27,7 @@ def locate(init_from: str | Path) -> tuple[Path, int | None]:
   """(workdir, step or None for the latest) of a workdir or `<workdir>/checkpoints/<step>`."""
   path = Path(init_from)
   if not path.exists():
-    raise FileNotFoundError(f'config.init_from = {str(init_from)!r} does not exist.')
+    raise errors.PathNotFoundError(f'config.init_from = {str(init_from)!r} does not exist.')
   if path.name.isdigit() and path.parent.name == 'checkpoints':
     return path.parent.parent, int(path.name)
   return path, None
@@ -69,10 +70,11 @@ def merge(state: Any, source: Any, parts: list[str]) -> Any:
   for field, value in selected.items():
     problems += _shape_mismatches(getattr(state, field), value, field)
   if problems:
-    raise ValueError('config.init_from does not fit this run: ' + '; '.join(problems[:8]) +
-                     (f'; and {len(problems) - 8} more' if len(problems) > 8 else '') +
-                     '. The model and pool_size fields must match the source run for the parts '
-                     'in config.init_parts.')
+    raise errors.InvalidValueError(
+        'config.init_from does not fit this run: ' + '; '.join(problems[:8]) +
+        (f'; and {len(problems) - 8} more' if len(problems) > 8 else '') +
+        '. The model and pool_size fields must match the source run for the parts '
+        'in config.init_parts.')
   return state.replace(**selected)
 
 
@@ -83,7 +85,7 @@ def check_imported(workdir: Path, parts: list[str], init_from: str) -> None:
     return
   missing = [part for part in parts if part not in imported]
   if missing:
-    raise ValueError(
+    raise errors.InvalidValueError(
         f'config.init_from = {init_from!r} was converted from '
         f'{", ".join(sorted(set(imported.values())))} and holds only {", ".join(imported)}; it '
         f'has no trained {", ".join(missing)} to take (drop them from config.init_parts).')

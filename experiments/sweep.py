@@ -45,9 +45,10 @@ import sys
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from absl import app
 from absl import flags
 
+from cyclegan_jax import cli
+from cyclegan_jax import errors
 from cyclegan_jax import plots
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ _UNSAFE_CHARACTER = re.compile(r'[^A-Za-z0-9._,=+-]')
 Overrides = dict[str, Any]
 
 
-class SweepError(ValueError):
+class SweepError(errors.InvalidValueError):
   """A sweep that cannot run as specified: the message says why."""
 
 
@@ -750,25 +751,20 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    code = run_sweep(FLAGS.config,
-                     FLAGS.sweep,
-                     FLAGS.root,
-                     dry_run=FLAGS.dry_run,
-                     evaluate=FLAGS.evaluate,
-                     plot=FLAGS.plot,
-                     force=FLAGS.force,
-                     stream=FLAGS.stream)
-  except SweepError as error:
-    sys.stderr.write(f'Error: {error}\n')
-    sys.exit(2)
-  sys.exit(code)
+  cli.no_extra_arguments(argv)
+  sys.exit(
+      run_sweep(FLAGS.config,
+                FLAGS.sweep,
+                FLAGS.root,
+                dry_run=FLAGS.dry_run,
+                evaluate=FLAGS.evaluate,
+                plot=FLAGS.plot,
+                force=FLAGS.force,
+                stream=FLAGS.stream))
 
 
 if __name__ == '__main__':
   # Sweep files import `experiments.sweep`: run that module, not a second copy as `__main__`.
   from experiments import sweep as _sweep  # pylint: disable=g-import-not-at-top,import-self
   _sweep.define_flags()
-  app.run(_sweep.main)
+  cli.run(_sweep.main)

@@ -22,6 +22,15 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 
+def pytest_unconfigure(config):
+  """Tests that restore damaged checkpoints leave reads in flight (see
+  `checkpointing.drop_aborted_read_noise`), which report at exit, after pytest has put back the
+  interpreter's own hooks: filter them there too."""
+  del config
+  from cyclegan_jax import checkpointing  # pylint: disable=g-import-not-at-top  # After the cache setup.
+  checkpointing.drop_aborted_read_noise()
+
+
 def load_config(name: str):
   """`configs/<name>.py`'s get_config(), as the command line would load it."""
   spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')
@@ -43,6 +52,18 @@ def finished_tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('finished_tiny_run')
   final = train.train_and_evaluate(load_config('tiny'), str(workdir))
   return workdir, final
+
+
+def assert_one_line_user_error(result, *expected_parts):
+  """A finished subprocess that reported a user error: exit status 2, one `Error:` (or absl's
+  flag error) line holding `expected_parts`, and no traceback."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  reports = [line for line in result.stderr.splitlines()
+             if line.startswith(('Error: ', 'FATAL Flags parsing error: '))]
+  assert len(reports) == 1, result.stderr[-3000:]
+  for part in expected_parts:
+    assert part in reports[0], reports[0]
 
 
 def updated(config, **fields):

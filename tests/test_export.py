@@ -235,6 +235,6 @@ def test_cli_exports_an_official_checkpoint(tmp_path):
                              atol=FLOAT32_TOLERANCE)
 
   again = run_cli(f'--torch_checkpoint={TORCH_PTH}', '--format=onnx', f'--output={output}')
-  assert again.returncode == 1 and 'pass --overwrite' in again.stderr
+  assert again.returncode == 2 and 'pass --overwrite' in again.stderr
   unknown = run_cli(f'--torch_checkpoint={TORCH_PTH}', '--format=pb', f'--output={output}')
-  assert unknown.returncode == 1 and '<stablehlo|onnx|tflite>' in unknown.stderr
+  assert unknown.returncode == 2 and '<stablehlo|onnx|tflite>' in unknown.stderr

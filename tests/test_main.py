@@ -8,12 +8,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import assert_one_line_user_error
 from conftest import make_jpeg_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,32 +76,81 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   assert 'Resumed from step 6' in again.stderr
 
 
-def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
-  workdir = tmp_path / 'run'
-  overrides = ('--config.num_train_steps=100000', '--config.checkpoint_every_steps=100000',
-               '--config.log_every_steps=1', '--config.sample_every_steps=100000')
+def start(workdir, *overrides):
+  """A training process whose stderr lines are collected (and read) in the background."""
   process = subprocess.Popen(command(workdir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+  lines = []
+  reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+  reader.start()
+  return process, lines, reader
+
+
+def wait_for(lines, pattern, process, timeout=300):
+  deadline = time.monotonic() + timeout
+  while not any(re.search(pattern, line) for line in list(lines)):
+    assert process.poll() is None, ''.join(lines)[-3000:]
+    assert time.monotonic() < deadline, ''.join(lines)[-3000:]
+    time.sleep(0.1)
+
+
+LONG_RUN = ('--config.num_train_steps=100000', '--config.checkpoint_every_steps=100000',
+            '--config.log_every_steps=1', '--config.sample_every_steps=100000')
+
+
+def test_a_second_writer_is_refused_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  process, lines, reader = start(workdir, *LONG_RUN)
   try:
-    for line in process.stderr:
-      if re.search(r'step 3/100000', line):
-        process.send_signal(signal.SIGTERM)
-        break
-    stdout, stderr = process.communicate(timeout=300)
+    wait_for(lines, r'step 3/100000', process)
+    # The same command again while the run lives: refused, one line, nothing written.
+    config_before = (workdir / 'config.json').stat()
+    second = subprocess.run(command(workdir, *LONG_RUN), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert 'Traceback' not in second.stderr
+    errors = [line for line in second.stderr.splitlines() if line.startswith('Error:')]
+    assert len(errors) == 1, second.stderr[-3000:]
+    assert f'in use by another run: process {process.pid} on host' in errors[0]
+    assert (workdir / 'config.json').stat().st_mtime_ns == config_before.st_mtime_ns
+    assert process.poll() is None  # The first run goes on.
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=300)
+    reader.join(timeout=60)
   finally:
     if process.poll() is None:
       process.kill()
+  stderr = ''.join(lines)
   assert process.returncode == 0, stderr[-3000:]
   stopped_at = int(final_line(stdout)['step'])
   assert stopped_at >= 3
   assert (workdir / 'checkpoints' / str(stopped_at)).is_dir()
+  assert not (workdir / 'run.lock').exists()
 
   resumed = subprocess.run(
-      command(workdir, *overrides[1:], f'--config.num_train_steps={stopped_at + 2}'), cwd=ROOT,
+      command(workdir, *LONG_RUN[1:], f'--config.num_train_steps={stopped_at + 2}'), cwd=ROOT,
       capture_output=True, text=True, timeout=600, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resumed from step {stopped_at}' in resumed.stderr
   assert final_line(resumed.stdout)['step'] == str(stopped_at + 2)
+
+
+def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
+  workdir = tmp_path / 'run'
+  overrides = (*LONG_RUN[:1], '--config.checkpoint_every_steps=2', *LONG_RUN[2:])
+  process, lines, reader = start(workdir, *overrides)
+  try:
+    wait_for(lines, r'step 5/100000', process)  # The step-4 checkpoint is written by now.
+  finally:
+    process.kill()  # kill -9: no clean-up.
+    process.wait()
+    reader.join(timeout=60)
+  assert (workdir / 'run.lock').exists()
+  resumed = subprocess.run(command(workdir, *overrides[1:], '--config.num_train_steps=6'),
+                           cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert re.search(r'Resumed from step [24]\b', resumed.stderr)
+  assert final_line(resumed.stdout)['step'] == '6'
 
 
 def run_monet(tmp_path, *overrides):
@@ -112,17 +164,16 @@ def run_monet(tmp_path, *overrides):
 def test_missing_dataset_fails_before_training_and_names_the_field(tmp_path):
   result = run_monet(tmp_path, '--config.data.source=folder',
                      f'--config.data.root={tmp_path / "nowhere"}')
-  assert result.returncode != 0
-  assert 'config.data.root' in result.stderr and 'nowhere' in result.stderr
+  assert_one_line_user_error(result, 'config.data.root', str(tmp_path / 'nowhere'),
+                             'does not exist')
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
   result = run_monet(tmp_path, f'--config.data.tfds_data_dir={tmp_path / "tfds"}')
-  assert result.returncode != 0
-  assert 'cycle_gan/monet2photo is not prepared' in result.stderr
-  assert 'nothing is downloaded' in result.stderr
-  assert 'python -m cyclegan_jax.prepare_tfds --name=monet2photo' in result.stderr
+  assert_one_line_user_error(result, 'cycle_gan/monet2photo is not prepared',
+                             'nothing is downloaded',
+                             'python -m cyclegan_jax.prepare_tfds --name=monet2photo')
   assert not (tmp_path / 'run' / 'checkpoints').exists()
   assert not list((tmp_path / 'tfds').rglob('*.array_record*'))
 
@@ -163,9 +214,13 @@ def test_horse2zebra_config_trains_from_each_source(tmp_path, source):
   assert result.returncode == 0, result.stderr[-3000:]
   assert final_line(result.stdout)['step'] == '2'
   assert re.search(r'5 trainA, [45] trainB, 2 testA, 2 testB images', result.stderr)
-  if source != 'tfds':  # Preparation already skipped (and reported) the corrupt file.
+  if source != 'tfds':  # Preparation already skipped (and reported) both files.
     assert 'corrupt.jpg' in result.stderr
-  assert 'README.txt' not in result.stderr
+    # A file that is not an image is listed as ignored, and never read as a (corrupt) image.
+    mentions = [line for line in result.stderr.splitlines() if 'README.txt' in line]
+    assert mentions and all('Ignoring 1 file(s) in' in line for line in mentions), mentions
+  else:
+    assert 'README.txt' not in result.stderr
   assert (workdir / 'samples' / 'step_00000002.png').exists()
   assert (workdir / 'checkpoints' / '2').is_dir()
 
@@ -182,8 +237,7 @@ def test_batch_shards_over_several_devices(tmp_path):
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
   result = subprocess.run(command(tmp_path / 'other', '--config.num_train_steps=2'), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False, env=env)
-  assert result.returncode != 0
-  assert 'config.batch_size = 2' in result.stderr and '4 devices' in result.stderr
+  assert_one_line_user_error(result, 'config.batch_size = 2', '4 devices')
 
 
 def test_library_info_filter_keeps_orbax_warnings_and_other_info():

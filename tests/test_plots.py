@@ -178,4 +178,4 @@ def test_plot_sweep_groups_seeds_and_overlays_curves(tmp_path):
       text=True,
       timeout=120,
       check=False)
-  assert missing.returncode == 1 and missing.stderr.startswith('Error: No metrics.jsonl')
+  assert missing.returncode == 2 and missing.stderr.startswith('Error: No metrics.jsonl')

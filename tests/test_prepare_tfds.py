@@ -367,6 +367,6 @@ def test_command_line(folder, tmp_path):
 
   absent = tmp_path / 'absent.zip'
   result = run_command_line(f'--name={NAME}', f'--source={absent}', f'--data_dir={data_dir}2')
-  assert result.returncode == 1
-  assert result.stderr.startswith(f'error: source {absent} not found: expected the CycleGAN')
+  assert result.returncode == 2
+  assert result.stderr.startswith(f'Error: source {absent} not found: expected the CycleGAN')
   assert len(result.stderr.strip().splitlines()) == 1  # No traceback.

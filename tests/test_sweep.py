@@ -113,7 +113,7 @@ def test_failing_runs_are_reported_and_the_sweep_goes_on(tmp_path):
   assert result.returncode == 1
   for name in ('misspelt', 'negative'):
     assert f'{name}: FAILED' in result.stdout
-    assert f'{name}: training exited with status 1; log {root / name / "log.txt"}' in result.stdout
+    assert f'{name}: training exited with status 2; log {root / name / "log.txt"}' in result.stdout
   assert 'no such config field' in result.stdout and 'lambda_cylce' in result.stdout
   assert 'config.lambda_cycle' in (root / 'negative' / 'log.txt').read_text()
   assert [row['status'] for row in read_csv(root / 'results.csv')] == ['failed', 'failed']

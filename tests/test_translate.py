@@ -5,6 +5,7 @@ The official outputs in tests/data/official_test_outputs/ were written by the au
 """
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -123,14 +124,19 @@ def write_inputs(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
   Image.fromarray(rng.integers(0, 65536, (32, 32), dtype=np.uint16)).save(folder / 'deep.png')
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
   (folder / 'notes.txt').write_text('not an image')
+  Image.fromarray(rgb).save(folder / 'sub' / 'anim.gif')  # An image, of a type not read.
   return {'rgb': (33, 41), 'grey': (33, 41), 'sub/rgba': (33, 41), 'deep': (32, 32)}
 
 
 @needs_parity_files
-def test_folder_of_mixed_images(tmp_path, legacy_generator):
+def test_folder_of_mixed_images(tmp_path, legacy_generator, caplog):
   inputs = tmp_path / 'in'
   sizes = write_inputs(inputs)
-  jobs = translate.find_inputs(str(inputs))
+  with caplog.at_level(logging.WARNING):
+    jobs = translate.find_inputs(str(inputs))
+  # Files that are not images of a known type are listed, so a missing output is explained.
+  assert any('Ignoring 2 file(s)' in r.getMessage() and 'notes.txt' in r.getMessage() and
+             'sub/anim.gif' in r.getMessage() for r in caplog.records)
   assert sorted(str(job.relative) for job in jobs) == [
       'broken.jpg', 'deep.png', 'grey.png', 'rgb.jpg', 'sub/rgba.png']
   output = tmp_path / 'out'
@@ -183,11 +189,11 @@ def test_cli_errors_are_one_clear_line(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'garbage')
   result = run('translate', f'--torch_checkpoint={LEGACY_PTH}', f'--input={tmp_path / "bad.png"}',
                f'--output={tmp_path / "out"}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'cannot read image' in result.stderr and 'no image could be translated' in result.stderr
   result = run('translate', f'--workdir={tmp_path / "nowhere"}', f'--input={tmp_path}',
                f'--output={tmp_path / "out"}')
-  assert result.returncode == 1 and 'Error:' in result.stderr
+  assert result.returncode == 2 and 'Error:' in result.stderr
   assert 'Workdir not found' in result.stderr or 'No images' in result.stderr
 
 
@@ -214,7 +220,7 @@ def test_converted_workdir_translates_like_the_checkpoint(tmp_path, legacy_gener
     inference.load_generator(workdir=output, direction='BtoA', step=5)
   # Never written over.
   again = run('convert', f'--torch_checkpoint={LEGACY_PTH}', f'--output={output}')
-  assert again.returncode == 1 and 'already holds checkpoints' in again.stderr
+  assert again.returncode == 2 and 'already holds checkpoints' in again.stderr
 
 
 @needs_parity_files

@@ -1,0 +1,63 @@
+"""What every command-line tool shares: flag parsing, and user errors as one line.
+
+    if __name__ == '__main__':
+      define_flags()
+      cli.run(main)
+
+A flag that does not parse, a misspelt `--config.<field>`, an `app.UsageError` and any
+`errors.UserError` raised by the library end the program with one line on stderr that names the
+problem (and the fix), and exit status 2. Every other exception is a bug and keeps its traceback.
+"""
+
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app
+from absl import flags
+
+from cyclegan_jax import errors
+
+USER_ERROR_EXIT_CODE = 2
+
+
+def fail(message: str) -> NoReturn:
+  """Ends the program with `Error: <message>` (one line) and exit status 2."""
+  one_line = ' '.join(str(message).split())
+  sys.stderr.write(f'Error: {one_line}\n')
+  sys.stderr.flush()
+  sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parsing, with every parsing error (config overrides included) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    message = str(error)
+  except (AttributeError, KeyError) as error:  # ml_collections: a field that does not exist.
+    detail = error.args[0] if error.args else error
+    message = 'no such config field ' + str(
+        detail.args[0] if isinstance(detail, Exception) and detail.args else detail)
+  except (TypeError, ValueError) as error:  # ml_collections: a value of the wrong type.
+    message = str(error)
+  one_line = ' '.join(message.split())
+  sys.stderr.write(f'FATAL Flags parsing error: {one_line}. Pass --helpfull to see the flags; '
+                   'config fields are defined in cyclegan_jax/config_lib.py.\n')
+  sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def no_extra_arguments(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """`app.run(main)` with the error handling of the module docstring."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except (errors.UserError, app.UsageError, PermissionError) as error:
+      fail(str(error))
+
+  app.run(guarded, flags_parser=parse_flags)

@@ -1,0 +1,142 @@
+"""The run folder (workdir): its file names and the lock that keeps one run writing into it.
+
+Standard library only, so that every module (training, evaluation, plots, sweeps) can read it.
+
+The lock: a training run holds `<workdir>/run.lock` from before it writes anything until it ends.
+The file records who holds it (host, process id, start time, command). It is an advisory
+`flock` lock, which the kernel releases when the process ends in any way, kill -9 included: a
+lock left by a dead run never blocks the rerun that resumes it. On a file system without `flock`
+support the record alone decides: a record of a process that no longer runs on this host is
+taken over; a record from another host is reported with how to clear it.
+"""
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+import socket
+import sys
+
+from cyclegan_jax import errors
+
+LOCK_FILE = 'run.lock'
+# flock errors that mean "this file system does not do locks", not "someone holds it".
+_NO_LOCK_SUPPORT = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _holder_record() -> dict:
+  return {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'since': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'command': ' '.join(sys.argv),
+  }
+
+
+def _read_record(path: Path) -> dict:
+  try:
+    record = json.loads(path.read_text(encoding='utf-8'))
+    return record if isinstance(record, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def _process_alive(pid) -> bool:
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, owned by another user.
+    return True
+  return True
+
+
+def _busy_error(workdir: Path, record: dict, certain: bool) -> errors.WorkdirBusyError:
+  lock = workdir / LOCK_FILE
+  who = (f'process {record.get("pid", "?")} on host {record.get("host", "?")} since '
+         f'{record.get("since", "?")}' + (f' ({record["command"]})' if record.get('command') else ''))
+  if certain:
+    advice = ('Wait for it to end or stop it (it checkpoints on Ctrl-C or SIGTERM), or use another '
+              '--workdir. The lock is released when that process ends, even if it is killed.')
+  else:
+    advice = (f'Wait for it to end, or use another --workdir. If that run is dead (e.g. its host '
+              f'went down), delete {lock} and rerun.')
+  return errors.WorkdirBusyError(f'{workdir} is in use by another run: {who}. {advice}')
+
+
+class WorkdirLock:
+  """The exclusive right of one run to write into `workdir`; a context manager.
+
+  `acquire()` raises WorkdirBusyError, touching nothing in the workdir, if another live run
+  holds it.
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.workdir = Path(workdir)
+    self.path = self.workdir / LOCK_FILE
+    self._fd: int | None = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def acquire(self) -> 'WorkdirLock':
+    if self._fd is not None:
+      return self
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        os.close(fd)
+        raise _busy_error(self.workdir, _read_record(self.path), certain=True) from None
+      except OSError as error:
+        os.close(fd)
+        if error.errno not in _NO_LOCK_SUPPORT:
+          raise
+        fd = self._acquire_without_flock()
+        break
+      # A run that releases the lock deletes the file: if it did so between our open and our
+      # flock, we hold a lock on a file nobody else will see; start again with the new file.
+      try:
+        current = os.stat(self.path)
+      except FileNotFoundError:
+        current = None
+      if current is not None and os.path.samestat(os.fstat(fd), current):
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(_holder_record()) + '\n').encode())
+    os.fsync(fd)
+    self._fd = fd
+    return self
+
+  def _acquire_without_flock(self) -> int:
+    """The record decides: a record of a process that no longer runs on this host is stale."""
+    record = _read_record(self.path)
+    if record:
+      same_host = record.get('host') == socket.gethostname()
+      if not same_host or _process_alive(record.get('pid')):
+        raise _busy_error(self.workdir, record, certain=same_host)
+    return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    try:
+      os.unlink(self.path)  # While still holding the lock (see acquire).
+    except FileNotFoundError:
+      pass
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> 'WorkdirLock':
+    return self.acquire()
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()

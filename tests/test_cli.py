@@ -1,0 +1,78 @@
+"""User errors end every command-line tool with one line naming the problem, and exit status 2.
+
+(A missing or unprepared dataset: tests/test_main.py; other tools' errors: their own tests.)"""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from conftest import assert_one_line_user_error
+from cyclegan_jax import errors
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(workdir, *overrides, config='configs/tiny.py'):
+  return subprocess.run(
+      [sys.executable, '-m', 'cyclegan_jax.main', f'--config={config}', f'--workdir={workdir}',
+       *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def folder_dataset(root: pathlib.Path, train_b: bool, b_images: bool) -> pathlib.Path:
+  (root / 'trainA').mkdir(parents=True)
+  for index in range(2):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / 'trainA' / f'{index}.jpg')
+  if train_b:
+    (root / 'trainB').mkdir()
+    if not b_images:
+      (root / 'trainB' / 'notes.txt').write_text('not an image')
+  return root
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('--config.lambda_cycle=nan', ('config.lambda_cycle = nan', 'finite number')),
+    ('--config.model.ngf=0', ('config.model.ngf = 0', 'integer >= 1')),
+    ('--config.data.crop_size=-8', ('config.data.crop_size = -8', 'integer >= 4')),
+    ('--config.data.preprocess=zoom', ('config.data.preprocess = \'zoom\'', "'resize_and_crop'")),
+    ('--config.model.ngf=abc', ('--config.model.ngf=abc', 'invalid literal')),
+])
+def test_invalid_config_values(tmp_path, override, expected):
+  result = run_main(tmp_path / 'run', override)
+  assert_one_line_user_error(result, *expected)
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('train_b, b_images, expected', [
+    (False, False, 'trainB not found'),
+    (True, False, 'trainB holds no jpg/jpeg'),
+])
+def test_missing_or_empty_split(tmp_path, train_b, b_images, expected):
+  root = folder_dataset(tmp_path / 'data', train_b, b_images)
+  result = run_main(tmp_path / 'run', '--config.data.source=folder', f'--config.data.root={root}',
+                    config='configs/horse2zebra.py')
+  assert_one_line_user_error(result, expected, str(root))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_user_errors_are_their_builtin_kind_too():
+  assert issubclass(errors.InvalidValueError, ValueError)
+  assert issubclass(errors.PathNotFoundError, FileNotFoundError)
+  assert issubclass(errors.PathExistsError, FileExistsError)
+  assert all(issubclass(kind, errors.UserError) for kind in (
+      errors.InvalidValueError, errors.PathNotFoundError, errors.PathExistsError,
+      errors.CheckpointError, errors.WorkdirBusyError, errors.DivergedError,
+      errors.MissingPackageError))
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+  script = ('from cyclegan_jax import cli\n'
+            'def main(argv):\n'
+            '  raise KeyError("a bug")\n'
+            'cli.run(main)\n')
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 1 and 'Traceback' in result.stderr and "KeyError: 'a bug'" in result.stderr
