@@ -2,7 +2,7 @@
 
 Each checkpoint holds the train state (params and Adam states of G, F, D_X, D_Y,
 both image pools, step, RNG key), the config that produced it, and the input
-iterator's state (`input_pipeline.Dataset.iterator_state`: the next example and
+iterator's state (`data.Dataset.iterator_state`: the next example and
 the identity of the dataset), so a resumed run continues the same data order.
 """
 
@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
+from cyclegan_jax import state as state_lib
 
 CONFIG_FILE = 'config.json'
 # Damaged checkpoints a resumed run found, moved here (never deleted) to free their step numbers.
@@ -37,24 +38,11 @@ def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def to_host(tree: Any) -> Any:
-  """Arrays -> numpy; a replicated array that spans several processes gives its local copy."""
-
-  def one(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      if not x.sharding.is_fully_replicated:
-        raise ValueError(f'cannot read a sharded {x.shape} array spanning several processes')
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-  return jax.tree.map(one, tree)
-
-
 def save(manager: ocp.CheckpointManager,
          state: Any,
          config: ml_collections.ConfigDict,
          data_state: dict | None = None) -> None:
-  step = int(to_host(state.step))
+  step = int(state_lib.to_host(state.step))
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_state is not None:
     items['data'] = ocp.args.JsonSave(data_state)
@@ -200,11 +188,6 @@ def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
   return moved
 
 
-def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-  """Shape/dtype skeleton of `tree` with every leaf placed by `sharding`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def load_saved_config(workdir: str | Path) -> dict | None:
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
@@ -271,3 +254,103 @@ def check_and_save_config(workdir: str | Path,
   tmp = workdir / (CONFIG_FILE + '.tmp')
   tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   tmp.replace(workdir / CONFIG_FILE)
+
+
+def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
+  """(train state as numpy, its step) from the latest checkpoint, or the one at `step`."""
+  workdir = Path(workdir)
+  config = saved_config(workdir)
+  directory = checkpoint_dir(workdir)
+  if not directory.is_dir():
+    raise errors.PathNotFoundError(f'{workdir} has no checkpoints/ folder')
+  manager = create_manager(workdir, config.keep_checkpoints)
+  try:
+    restored = restore_intact(manager, state_lib.abstract_train_state(config), step)
+  finally:
+    manager.close()
+  return jax.device_get(restored.state), restored.step
+
+
+def warm_started(state: state_lib.TrainState, config: ml_collections.ConfigDict,
+                 sharding: jax.sharding.Sharding) -> state_lib.TrainState:
+  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
+  parts = config_lib.parse_init_parts(config.init_parts)
+  source_workdir, step = locate(config.init_from)
+  check_imported(source_workdir, parts, config.init_from)
+  source, source_step = restore_train_state(source_workdir, step)
+  merged = merge(jax.device_get(state), source, parts)
+  logging.info('Warm start: %s from %s at step %d.', ', '.join(parts), source_workdir, source_step)
+  return jax.device_put(merged, sharding)
+
+
+# Warm starts: a new run takes selected parts of another run's state.
+
+NETWORK_PARTS = ('G', 'F', 'D_X', 'D_Y')
+
+
+def locate(init_from: str | Path) -> tuple[Path, int | None]:
+  """(workdir, step or None for the latest) of a workdir or `<workdir>/checkpoints/<step>`."""
+  path = Path(init_from)
+  if not path.exists():
+    raise errors.PathNotFoundError(f'config.init_from = {str(init_from)!r} does not exist.')
+  if path.name.isdigit() and path.parent.name == 'checkpoints':
+    return path.parent.parent, int(path.name)
+  return path, None
+
+
+def _shape_mismatches(current: Any, source: Any, name: str) -> list[str]:
+  current_shapes = {
+      jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(current)
+  }
+  source_shapes = {
+      jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)
+  }
+  problems = [
+      f'{name}{path}: missing in the source' for path in current_shapes if path not in source_shapes
+  ]
+  problems += [
+      f'{name}{path}: not in this run' for path in source_shapes if path not in current_shapes
+  ]
+  problems += [
+      f'{name}{path}: shape {source_shapes[path]} in the source, {shape} here'
+      for path, shape in current_shapes.items()
+      if path in source_shapes and source_shapes[path] != shape
+  ]
+  return problems
+
+
+def merge(state: Any, source: Any, parts: list[str]) -> Any:
+  """`state` with the named parts taken from `source` (shapes must match exactly)."""
+  selected = {}
+  if any(part in NETWORK_PARTS for part in parts):
+    selected['params'] = {
+        name: source.params[name] if name in parts else state.params[name] for name in NETWORK_PARTS
+    }
+  if 'optimizer' in parts:
+    selected['opt_state_generators'] = source.opt_state_generators
+    selected['opt_state_discriminators'] = source.opt_state_discriminators
+  if 'pools' in parts:
+    selected['pool_A'], selected['pool_B'] = source.pool_A, source.pool_B
+  problems = []
+  for field, value in selected.items():
+    problems += _shape_mismatches(getattr(state, field), value, field)
+  if problems:
+    raise errors.InvalidValueError(
+        'config.init_from does not fit this run: ' + '; '.join(problems[:8]) +
+        (f'; and {len(problems) - 8} more' if len(problems) > 8 else '') +
+        '. The model and pool_size fields must match the source run for the parts '
+        'in config.init_parts.')
+  return state.replace(**selected)
+
+
+def check_imported(workdir: Path, parts: list[str], init_from: str) -> None:
+  """A workdir written by `convert` holds trained values only for the networks it imported."""
+  imported = imported_networks(workdir)
+  if imported is None:
+    return
+  missing = [part for part in parts if part not in imported]
+  if missing:
+    raise errors.InvalidValueError(
+        f'config.init_from = {init_from!r} was converted from '
+        f'{", ".join(sorted(set(imported.values())))} and holds only {", ".join(imported)}; it '
+        f'has no trained {", ".join(missing)} to take (drop them from config.init_parts).')

@@ -11,7 +11,6 @@ import re
 import ml_collections
 
 from cyclegan_jax import errors
-from cyclegan_jax import input_pipeline
 
 GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
 DISCRIMINATORS = ('basic', 'n_layers')
@@ -19,10 +18,12 @@ NORMS = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
 GAN_MODES = ('lsgan', 'vanilla')
 LR_POLICIES = ('linear', 'step', 'cosine')
-DATA_SOURCES = input_pipeline.SOURCES
-PREPROCESS_MODES = input_pipeline.PREPROCESS_MODES
+DATA_SOURCES = ('embedded', 'folder', 'tfds')
+PREPROCESS_MODES = ('resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none')
+# Modes whose output size depends on the image: batches need equal sizes, pools are impossible.
+UNCROPPED_MODES = ('scale_width', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-INIT_PARTS = ('G', 'F', 'D_X', 'D_Y', 'optimizer', 'pools')  # See warm_start.py.
+INIT_PARTS = ('G', 'F', 'D_X', 'D_Y', 'optimizer', 'pools')  # See checkpointing.merge.
 LOSS_SWITCHES = ('use_gan_G', 'use_gan_F', 'use_cycle_forward', 'use_cycle_backward')
 
 # Fields that fix the shapes of the saved train state: a workdir whose saved config
@@ -86,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.init_gain = 0.02  # Std (normal) or gain (xavier, orthogonal) of the init.
   config.model.input_nc = 3  # Channels of domain A (X) images: 1 or 3.
   config.model.output_nc = 3  # Channels of domain B (Y) images: 1 or 3.
-  # Exact faster formulations of slow convolutions (models.py); False: plain lax convolutions.
+  # Exact faster formulations of slow convolutions (models/fast_convs.py); False: plain lax convs.
   config.model.fast_convs = True
 
   config.data = ml_collections.ConfigDict()
@@ -109,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.num_workers = 0  # Decoding threads (0 = one per CPU core).
   config.data.prefetch = 4  # Batches prepared ahead of the train step (0 = no background work).
 
-  # Warm start (cyclegan_jax/warm_start.py): a new run takes these parts of another run's state.
+  # Warm start (checkpointing.py): a new run takes these parts of another run's state.
   config.init_from = ''  # A workdir (latest checkpoint) or <workdir>/checkpoints/<step>.
   config.init_parts = 'G,F,D_X,D_Y'  # Any of G, F, D_X, D_Y, optimizer, pools, comma-separated.
 
@@ -254,7 +255,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           'the folder source needs a folder or .zip holding trainA/ and trainB/')
   if data.source == 'tfds' and not data.tfds_name:
     _fail('data.tfds_name', data.tfds_name, "the tfds source needs e.g. 'cycle_gan/horse2zebra'")
-  if data.preprocess in input_pipeline.UNCROPPED_MODES and config.pool_size > 0 and \
+  if data.preprocess in UNCROPPED_MODES and config.pool_size > 0 and \
       data.source != 'embedded':
     _fail(
         'data.preprocess', data.preprocess,

@@ -12,137 +12,17 @@ inferred from the state_dicts), and `imported.json` naming the converted network
 Official names map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X.
 """
 
-import functools
 from pathlib import Path
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from cyclegan_jax import checkpointing
 from cyclegan_jax import cli
-from cyclegan_jax import config_lib
-from cyclegan_jax import errors
 from cyclegan_jax import inference
-from cyclegan_jax import summaries
-from cyclegan_jax import torch_checkpoint
-from cyclegan_jax import torch_convert
-from cyclegan_jax import train
+from cyclegan_jax.torch_io import runs
 
 FLAGS = flags.FLAGS
-
-OFFICIAL_NAMES = {'G_A': 'G', 'G_B': 'F', 'D_A': 'D_Y', 'D_B': 'D_X'}
-
-
-def official_run_files(torch_dir: str | Path, epoch: str) -> dict[str, Path]:
-  """{our network name: file} for the `<epoch>_net_<name>.pth` files in an official folder."""
-  torch_dir = Path(torch_dir)
-  if not torch_dir.is_dir():
-    raise errors.PathNotFoundError(f'Folder not found: {torch_dir}')
-  files = {
-      ours: torch_dir / f'{epoch}_net_{official}.pth' for official, ours in OFFICIAL_NAMES.items()
-  }
-  files = {name: path for name, path in files.items() if path.is_file()}
-  if not files:
-    raise errors.PathNotFoundError(f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B)')
-  return files
-
-
-def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collections.ConfigDict]:
-  """{network: PyTorch state_dict} -> ({network: Flax params}, the config they fit)."""
-  config = config_lib.base_config()
-  params, arches = {}, {}
-  for name, state_dict in state_dicts.items():
-    convert = (torch_convert.generator_params_from_state_dict
-               if name in ('G', 'F') else torch_convert.discriminator_params_from_state_dict)
-    try:
-      params[name], arches[name] = convert(state_dict)
-    except ValueError as error:
-      kind = 'a ResnetGenerator' if name in ('G', 'F') else 'an NLayerDiscriminator'
-      raise errors.InvalidValueError(f'the {name} state_dict is not {kind}: {error}') from None
-  norms = {arch['norm'] for arch in arches.values()}
-  if len(norms) > 1:
-    raise errors.InvalidValueError(
-        f'the networks use different norms ({sorted(norms)}); one run has one')
-  config.model.norm = norms.pop()
-
-  channels = {}  # domain -> channels, from every network that sees or makes that domain
-  generators = {'G': ('A', 'B'), 'F': ('B', 'A')}
-  for name, (source, target) in generators.items():
-    if name in arches:
-      channels.setdefault(source, set()).add(arches[name]['input_nc'])
-      channels.setdefault(target, set()).add(arches[name]['output_nc'])
-  for name, domain in (('D_X', 'A'), ('D_Y', 'B')):
-    if name in arches:
-      channels.setdefault(domain, set()).add(arches[name]['input_nc'])
-  for domain, values in channels.items():
-    if len(values) > 1:
-      raise errors.InvalidValueError(
-          f'the networks disagree on the channels of domain {domain}: {values}')
-  config.model.input_nc = channels.get('A', {3}).pop()
-  config.model.output_nc = channels.get('B', {3}).pop()
-
-  generator_arches = [arches[name] for name in ('G', 'F') if name in arches]
-  if generator_arches:
-    shapes = {(arch['ngf'], arch['num_blocks']) for arch in generator_arches}
-    if len(shapes) > 1:
-      raise errors.InvalidValueError(f'G and F differ in (ngf, residual blocks): {sorted(shapes)}')
-    config.model.ngf, blocks = shapes.pop()
-    config.model.generator = f'resnet_{blocks}blocks'
-  discriminator_arches = [arches[name] for name in ('D_X', 'D_Y') if name in arches]
-  if discriminator_arches:
-    shapes = {(arch['ndf'], arch['n_layers']) for arch in discriminator_arches}
-    if len(shapes) > 1:
-      raise errors.InvalidValueError(f'D_X and D_Y differ in (ndf, layers): {sorted(shapes)}')
-    config.model.ndf, n_layers = shapes.pop()
-    config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
-    config.model.n_layers_D = n_layers
-  if config.lambda_identity > 0 and config.model.input_nc != config.model.output_nc:
-    config.lambda_identity = 0.0
-  return params, config
-
-
-def write_workdir(output: str | Path, params: dict, config: ml_collections.ConfigDict,
-                  sources: dict[str, str]) -> Path:
-  """A step-0 train state with `params` in place of the fresh networks' ones, saved in `output`."""
-  output = Path(output)
-  if checkpointing.checkpoint_dir(output).exists():
-    raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
-  config_lib.validate(config)
-  networks = train.build_networks(config)
-  optimizer = train.adam(config, train.learning_rate_schedule(config, 1))
-  crop = config.data.crop_size
-  init = jax.jit(
-      functools.partial(train.init_train_state, config, networks, optimizer,
-                        (crop, crop, config.model.input_nc), (crop, crop, config.model.output_nc)))
-  state = init()
-  merged = dict(state.params)
-  for name, imported in params.items():
-    expected = jax.tree.map(np.shape, merged[name])
-    actual = jax.tree.map(np.shape, imported)
-    if expected != actual:
-      raise errors.InvalidValueError(
-          f'{name}: converted parameter shapes {actual} do not fit the config\'s '
-          f'{expected}')
-    merged[name] = jax.tree.map(jnp.asarray, imported)
-  generator_params = {name: merged[name] for name in train.GENERATORS}
-  discriminator_params = {name: merged[name] for name in train.DISCRIMINATORS}
-  state = state.replace(params=merged,
-                        opt_state_generators=optimizer.init(generator_params),
-                        opt_state_discriminators=optimizer.init(discriminator_params))
-  checkpointing.check_and_save_config(output, config)
-  manager = checkpointing.create_manager(output, config.keep_checkpoints)
-  try:
-    checkpointing.save(manager, state, config)
-    manager.wait_until_finished()
-  finally:
-    manager.close()
-  summaries.write_json(output / checkpointing.IMPORTED_FILE, sources)
-  return output
 
 
 def main(argv):
@@ -152,13 +32,9 @@ def main(argv):
   if FLAGS.torch_checkpoint is not None:
     files = {inference.DIRECTIONS[FLAGS.direction]: Path(FLAGS.torch_checkpoint)}
   else:
-    files = official_run_files(FLAGS.torch_dir, FLAGS.epoch)
-  state_dicts = {name: torch_checkpoint.load_state_dict(path) for name, path in files.items()}
-  params, config = convert_state_dicts(state_dicts)
-  config.data.crop_size = FLAGS.crop_size
-  output = write_workdir(FLAGS.output, params, config, {
-      name: str(path) for name, path in files.items()
-  })
+    files = runs.official_run_files(FLAGS.torch_dir, FLAGS.epoch)
+  output = Path(FLAGS.output)
+  config = runs.convert(files, output, FLAGS.crop_size)
   logging.info('Converted %s into %s (%s, ngf %d, %s norm).',
                ', '.join(f'{path} -> {name}' for name, path in files.items()), output,
                config.model.generator, config.model.ngf, config.model.norm)

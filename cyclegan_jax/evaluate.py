@@ -10,64 +10,23 @@ stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here 
 `config.inception_weights`) FID and KID are skipped with a message.
 """
 
-import functools
-
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
-from cyclegan_jax import checkpointing
 from cyclegan_jax import cli
 from cyclegan_jax import evaluation
-from cyclegan_jax import input_pipeline
 from cyclegan_jax import summaries
-from cyclegan_jax import train
 
 FLAGS = flags.FLAGS
-
-
-def evaluate_workdir(workdir: str,
-                     step: int | None = None,
-                     inception_weights: str | None = None,
-                     data_root: str | None = None,
-                     batch_size: int = 16) -> tuple[int, dict[str, float]]:
-  """(step, metrics) of the checkpoint at `step` (default latest); also written to the workdir."""
-  config = checkpointing.saved_config(workdir)
-  if data_root:
-    config.data.source, config.data.root = 'folder', data_root
-  weights = config.inception_weights if inception_weights is None else inception_weights
-  features = evaluation.inception_features(weights)  # Fails early on a missing weights file.
-  dataset = input_pipeline.create_dataset(config.data,
-                                          seed=config.seed,
-                                          channels_A=config.model.input_nc,
-                                          channels_B=config.model.output_nc)
-  test_sets, paired = evaluation.load_test_sets(dataset, config.data.paired_test)
-  state, step = train.restore_train_state(workdir, step)
-  imported = checkpointing.imported_networks(workdir)
-  if imported is not None and not {'G', 'F'} <= set(imported):
-    logging.warning(
-        '%s holds only %s converted weights; the other generator is untrained, so '
-        'its metrics (and the cycle errors) mean nothing.', workdir, sorted(imported))
-  networks = train.build_networks(config)
-  translate_AtoB = jax.jit(functools.partial(networks.G.apply, {'params': state.params['G']}))
-  translate_BtoA = jax.jit(functools.partial(networks.F.apply, {'params': state.params['F']}))
-  results = evaluation.evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features,
-                                batch_size)
-  if jax.process_index() == 0:
-    writer = summaries.SummaryWriter(workdir)
-    writer.scalars(step, {f'eval/{key}': value for key, value in results.items()})
-    writer.close()
-    summaries.write_json(evaluation.eval_path(workdir, step), {'step': step, **results})
-  return step, results
 
 
 def main(argv):
   cli.no_extra_arguments(argv)
   if FLAGS.batch_size < 1:
     raise app.UsageError('--batch_size must be >= 1')
-  step, results = evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
-                                   FLAGS.data_root, FLAGS.batch_size)
+  step, results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
+                                              FLAGS.data_root, FLAGS.batch_size)
   evaluation.log_summary(step, results)
   logging.info('Wrote %s.', evaluation.eval_path(FLAGS.workdir, step))
   print('eval: ' + summaries.key_values({'step': step, **results}), flush=True)

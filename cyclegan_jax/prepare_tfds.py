@@ -15,7 +15,7 @@ default data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
 Source: the official CycleGAN zip (members `<name>/trainA/*.jpg`, `<name>/trainB/...`, testA,
 testB) or a folder holding trainA/ and trainB/ (and normally testA/, testB/). The split folders may
 sit at the top level of the zip or folder, or inside one of its top-level folders. Split folders
-are searched recursively for files with an image extension (`input_pipeline.IMAGE_EXTENSIONS`,
+are searched recursively for files with an image extension (`image_io.IMAGE_EXTENSIONS`,
 case-insensitive); hidden files and folders and `__MACOSX/` are ignored, other files are skipped
 and reported.
 
@@ -65,8 +65,7 @@ from tensorflow_datasets.image_classification import cycle_gan
 
 from cyclegan_jax import cli
 from cyclegan_jax import errors
-from cyclegan_jax import input_pipeline
-from cyclegan_jax.input_pipeline import IMAGE_EXTENSIONS
+from cyclegan_jax.data import image_io
 
 DATASET_NAME = 'cycle_gan'
 CONFIG_NAMES = tuple(cycle_gan.CycleGAN.builder_configs)
@@ -93,7 +92,7 @@ def _is_ignored(relative_path: str) -> bool:
 
 
 def _is_image_name(relative_path: str) -> bool:
-  return os.path.splitext(relative_path)[1].lower() in IMAGE_EXTENSIONS
+  return os.path.splitext(relative_path)[1].lower() in image_io.IMAGE_EXTENSIONS
 
 
 def _count(number: int, noun: str) -> str:
@@ -227,7 +226,7 @@ def _list_splits(source: _Source) -> tuple[dict[str, _SplitFiles], dict[str, str
     if split_files.image_keys:
       splits[split] = split_files
       continue
-    extensions = '/'.join(extension[1:] for extension in IMAGE_EXTENSIONS)
+    extensions = '/'.join(extension[1:] for extension in image_io.IMAGE_EXTENSIONS)
     problem = f'{split_files.location} holds no {extensions} images'
     if split_files.skipped:
       other_files = _count(len(split_files.skipped), 'other file')
@@ -248,7 +247,7 @@ def _stored_as_is(image: Image.Image, encoded: bytes) -> bool:
   return image.format != 'PNG' or encoded[_PNG_BIT_DEPTH_OFFSET] == 8
 
 
-UnreadableImageError = input_pipeline.UnreadableImageError
+UnreadableImageError = image_io.UnreadableImageError
 
 
 def encoded_for_tfds(encoded: bytes, location: str) -> tuple[bytes, bool]:
@@ -266,8 +265,8 @@ def encoded_for_tfds(encoded: bytes, location: str) -> tuple[bytes, bool]:
       image.load()
       if _stored_as_is(image, encoded):
         return encoded, False
-      rgb = input_pipeline.convert_channels(image, 3)
-  except input_pipeline.DECODE_ERRORS as error:
+      rgb = image_io.convert_channels(image, 3)
+  except image_io.DECODE_ERRORS as error:
     raise UnreadableImageError(f'{location} is not a readable image ({error})') from error
   buffer = io.BytesIO()
   rgb.save(buffer, format='PNG')

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from cyclegan_jax.input_pipeline import to_uint8
+from cyclegan_jax.data.image_io import to_uint8
 
 METRICS_FILE = 'metrics.jsonl'
 FINAL_FILE = 'final.json'

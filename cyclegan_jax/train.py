@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
-import flax
-import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -27,15 +25,12 @@ from cyclegan_jax import config_lib
 from cyclegan_jax import errors
 from cyclegan_jax import evaluation
 from cyclegan_jax import image_pool
-from cyclegan_jax import input_pipeline
+from cyclegan_jax import data
 from cyclegan_jax import losses
-from cyclegan_jax import models
+from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
-from cyclegan_jax import warm_start
 from cyclegan_jax import workdir as workdir_lib
 
-GENERATORS = ('G', 'F')
-DISCRIMINATORS = ('D_X', 'D_Y')
 # Config switch -> the generator loss term it controls (names as in the train step's metrics).
 SWITCHABLE_TERMS = {
     'use_gan_G': 'gan_G',
@@ -51,105 +46,18 @@ def switched_off_terms(config: ml_collections.ConfigDict) -> frozenset[str]:
   return frozenset(term for switch, term in SWITCHABLE_TERMS.items() if not config[switch])
 
 
-class Networks(NamedTuple):
-  G: nn.Module  # A → B
-  F: nn.Module  # B → A
-  D_X: nn.Module  # judges domain A
-  D_Y: nn.Module  # judges domain B
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a resumed run needs, as one pytree."""
-  step: jax.Array
-  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'}: each network's Flax params.
-  opt_state_generators: optax.OptState  # Adam state of G and F (one joint step).
-  opt_state_discriminators: optax.OptState  # Adam state of D_X and D_Y (one joint step).
-  pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
-  pool_B: image_pool.ImagePool  # Earlier G(a) fakes, shown to D_Y.
-  rng: jax.Array
-
-
-def build_networks(config: ml_collections.ConfigDict) -> Networks:
-  dtype = jnp.dtype(config.compute_dtype)
-  model_config = config.model
-  return Networks(
-      G=models.build_generator(model_config, model_config.output_nc, dtype=dtype),
-      F=models.build_generator(model_config, model_config.input_nc, dtype=dtype),
-      D_X=models.build_discriminator(model_config, dtype=dtype),
-      D_Y=models.build_discriminator(model_config, dtype=dtype))
-
-
-def steps_per_epoch(epoch_size: int, batch_size: int) -> int:
-  return max(1, math.ceil(epoch_size / batch_size))
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           epoch_steps: int) -> optax.Schedule:
-  """Learning rate as a function of the step, per `config.lr_policy`.
-
-  'linear' is the official rule, applied per epoch: during 0-based epoch e the rate
-  is lr · (1 − max(0, e + 1 − num_epochs) / (num_epochs_decay + 1)).
-  """
-  base = config.learning_rate
-  total_epochs = config.num_epochs + config.num_epochs_decay
-
-  def epoch_of(step):
-    return jnp.floor_divide(jnp.asarray(step, jnp.int32), epoch_steps).astype(jnp.float32)
-
-  if config.lr_policy == 'linear':
-    def schedule(step):
-      decayed = jnp.maximum(0.0, epoch_of(step) + 1.0 - config.num_epochs)
-      return base * jnp.maximum(0.0, 1.0 - decayed / (config.num_epochs_decay + 1.0))
-  elif config.lr_policy == 'step':
-    def schedule(step):
-      return base * 0.1 ** jnp.floor(epoch_of(step) / config.lr_decay_epochs)
-  elif config.lr_policy == 'cosine':
-    schedule = optax.cosine_decay_schedule(base, max(1, total_epochs * epoch_steps))
-  else:
-    raise ValueError(f'Unknown config.lr_policy {config.lr_policy!r}.')
-  return schedule
-
-
-def adam(config: ml_collections.ConfigDict, schedule: optax.Schedule):
-  return optax.adam(schedule, b1=config.beta1, b2=config.beta2)
-
-
-def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
-                     optimizer: optax.GradientTransformation,
-                     image_shape_A: tuple[int, int, int],
-                     image_shape_B: tuple[int, int, int]) -> TrainState:
-  """A fresh train state (pure; jit it with out_shardings to create it on device)."""
-  rng = jax.random.PRNGKey(config.seed)
-  # Parameter init draws from XLA's RngBitGenerator: it compiles several times faster than
-  # threefry for the many kernel shapes (the draws may differ across backends).
-  init_key = jax.random.key(config.seed, impl='rbg')
-  key_G, key_F, key_DX, key_DY = jax.random.split(init_key, 4)
-  x = jnp.zeros((1, *image_shape_A), jnp.float32)
-  y = jnp.zeros((1, *image_shape_B), jnp.float32)
-  params = {
-      'G': networks.G.init(key_G, x)['params'],
-      'F': networks.F.init(key_F, y)['params'],
-      'D_X': networks.D_X.init(key_DX, x)['params'],
-      'D_Y': networks.D_Y.init(key_DY, y)['params'],
-  }
-  generator_params = {k: params[k] for k in GENERATORS}
-  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state_generators=optimizer.init(generator_params),
-      opt_state_discriminators=optimizer.init(discriminator_params),
-      pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
-      pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
-      rng=rng)
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Networks,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               gan_mode: str, lambda_cycle: float, lambda_identity: float,
-               switched_off: frozenset[str] = frozenset()
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: state_lib.TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    networks: state_lib.Networks,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    gan_mode: str,
+    lambda_cycle: float,
+    lambda_identity: float,
+    switched_off: frozenset[str] = frozenset()
+) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One CycleGAN iteration in the official order.
 
   1. G and F: one joint Adam step on the GAN + cycle + identity objective, the
@@ -187,7 +95,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
                 jnp.zeros((), jnp.float32))
     return total, (terms, fake_A, fake_B)
 
-  generator_params = {k: params[k] for k in GENERATORS}
+  generator_params = {k: params[k] for k in state_lib.GENERATORS}
   grads, (generator_terms, fake_A, fake_B) = jax.grad(
       generator_objective, has_aux=True)(generator_params)
   updates, opt_state_generators = optimizer.update(
@@ -213,7 +121,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
                  if DISCRIMINATOR_TERM_OF[name] not in switched_off), jnp.zeros((), jnp.float32))
     return total, (terms, mean_scores)
 
-  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
+  discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATORS}
   grads, (discriminator_terms, mean_scores) = jax.grad(
       discriminator_objective, has_aux=True)(discriminator_params)
   updates, opt_state_discriminators = optimizer.update(
@@ -237,8 +145,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, networks: Netw
   return new_state, metrics
 
 
-def translate_all(networks: Networks, params: dict[str, Any],
-                  real_A: jax.Array, real_B: jax.Array) -> dict[str, jax.Array]:
+def translate_all(networks: state_lib.Networks, params: dict[str, Any], real_A: jax.Array,
+                  real_B: jax.Array) -> dict[str, jax.Array]:
   """Both directions and both cycles, for sample grids."""
   G = functools.partial(networks.G.apply, {'params': params['G']})
   F = functools.partial(networks.F.apply, {'params': params['F']})
@@ -249,12 +157,12 @@ def translate_all(networks: Networks, params: dict[str, Any],
 
 class Trainer(NamedTuple):
   """The compiled pieces of a run, built once from the config."""
-  networks: Networks
+  networks: state_lib.Networks
   schedule: optax.Schedule
   state_sharding: jax.sharding.NamedSharding
   batch_sharding: jax.sharding.NamedSharding
-  init: Any  # () -> TrainState, jitted
-  step: Any  # (TrainState, batch) -> (TrainState, metrics), jitted, state donated
+  init: Any  # () -> state_lib.TrainState, jitted
+  step: Any  # (state_lib.TrainState, batch) -> (state_lib.TrainState, metrics), jitted, state donated
   translate: Any  # (params, real_A, real_B) -> dict of images for grids, jitted
   translate_AtoB: Any  # (params, real_A) -> G(real_A) as numpy, jitted
   translate_BtoA: Any  # (params, real_B) -> F(real_B) as numpy, jitted
@@ -272,10 +180,10 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
   mesh = make_mesh() if mesh is None else mesh
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  networks = build_networks(config)
-  schedule = learning_rate_schedule(config, epoch_steps)
-  optimizer = adam(config, schedule)
-  init = jax.jit(functools.partial(init_train_state, config, networks, optimizer,
+  networks = state_lib.build_networks(config)
+  schedule = state_lib.learning_rate_schedule(config, epoch_steps)
+  optimizer = state_lib.adam(config, schedule)
+  init = jax.jit(functools.partial(state_lib.init_train_state, config, networks, optimizer,
                                    image_shape_A, image_shape_B),
                  out_shardings=replicated)
   step = jax.jit(
@@ -296,47 +204,8 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
                   out_shardings=replicated)))
 
 
-def abstract_train_state(config: ml_collections.ConfigDict) -> Any:
-  """The shapes of a run's train state, placed on the first local device (no compute)."""
-  networks = build_networks(config)
-  optimizer = adam(config, learning_rate_schedule(config, 1))
-  crop = config.data.crop_size
-  init = functools.partial(init_train_state, config, networks, optimizer,
-                           (crop, crop, config.model.input_nc),
-                           (crop, crop, config.model.output_nc))
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return checkpointing.abstract_like(jax.eval_shape(init), sharding)
-
-
-def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
-  """(train state as numpy, its step) from the latest checkpoint, or the one at `step`."""
-  workdir = Path(workdir)
-  config = checkpointing.saved_config(workdir)
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not directory.is_dir():
-    raise errors.PathNotFoundError(f'{workdir} has no checkpoints/ folder')
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  try:
-    restored = checkpointing.restore_intact(manager, abstract_train_state(config), step)
-  finally:
-    manager.close()
-  return jax.device_get(restored.state), restored.step
-
-
-def warm_started(state: TrainState, config: ml_collections.ConfigDict,
-                 sharding: jax.sharding.Sharding) -> TrainState:
-  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
-  parts = config_lib.parse_init_parts(config.init_parts)
-  source_workdir, step = warm_start.locate(config.init_from)
-  warm_start.check_imported(source_workdir, parts, config.init_from)
-  source, source_step = restore_train_state(source_workdir, step)
-  merged = warm_start.merge(jax.device_get(state), source, parts)
-  logging.info('Warm start: %s from %s at step %d.', ', '.join(parts), source_workdir, source_step)
-  return jax.device_put(merged, sharding)
-
-
 def _on_host(fn: Callable[..., jax.Array]) -> Callable[..., np.ndarray]:
-  return lambda *args: checkpointing.to_host(fn(*args))
+  return lambda *args: state_lib.to_host(fn(*args))
 
 
 def global_batch(local_batch: dict[str, np.ndarray],
@@ -344,12 +213,6 @@ def global_batch(local_batch: dict[str, np.ndarray],
   """This process's rows of a batch -> global arrays laid out by `sharding` over all devices."""
   return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows),
                       local_batch)
-
-
-def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return (config.num_epochs + config.num_epochs_decay) * epoch_steps
 
 
 class _StopRequest:
@@ -447,21 +310,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   workdir = Path(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
-  dataset = input_pipeline.create_dataset(
-      config.data, seed=config.seed, channels_A=config.model.input_nc,
-      channels_B=config.model.output_nc)
+  dataset = data.create_dataset(config.data,
+                                seed=config.seed,
+                                channels_A=config.model.input_nc,
+                                channels_B=config.model.output_nc)
   with exclusive_workdir(workdir):
     return _train_and_evaluate(config, workdir, dataset)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        dataset: input_pipeline.Dataset) -> dict[str, float]:
+                        dataset: data.Dataset) -> dict[str, float]:
   is_chief = jax.process_index() == 0
   checkpointing.check_and_save_config(workdir, config, write=is_chief)
   logging.info('Data: %s.', dataset.summary)
 
-  epoch_steps = steps_per_epoch(dataset.epoch_size, config.batch_size)
-  num_steps = total_train_steps(config, epoch_steps)
+  epoch_steps = state_lib.steps_per_epoch(dataset.epoch_size, config.batch_size)
+  num_steps = state_lib.total_train_steps(config, epoch_steps)
   crop = config.data.crop_size
   trainer = build_trainer(config, epoch_steps, (crop, crop, config.model.input_nc),
                           (crop, crop, config.model.output_nc))
@@ -474,7 +338,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   data_state = None
   if manager.latest_step() is not None:
-    abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
+    abstract = state_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
     restored = checkpointing.restore_intact(manager, abstract)
     state, data_state = restored.state, restored.data_state
     if restored.damaged:
@@ -486,8 +350,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   else:
     state = trainer.init()
     if config.init_from:
-      state = warm_started(state, config, trainer.state_sharding)
-  start_step = int(checkpointing.to_host(state.step))
+      state = checkpointing.warm_started(state, config, trainer.state_sharding)
+  start_step = int(state_lib.to_host(state.step))
   start_example = (dataset.resume_example(data_state)
                    if data_state is not None else start_step * config.batch_size)
 
@@ -514,7 +378,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if samples is None:
       return
     # Every process runs the computation (it spans all devices); process 0 writes the grid.
-    images = checkpointing.to_host(trainer.translate(state.params, samples['A'], samples['B']))
+    images = state_lib.to_host(trainer.translate(state.params, samples['A'], samples['B']))
     if not is_chief:
       return
     grid = summaries.translation_grid(images)
@@ -540,7 +404,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
       last = step == num_steps or stop.requested
       if step % config.log_every_steps == 0 or last:
         last_metrics = {
-            k: float(v) / metric_count for k, v in checkpointing.to_host(metric_sums).items()
+            k: float(v) / metric_count for k, v in state_lib.to_host(metric_sums).items()
         }
         metric_sums, metric_count = None, 0
         _check_finite(step, last_metrics, workdir)

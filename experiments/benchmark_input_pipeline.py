@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from cyclegan_jax import config_lib
-from cyclegan_jax import input_pipeline
+from cyclegan_jax import data
+from cyclegan_jax.data import embedded
 from cyclegan_jax import prepare_tfds
 
 FLAGS = flags.FLAGS
@@ -40,8 +41,7 @@ flags.DEFINE_list('sources', ['folder', 'zip', 'tfds'], 'Sources to measure (syn
 def write_synthetic_jpegs(root: pathlib.Path, count: int) -> None:
   """`count` 256 x 256 JPEG crops of the embedded photos per training split, 4 per test split."""
   photos = [
-      photo for photo in input_pipeline.load_embedded_photos().values()
-      if min(photo.shape[:2]) >= 256
+      photo for photo in embedded.load_embedded_photos().values() if min(photo.shape[:2]) >= 256
   ]
   rng = np.random.default_rng(0)
   for split, number in (('trainA', count), ('trainB', count), ('testA', 4), ('testB', 4)):
@@ -64,7 +64,7 @@ def zip_folder(folder: pathlib.Path, path: pathlib.Path) -> None:
 
 def examples_per_second(data_config: ml_collections.ConfigDict, batch_size: int,
                         batches: int) -> float:
-  dataset = input_pipeline.create_dataset(data_config, seed=0)
+  dataset = data.create_dataset(data_config, seed=0)
   with dataset.train_iterator(batch_size) as iterator:
     for _ in range(min(10, batches)):  # Warm-up: threads started, files cached.
       next(iterator)

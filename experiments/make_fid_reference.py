@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclegan_jax import inception
+from cyclegan_jax.evaluation import inception
 
 OUTPUT = Path(__file__).resolve().parents[1] / 'tests' / 'data' / 'fid_inception_reference.npz'
 SEED = 0

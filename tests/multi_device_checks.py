@@ -20,8 +20,9 @@ from conftest import fraction_above  # pylint: disable=g-import-not-at-top,wrong
 from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import relative_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import updated  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cyclegan_jax import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cyclegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cyclegan_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -30,7 +31,7 @@ def equivalence() -> dict:
   config = load_config('tiny')
   config.batch_size = jax.device_count()
   crop = config.data.crop_size
-  dataset = input_pipeline.create_dataset(config.data, seed=config.seed)
+  dataset = data.create_dataset(config.data, seed=config.seed)
   results = {'devices': jax.device_count()}
   for pool_size, steps in ((0, 1), (4, 3)):  # With a pool, later steps draw from it.
     config.pool_size = pool_size
@@ -49,19 +50,24 @@ def equivalence() -> dict:
     adam_one = (one.opt_state_generators[0], one.opt_state_discriminators[0])
     adam_many = (many.opt_state_generators[0], many.opt_state_discriminators[0])
     results[f'pool{pool_size}'] = {
-        'steps': steps,
-        'state_devices': [len(one.step.devices()), len(many.step.devices())],
+        'steps':
+            steps,
+        'state_devices': [len(one.step.devices()),
+                          len(many.step.devices())],
         # Adam's first moment is 0.1 x the gradient after one step: the gradients themselves.
-        'adam_mu_relative': relative_difference([m.mu for m in adam_one],
-                                                [m.mu for m in adam_many]),
-        'adam_nu_relative': relative_difference([m.nu for m in adam_one],
-                                                [m.nu for m in adam_many]),
-        'params_fraction_above_1e-6': fraction_above(one.params, many.params, 1e-6),
-        'metrics_relative': relative_difference(one_metrics, many_metrics),
-        'pool_max_difference': max(
-            float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(
-                checkpointing.to_host([one.pool_A.images, one.pool_B.images]),
-                checkpointing.to_host([many.pool_A.images, many.pool_B.images]))),
+        'adam_mu_relative':
+            relative_difference([m.mu for m in adam_one], [m.mu for m in adam_many]),
+        'adam_nu_relative':
+            relative_difference([m.nu for m in adam_one], [m.nu for m in adam_many]),
+        'params_fraction_above_1e-6':
+            fraction_above(one.params, many.params, 1e-6),
+        'metrics_relative':
+            relative_difference(one_metrics, many_metrics),
+        'pool_max_difference':
+            max(
+                float(np.max(np.abs(a - b), initial=0.0))
+                for a, b in zip(state_lib.to_host([one.pool_A.images, one.pool_B.images]),
+                                state_lib.to_host([many.pool_A.images, many.pool_B.images]))),
         'pool_counts': [int(one.pool_A.count), int(many.pool_A.count)],
     }
   return results

@@ -14,7 +14,7 @@ from conftest import load_config
 from conftest import updated
 from cyclegan_jax import checkpointing
 from cyclegan_jax import errors
-from cyclegan_jax import evaluate
+from cyclegan_jax import evaluation
 from cyclegan_jax import inference
 from cyclegan_jax import train
 from cyclegan_jax import workdir
@@ -50,13 +50,13 @@ def test_readers_skip_a_damaged_newest_checkpoint_and_name_it(finished_tiny_run,
   run = copy_run(finished_tiny_run, tmp_path / 'run')
   truncate_largest_array_file(run, 6)
   with caplog.at_level(logging.WARNING):
-    state, step = train.restore_train_state(run)
+    state, step = checkpointing.restore_train_state(run)
   assert step == 3 and int(state.step) == 3
   assert any('Checkpoint step 6' in r.getMessage() and 'damaged' in r.getMessage() and
              'OUT_OF_RANGE' in r.getMessage() for r in caplog.records)
   with pytest.raises(errors.CheckpointError, match=r'step 6 .* damaged .*Steps there: 3, 6\.'):
-    train.restore_train_state(run, step=6)
-  assert evaluate.evaluate_workdir(str(run))[0] == 3
+    checkpointing.restore_train_state(run, step=6)
+  assert evaluation.evaluate_workdir(str(run))[0] == 3
   assert 'at step 3' in inference.load_generator(workdir=run).description
   # A warm start from the damaged step is refused, naming it.
   config = updated(load_config('tiny'), init_from=str(run / 'checkpoints' / '6'))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from cyclegan_jax import evaluate
 from cyclegan_jax import evaluation
-from cyclegan_jax import inception
-from cyclegan_jax import input_pipeline
+from cyclegan_jax.evaluation import inception
+from cyclegan_jax import data
+from cyclegan_jax.data import embedded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def embedded_test_sets():
   config = load_config('tiny')
-  dataset = input_pipeline.create_dataset(config.data, seed=0)
+  dataset = data.create_dataset(config.data, seed=0)
   return evaluation.load_test_sets(dataset, paired_test=False)
 
 
@@ -29,8 +29,8 @@ def test_the_true_translation_scores_perfectly(embedded_test_sets):
   """The embedded domains differ by an exact channel permutation: applying it is error-free."""
   test, paired = embedded_test_sets
   assert paired and len(test['A']) == len(test['B']) == 16
-  results = evaluation.evaluate(input_pipeline.hue_rotate_120,
-                                input_pipeline.inverse_hue_rotate_120, test, paired)
+  results = evaluation.evaluate(embedded.hue_rotate_120, embedded.inverse_hue_rotate_120, test,
+                                paired)
   for direction in ('AtoB', 'BtoA'):
     assert results[f'heldout_mae_{direction}'] == 0.0
     assert results[f'heldout_ssim_{direction}'] == pytest.approx(1.0)
@@ -88,8 +88,12 @@ def test_fid_and_kid_with_inception_weights(embedded_test_sets):
   variables = inception.variables_from_state_dict(
       inception.random_state_dict(inception.state_dict_shapes(), seed=0))
   features = inception.feature_extractor(variables, batch_size=4)
-  exact = evaluation.evaluate(input_pipeline.hue_rotate_120, input_pipeline.inverse_hue_rotate_120,
-                              test, paired, features, batch_size=4)
+  exact = evaluation.evaluate(embedded.hue_rotate_120,
+                              embedded.inverse_hue_rotate_120,
+                              test,
+                              paired,
+                              features,
+                              batch_size=4)
   untranslated = evaluation.evaluate(lambda x: x, lambda x: x, test, paired, features,
                                      batch_size=4)
   for direction in ('AtoB', 'BtoA'):
@@ -103,4 +107,4 @@ def test_fid_and_kid_with_inception_weights(embedded_test_sets):
 def test_missing_inception_weights_fail_before_any_work(finished_tiny_run, tmp_path):
   workdir, _ = finished_tiny_run
   with pytest.raises(FileNotFoundError, match='pt_inception'):
-    evaluate.evaluate_workdir(str(workdir), inception_weights=str(tmp_path / 'absent.pth'))
+    evaluation.evaluate_workdir(str(workdir), inception_weights=str(tmp_path / 'absent.pth'))

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from cyclegan_jax import inception
+from cyclegan_jax.evaluation import inception
 
 REFERENCE = Path(__file__).parent / 'data' / 'fid_inception_reference.npz'
 BATCH = 3
@@ -175,13 +175,12 @@ def test_load_fid_inception_from_npz_with_module_keys(tmp_path, reference, state
   assert error < 1e-4, error
 
 
-def test_pth_files_are_read_with_torch_checkpoint(tmp_path, monkeypatch, state_dict):
-  from cyclegan_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
+def test_pth_files_are_read_with_the_pth_reader(tmp_path, monkeypatch, state_dict):
+  from cyclegan_jax.torch_io import pth  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
   path.write_bytes(b'')
   read = []
-  monkeypatch.setattr(torch_checkpoint, 'load_state_dict',
-                      lambda p: read.append(str(p)) or dict(state_dict))
+  monkeypatch.setattr(pth, 'load_state_dict', lambda p: read.append(str(p)) or dict(state_dict))
   loaded = inception.load_state_dict(path)
   assert read == [str(path)] and loaded.keys() == state_dict.keys()
 

@@ -7,7 +7,7 @@ import scipy.linalg
 import pytest
 
 from cyclegan_jax import evaluation
-from cyclegan_jax import metrics
+from cyclegan_jax.evaluation import metrics
 
 REFERENCE = Path(__file__).parent / 'data' / 'fid_inception_reference.npz'
 

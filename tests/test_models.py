@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from cyclegan_jax import models
-from cyclegan_jax import torch_convert
+from cyclegan_jax.models import fast_convs
+from cyclegan_jax.models import layers
+from cyclegan_jax.torch_io import mapping
 
 PARITY_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'torch_parity'
 # The reference files of the networks this project builds (the folder also holds others).
@@ -95,11 +97,11 @@ def discriminator_activation_names(n_layers):
 
 def network_from_state_dict(state_dict, is_generator, dtype=jnp.float32):
   if is_generator:
-    params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+    params, arch = mapping.generator_params_from_state_dict(state_dict)
     network = models.ResnetGenerator(output_nc=arch['output_nc'], ngf=arch['ngf'],
                                      num_blocks=arch['num_blocks'], norm=arch['norm'], dtype=dtype)
   else:
-    params, arch = torch_convert.discriminator_params_from_state_dict(state_dict)
+    params, arch = mapping.discriminator_params_from_state_dict(state_dict)
     network = models.NLayerDiscriminator(ndf=arch['ndf'], n_layers=arch['n_layers'],
                                          norm=arch['norm'], dtype=dtype)
   return network, params, arch
@@ -122,8 +124,8 @@ def test_parity_with_official_networks(npz_path):
   """Output and every activation that maps onto one of our module boundaries, within 1e-4."""
   reference = np.load(npz_path, allow_pickle=False)
   is_generator = npz_path.name.startswith('G_')
-  network, params, arch = network_from_state_dict(
-      torch_convert.load_npz_state_dict(npz_path), is_generator)
+  network, params, arch = network_from_state_dict(mapping.load_npz_state_dict(npz_path),
+                                                  is_generator)
   assert models.count_params(params) == json.loads(str(reference['meta_json']))['num_params']
   y, activations = run_with_activations(network, params, reference['input'].transpose(0, 2, 3, 1))
   names = (generator_activation_names(arch['num_blocks']) if is_generator
@@ -193,7 +195,7 @@ def tree_shapes(tree):
     (4, 3, 'instance'), (8, 1, 'batch'), (4, 2, 'none'), (64, 9, 'instance')])
 def test_generator_converter_infers_architecture(ngf, num_blocks, norm):
   state_dict = random_state_dict(official_generator_shapes(ngf, num_blocks, norm, output_nc=1))
-  params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+  params, arch = mapping.generator_params_from_state_dict(state_dict)
   assert arch == dict(ngf=ngf, num_blocks=num_blocks, input_nc=3, output_nc=1, norm=norm)
   generator = models.ResnetGenerator(output_nc=1, ngf=ngf, num_blocks=num_blocks, norm=norm)
   assert tree_shapes(params) == tree_shapes(param_shapes(generator, 16))
@@ -208,7 +210,7 @@ def test_generator_converter_infers_architecture(ngf, num_blocks, norm):
                                                  (4, 1, 'none')])
 def test_discriminator_converter_infers_architecture(ndf, n_layers, norm):
   state_dict = random_state_dict(official_discriminator_shapes(ndf, n_layers, norm))
-  params, arch = torch_convert.discriminator_params_from_state_dict(state_dict)
+  params, arch = mapping.discriminator_params_from_state_dict(state_dict)
   assert arch == dict(ndf=ndf, n_layers=n_layers, input_nc=3, norm=norm)
   discriminator = models.NLayerDiscriminator(ndf=ndf, n_layers=n_layers, norm=norm)
   assert tree_shapes(params) == tree_shapes(param_shapes(discriminator, 64))
@@ -218,29 +220,29 @@ def test_converter_rejects_missing_key():
   state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
   del state_dict['model.11.conv_block.5.bias']
   with pytest.raises(ValueError, match=r'missing key .*model\.11\.conv_block\.5\.bias'):
-    torch_convert.generator_params_from_state_dict(state_dict)
+    mapping.generator_params_from_state_dict(state_dict)
 
 
 def test_converter_rejects_wrong_shape():
   state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
   state_dict['model.15.weight'] = np.zeros((16, 4, 3, 3), np.float32)  # up_1 wants (8, 4, 3, 3)
   with pytest.raises(ValueError, match=r'model\.15\.weight.*\(16, 4, 3, 3\).*\(8, 4, 3, 3\)'):
-    torch_convert.generator_params_from_state_dict(state_dict)
+    mapping.generator_params_from_state_dict(state_dict)
   state_dict = random_state_dict(official_discriminator_shapes(4, 3, 'instance'))
   state_dict['model.5.bias'] = np.zeros((7,), np.float32)
   with pytest.raises(ValueError, match=r'model\.5\.bias'):
-    torch_convert.discriminator_params_from_state_dict(state_dict)
+    mapping.discriminator_params_from_state_dict(state_dict)
 
 
 def test_converter_rejects_unexpected_keys():
   state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
   state_dict['model.1.running_mean'] = np.zeros((4,), np.float32)  # a conv, not a norm slot
   with pytest.raises(ValueError, match=r'unexpected keys .*model\.1\.running_mean'):
-    torch_convert.generator_params_from_state_dict(state_dict)
+    mapping.generator_params_from_state_dict(state_dict)
   state_dict = random_state_dict(official_discriminator_shapes(4, 3, 'instance'))
   state_dict['model.1.weight'] = np.zeros((4,), np.float32)
   with pytest.raises(ValueError, match=r'unexpected keys .*model\.1\.weight'):
-    torch_convert.discriminator_params_from_state_dict(state_dict)
+    mapping.discriminator_params_from_state_dict(state_dict)
 
 
 def with_instance_norm_buffers(state_dict, num_blocks):
@@ -260,10 +262,10 @@ def with_instance_norm_buffers(state_dict, num_blocks):
 
 def test_converter_ignores_norm_buffers_and_strips_data_parallel_prefix():
   state_dict = random_state_dict(official_generator_shapes(4, 2, 'instance'))
-  params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+  params, arch = mapping.generator_params_from_state_dict(state_dict)
   legacy = {f'module.{key}': value
             for key, value in with_instance_norm_buffers(state_dict, num_blocks=2).items()}
-  legacy_params, legacy_arch = torch_convert.generator_params_from_state_dict(legacy)
+  legacy_params, legacy_arch = mapping.generator_params_from_state_dict(legacy)
   assert legacy_arch == arch
   jax.tree_util.tree_map(np.testing.assert_array_equal, legacy_params, params)
 
@@ -272,7 +274,7 @@ def test_converter_ignores_norm_buffers_and_strips_data_parallel_prefix():
 def test_legacy_checkpoint_with_running_stats_keeps_parity():
   npz_path = PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz'
   reference = np.load(npz_path, allow_pickle=False)
-  state_dict = with_instance_norm_buffers(torch_convert.load_npz_state_dict(npz_path), 6)
+  state_dict = with_instance_norm_buffers(mapping.load_npz_state_dict(npz_path), 6)
   state_dict = {f'module.{key}': value for key, value in state_dict.items()}
   network, params, _ = network_from_state_dict(state_dict, is_generator=True)
   with jax.default_matmul_precision('highest'):
@@ -297,7 +299,7 @@ def init_generator(**kwargs):
   return generator.init(INIT_KEY, SMALL_BATCH)['params']
 
 
-@pytest.mark.parametrize('init_type', models.INIT_TYPES)
+@pytest.mark.parametrize('init_type', layers.INIT_TYPES)
 def test_init_types_match_official_statistics(init_type):
   params = init_generator(init_type=init_type)
   kernel = np.asarray(params['block_0']['conv_0']['conv']['kernel'])  # (3, 3, 32, 32)
@@ -400,8 +402,9 @@ def test_unknown_norm_and_init_are_rejected():
 def test_bfloat16_compute_stays_close_to_float32(name):
   npz_path = PARITY_DIR / f'{name}.npz'
   reference = np.load(npz_path, allow_pickle=False)
-  network, params, _ = network_from_state_dict(
-      torch_convert.load_npz_state_dict(npz_path), name.startswith('G_'), dtype=jnp.bfloat16)
+  network, params, _ = network_from_state_dict(mapping.load_npz_state_dict(npz_path),
+                                               name.startswith('G_'),
+                                               dtype=jnp.bfloat16)
   apply = jax.jit(partial(network.apply, capture_intermediates=True, mutable=['intermediates']))
   y, state = apply({'params': params}, reference['input'].transpose(0, 2, 3, 1))
   assert state['intermediates']['head']['conv']['__call__'][0].dtype == jnp.bfloat16
@@ -468,11 +471,14 @@ def assert_relatively_close(expected, actual, tolerance):
 def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels):
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, in_channels))
   plain = jax.nn.initializers.normal(1.0)(jax.random.key(1), (3, 3, out_channels, in_channels))
-  module = nn.ConvTranspose(out_channels, (3, 3), strides=(2, 2), padding=models.TRANSPOSED_PAD,
-                            transpose_kernel=True, use_bias=False)
+  module = nn.ConvTranspose(out_channels, (3, 3),
+                            strides=(2, 2),
+                            padding=layers.TRANSPOSED_PAD,
+                            transpose_kernel=True,
+                            use_bias=False)
   reference = lambda x, kernel: module.apply({'params': {'kernel': kernel}}, x)
   expected = values_and_grads(reference, x, plain)
-  actual = values_and_grads(models.subpixel_conv_transpose, x, plain)
+  actual = values_and_grads(fast_convs.subpixel_conv_transpose, x, plain)
   assert actual[0].shape == (2, 12, 10, out_channels)
   assert_relatively_close(expected, actual, 1e-5)
 
@@ -481,12 +487,12 @@ def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels
 @pytest.mark.parametrize('kernel_shape, size', [((7, 7, 16, 3), 13), ((7, 7, 3, 16), 13),
                                                 ((3, 3, 8, 8), 52)])
 def test_valid_conv_equals_the_plain_conv(kernel_shape, size):
-  forward, backward = models._conv_formulations((2, size, size, 0), kernel_shape)
-  assert (forward, backward) != (models._plain_conv, models._plain_conv)
+  forward, backward = fast_convs._conv_formulations((2, size, size, 0), kernel_shape)
+  assert (forward, backward) != (fast_convs._plain_conv, fast_convs._plain_conv)
   x = jax.random.normal(jax.random.key(0), (2, size, size - 2, kernel_shape[2]))
   kernel = jax.random.normal(jax.random.key(1), kernel_shape)
-  expected = values_and_grads(models._plain_conv, x, kernel)
-  assert_relatively_close(expected, values_and_grads(models.valid_conv, x, kernel), 1e-4)
+  expected = values_and_grads(fast_convs._plain_conv, x, kernel)
+  assert_relatively_close(expected, values_and_grads(fast_convs.valid_conv, x, kernel), 1e-4)
 
 
 def test_fast_and_plain_generators_share_parameters_and_outputs():

@@ -20,8 +20,9 @@ from conftest import fraction_above
 from conftest import relative_difference
 from conftest import ROOT
 from conftest import updated
+from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
-from cyclegan_jax import input_pipeline
+from cyclegan_jax import data
 from cyclegan_jax import train
 
 CHECKS = pathlib.Path(__file__).resolve().parent / 'multi_device_checks.py'
@@ -112,14 +113,14 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_
   # The two-process checkpoint restores into this one-device process.
   crop = tiny_config.data.crop_size
   trainer = train.build_trainer(tiny_config, 1000, (crop, crop, 3), (crop, crop, 3))
-  abstract = checkpointing.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
+  abstract = state_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
   states = []
   for name in ('two_processes', 'one_process'):
     manager = checkpointing.create_manager(tmp_path / name, keep=3)
     assert manager.latest_step() == 2
     state, data_state = checkpointing.restore_with_data_state(manager, abstract)
     manager.close()
-    states.append(checkpointing.to_host(state))
+    states.append(state_lib.to_host(state))
     assert data_state['next_example'] == 4
   two, one = states
   # Same gradients (Adam's moments), and parameters equal to 1e-6 (two Adam steps of lr 2e-4
@@ -134,19 +135,19 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_
 
 def test_bfloat16_step_stays_close_to_float32(tiny_config):
   crop = tiny_config.data.crop_size
-  dataset = input_pipeline.create_dataset(tiny_config.data, seed=0)
+  dataset = data.create_dataset(tiny_config.data, seed=0)
   batch = dataset.train_batch(0, tiny_config.batch_size)
   results = {}
   for dtype in ('float32', 'bfloat16'):
     trainer = train.build_trainer(updated(tiny_config, compute_dtype=dtype), 1000,
                                   (crop, crop, 3), (crop, crop, 3))
     state = trainer.init()
-    initial = checkpointing.to_host(state.params)
+    initial = state_lib.to_host(state.params)
     state, metrics = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
     for _ in range(3):
       state, later = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
-    results[dtype] = (initial, checkpointing.to_host(state.params), checkpointing.to_host(metrics),
-                      checkpointing.to_host(later))
+    results[dtype] = (initial, state_lib.to_host(state.params), state_lib.to_host(metrics),
+                      state_lib.to_host(later))
   initial, params_32, metrics_32, _ = results['float32']
   initial_16, params_16, metrics_16, later_16 = results['bfloat16']
   # Parameters and optimiser stay float32 in both; only activations are bfloat16.

@@ -10,6 +10,8 @@ import textwrap
 import pytest
 
 from experiments import sweep
+from experiments.sweeplib import report
+from experiments.sweeplib import runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The tiny config cut to 2 steps with a checkpoint after each (for the resume check below), and
@@ -209,7 +211,7 @@ def test_helpers_build_and_name_runs():
           'seed': 1
       }, {'seed': 2}, {'seed': 3})))
   assert [run.group for run in planned] == ['a', 'b', 'default', 'default']
-  command = sweep.train_command(
+  command = runner.train_command(
       'configs/tiny.py', pathlib.Path('r/x'), {
           'use_gan_G': False,
           'learning_rate': 1e-4,
@@ -291,7 +293,7 @@ def test_a_root_made_for_another_sweep_is_refused_unless_forced(tmp_path):
   planned = sweep.plan(sweep.load_sweep_file(lambda_file))
   root = tmp_path / 'root'
   root.mkdir()
-  sweep.write_record(root, 'configs/tiny.py', lambda_file, {}, planned)
+  runner.write_record(root, 'configs/tiny.py', lambda_file, {}, planned)
   assert sweep.run_sweep('configs/tiny.py', lambda_file, root, dry_run=True) == 0
   with pytest.raises(sweep.SweepError, match='made for another sweep.*config configs/tiny.py'):
     sweep.run_sweep('configs/default.py', lambda_file, root, dry_run=True)
@@ -303,11 +305,11 @@ def test_a_root_made_for_another_sweep_is_refused_unless_forced(tmp_path):
         return sweep.Sweep(sweep.grid(lambda_cycle=[1.0], seed=[0]), fixed={'num_epochs': 3})
       """)
   with pytest.raises(sweep.SweepError, match='run lambda_cycle=1.0,seed=0 with overrides'):
-    sweep.check_root(root,
-                     'configs/tiny.py',
-                     lambda_file,
-                     sweep.plan(sweep.load_sweep_file(other)),
-                     force=False)
+    runner.check_root(root,
+                      'configs/tiny.py',
+                      lambda_file,
+                      sweep.plan(sweep.load_sweep_file(other)),
+                      force=False)
   # A folder of something else.
   (tmp_path / 'busy').mkdir()
   (tmp_path / 'busy' / 'notes.txt').write_text('mine')
@@ -340,16 +342,16 @@ def test_results_average_seeds_and_keep_the_latest_evaluation(tmp_path):
               'fid_AtoB': fid,
               'num_test_A': 4
           }))
-  rows = sweep.collect_results(tmp_path, planned)
+  rows = report.collect_results(tmp_path, planned)
   assert [row['status'] for row in rows] == ['done', 'done', 'done', 'pending']
   assert rows[1]['eval_step'] == 10 and rows[1]['eval_fid_AtoB'] == 30.0
-  markdown = sweep.results_markdown(rows, 'configs/tiny.py', 'sweep.py', {}, planned)
+  markdown = report.results_markdown(rows, 'configs/tiny.py', 'sweep.py', {}, planned)
   lines = markdown.splitlines()
   header = next(line for line in lines if line.startswith('| group |'))
   assert header == '| group | runs | heldout_mae_AtoB | eval_fid_AtoB |'
   assert '| lambda_cycle=5.0 | 2 | 2 ± 1.414 | 20 ± 14.14 |' in lines
   assert '| lambda_cycle=10.0 | 1 | 7 | 70 |' in lines
   assert '| lambda_cycle=10.0,seed=1 | pending | 10.0 | 1 |  |  |  |  |' in lines
-  sweep.write_csv(tmp_path / 'results.csv', rows)
+  report.write_csv(tmp_path / 'results.csv', rows)
   read = read_csv(tmp_path / 'results.csv')
   assert read[0]['heldout_mae_AtoB'] == '1.0' and read[3]['heldout_mae_AtoB'] == ''

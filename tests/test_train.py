@@ -11,15 +11,16 @@ import pytest
 
 from conftest import make_jpeg_dataset
 from conftest import updated
+from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
-from cyclegan_jax import input_pipeline
+from cyclegan_jax import data
 from cyclegan_jax import losses
 from cyclegan_jax import train
 
 
 def schedule_for(tiny_config, **fields):
   tiny_config.update(fields)
-  return train.learning_rate_schedule(tiny_config, epoch_steps=10)
+  return state_lib.learning_rate_schedule(tiny_config, epoch_steps=10)
 
 
 def test_linear_schedule_matches_the_official_rule(tiny_config):
@@ -28,7 +29,7 @@ def test_linear_schedule_matches_the_official_rule(tiny_config):
   expected = {0: 1.0, 9: 1.0, 10: 1.0, 19: 1.0, 20: 0.75, 29: 0.75, 30: 0.5, 40: 0.25, 49: 0.25}
   for step, lr in expected.items():
     assert float(schedule(step)) == pytest.approx(lr), step
-  assert train.total_train_steps(updated(tiny_config, num_train_steps=-1), 10) == 50
+  assert state_lib.total_train_steps(updated(tiny_config, num_train_steps=-1), 10) == 50
 
 
 def test_linear_schedule_without_decay_is_constant(tiny_config):
@@ -52,11 +53,11 @@ def test_cosine_schedule_ends_at_zero(tiny_config):
 
 def test_num_train_steps_stops_early_without_changing_the_schedule(tiny_config):
   tiny_config.num_train_steps = 7
-  assert train.total_train_steps(tiny_config, 10) == 7
-  decay = train.learning_rate_schedule(tiny_config, 10)
+  assert state_lib.total_train_steps(tiny_config, 10) == 7
+  decay = state_lib.learning_rate_schedule(tiny_config, 10)
   tiny_config.num_train_steps = -1
-  assert train.total_train_steps(tiny_config, 10) == 20
-  assert float(decay(15)) == float(train.learning_rate_schedule(tiny_config, 10)(15))
+  assert state_lib.total_train_steps(tiny_config, 10) == 20
+  assert float(decay(15)) == float(state_lib.learning_rate_schedule(tiny_config, 10)(15))
 
 
 def tiny_setup(config, batch_size=2):
@@ -64,7 +65,7 @@ def tiny_setup(config, batch_size=2):
   crop = config.data.crop_size
   # Long epochs: the learning rate stays constant over these short tests.
   trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3))
-  dataset = input_pipeline.create_dataset(config.data, seed=config.seed)
+  dataset = data.create_dataset(config.data, seed=config.seed)
   return trainer, dataset
 
 
@@ -93,7 +94,7 @@ def test_step_updates_generators_with_frozen_discriminators_then_discriminators(
   old = jax.device_get(state.params)
   batch = dataset.train_batch(0, 2)
   a, b = jnp.asarray(batch['A']), jnp.asarray(batch['B'])
-  optimizer = train.adam(tiny_config, trainer.schedule)
+  optimizer = state_lib.adam(tiny_config, trainer.schedule)
 
   def generator_loss(p):
     G = functools.partial(nets.G.apply, {'params': p['G']})

@@ -15,11 +15,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cyclegan_jax import convert
 from cyclegan_jax import inference
-from cyclegan_jax import input_pipeline
-from cyclegan_jax import torch_convert
-from cyclegan_jax import translate
+from cyclegan_jax.inference import files
+from cyclegan_jax.data import image_io
+from cyclegan_jax.torch_io import mapping
+from cyclegan_jax.torch_io import runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = ROOT.parent / 'shared' / 'reference' / 'torch_parity'
@@ -60,7 +60,7 @@ def test_official_checkpoint_reproduces_the_official_network(file_format):
   official = reference['output'].transpose(0, 2, 3, 1)
   assert np.abs(y - official).max() < 1e-4
   # As saved images (official util.tensor2im): within one grey level.
-  difference = input_pipeline.to_uint8(y).astype(int) - input_pipeline.to_uint8(official)
+  difference = image_io.to_uint8(y).astype(int) - image_io.to_uint8(official)
   assert np.abs(difference).max() <= 1
 
 
@@ -133,16 +133,15 @@ def test_folder_of_mixed_images(tmp_path, legacy_generator, caplog):
   inputs = tmp_path / 'in'
   sizes = write_inputs(inputs)
   with caplog.at_level(logging.WARNING):
-    jobs = translate.find_inputs(str(inputs))
+    jobs = files.find_inputs(str(inputs))
   # Files that are not images of a known type are listed, so a missing output is explained.
   assert any('Ignoring 2 file(s)' in r.getMessage() and 'notes.txt' in r.getMessage() and
              'sub/anim.gif' in r.getMessage() for r in caplog.records)
   assert sorted(str(job.relative) for job in jobs) == [
       'broken.jpg', 'deep.png', 'grey.png', 'rgb.jpg', 'sub/rgba.png']
   output = tmp_path / 'out'
-  translate.check_outputs(jobs, output, grid=True, overwrite=False)
-  written, errors = translate.translate_files(legacy_generator, jobs, output, batch_size=2,
-                                              grid=True)
+  files.check_outputs(jobs, output, grid=True, overwrite=False)
+  written, errors = files.translate_files(legacy_generator, jobs, output, batch_size=2, grid=True)
   assert written == 4 and len(errors) == 1 and 'broken.jpg' in errors[0]
   for name, (height, width) in sizes.items():
     image = np.asarray(Image.open(output / f'{name}.png'))
@@ -154,34 +153,33 @@ def test_folder_of_mixed_images(tmp_path, legacy_generator, caplog):
   # run in another order and differ by a few float32 ulps (~1e-7 at the output's scale of 1);
   # to_uint8 truncates, so such a difference can still cross a grey level: within one.
   single = inference.translate_any_size(
-      legacy_generator,
-      input_pipeline.from_uint8(np.asarray(Image.open(inputs / 'rgb.jpg'))[None]))
+      legacy_generator, image_io.from_uint8(np.asarray(Image.open(inputs / 'rgb.jpg'))[None]))
   written_png = np.asarray(Image.open(output / 'rgb.png'), dtype=int)
-  assert np.abs(written_png - input_pipeline.to_uint8(single[0])).max() <= 1
+  assert np.abs(written_png - image_io.to_uint8(single[0])).max() <= 1
   with pytest.raises(FileExistsError, match='--overwrite'):
-    translate.check_outputs(jobs, output, grid=False, overwrite=False)
-  translate.check_outputs(jobs, output, grid=True, overwrite=True)
+    files.check_outputs(jobs, output, grid=False, overwrite=False)
+  files.check_outputs(jobs, output, grid=True, overwrite=True)
 
 
 def test_inputs_that_name_nothing(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='No images in folder'):
-    translate.find_inputs(str(tmp_path / 'empty'))
+    files.find_inputs(str(tmp_path / 'empty'))
   with pytest.raises(FileNotFoundError, match='Input not found'):
-    translate.find_inputs(str(tmp_path / 'absent.jpg'))
+    files.find_inputs(str(tmp_path / 'absent.jpg'))
   with pytest.raises(ValueError, match='No image files match'):
-    translate.find_inputs(str(tmp_path / '*.jpg'))
+    files.find_inputs(str(tmp_path / '*.jpg'))
 
 
 def test_glob_keeps_names_and_rejects_colliding_outputs(tmp_path):
   for name in ('a/x.jpg', 'b/x.jpg', 'b/x.png'):
     (tmp_path / name).parent.mkdir(exist_ok=True)
     Image.new('RGB', (8, 8)).save(tmp_path / name)
-  jobs = translate.find_inputs(str(tmp_path / '*' / 'x.jpg'))
+  jobs = files.find_inputs(str(tmp_path / '*' / 'x.jpg'))
   assert [str(job.relative) for job in jobs] == ['a/x.jpg', 'b/x.jpg']
-  jobs = translate.find_inputs(str(tmp_path / 'b'))
+  jobs = files.find_inputs(str(tmp_path / 'b'))
   with pytest.raises(ValueError, match='would both be written'):
-    translate.check_outputs(jobs, tmp_path / 'out', grid=False, overwrite=False)
+    files.check_outputs(jobs, tmp_path / 'out', grid=False, overwrite=False)
 
 
 @needs_parity_files
@@ -227,19 +225,19 @@ def test_converted_workdir_translates_like_the_checkpoint(tmp_path, legacy_gener
 def test_official_run_folder_maps_names(tmp_path):
   for name in ('G_A', 'G_B'):
     (tmp_path / f'latest_net_{name}.pth').symlink_to(LEGACY_PTH)
-  files = convert.official_run_files(tmp_path, 'latest')
+  files = runs.official_run_files(tmp_path, 'latest')
   assert files == {'G': tmp_path / 'latest_net_G_A.pth', 'F': tmp_path / 'latest_net_G_B.pth'}
   with pytest.raises(FileNotFoundError, match='7_net_G_A.pth'):
-    convert.official_run_files(tmp_path, '7')
+    runs.official_run_files(tmp_path, '7')
 
 
 @needs_parity_files
 def test_discriminators_convert_with_their_architecture():
-  state_dict = torch_convert.load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
-  generator = torch_convert.load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
-  params, config = convert.convert_state_dicts({'D_Y': state_dict, 'G': generator})
+  state_dict = mapping.load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
+  generator = mapping.load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
+  params, config = runs.convert_state_dicts({'D_Y': state_dict, 'G': generator})
   assert set(params) == {'D_Y', 'G'}
   assert (config.model.ndf, config.model.discriminator, config.model.ngf) == (8, 'basic', 8)
   assert config.model.generator == 'resnet_6blocks'
   with pytest.raises(ValueError, match='the D_X state_dict is not an NLayerDiscriminator'):
-    convert.convert_state_dicts({'D_X': generator})
+    runs.convert_state_dicts({'D_X': generator})

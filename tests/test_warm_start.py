@@ -14,7 +14,7 @@ from cyclegan_jax import train
 def source_run(finished_tiny_run):
   """A finished tiny run (checkpoints at 3 and 6) and its final train state."""
   workdir, _ = finished_tiny_run
-  state, step = train.restore_train_state(workdir)
+  state, step = checkpointing.restore_train_state(workdir)
   assert step == 6
   return workdir, state
 
@@ -38,7 +38,7 @@ def test_only_the_named_parts_are_taken(tiny_config, source_run):
   workdir, source = source_run
   config = updated(tiny_config, seed=1, init_from=str(workdir), init_parts='G, F')
   trainer, fresh = fresh_state(config)
-  state = train.warm_started(fresh, config, trainer.state_sharding)
+  state = checkpointing.warm_started(fresh, config, trainer.state_sharding)
   for name in ('G', 'F'):
     assert_tree_equal(state.params[name], source.params[name])
   for name in ('D_X', 'D_Y'):
@@ -50,7 +50,7 @@ def test_only_the_named_parts_are_taken(tiny_config, source_run):
   assert_tree_equal(state.rng, fresh.rng)
 
   everything = updated(config, init_parts='G,F,D_X,D_Y,optimizer,pools')
-  state = train.warm_started(fresh_state(everything)[1], everything, trainer.state_sharding)
+  state = checkpointing.warm_started(fresh_state(everything)[1], everything, trainer.state_sharding)
   assert_tree_equal(state.params, source.params)
   assert_tree_equal(state.opt_state_discriminators, source.opt_state_discriminators)
   assert_tree_equal((state.pool_A, state.pool_B), (source.pool_A, source.pool_B))
@@ -62,8 +62,8 @@ def test_a_checkpoint_folder_names_its_step(tiny_config, source_run):
   config = updated(tiny_config, init_from=str(checkpointing.checkpoint_dir(workdir) / '3'),
                    init_parts='D_X')
   trainer, fresh = fresh_state(config)
-  state = train.warm_started(fresh, config, trainer.state_sharding)
-  at_step_3, step = train.restore_train_state(workdir, 3)
+  state = checkpointing.warm_started(fresh, config, trainer.state_sharding)
+  at_step_3, step = checkpointing.restore_train_state(workdir, 3)
   assert step == 3
   assert_tree_equal(state.params['D_X'], at_step_3.params['D_X'])
 
@@ -73,18 +73,18 @@ def test_shapes_that_do_not_fit_are_named(tiny_config, source_run):
   config = updated(tiny_config, init_from=str(workdir), model__ngf=16)
   trainer, fresh = fresh_state(config)
   with pytest.raises(ValueError, match=r"init_from does not fit.*params\['[GF]'\].*shape"):
-    train.warm_started(fresh, config, trainer.state_sharding)
+    checkpointing.warm_started(fresh, config, trainer.state_sharding)
   config = updated(tiny_config, init_from=str(workdir), init_parts='pools', pool_size=2)
   trainer, fresh = fresh_state(config)
   with pytest.raises(ValueError, match='pool_A.*shape'):
-    train.warm_started(fresh, config, trainer.state_sharding)
+    checkpointing.warm_started(fresh, config, trainer.state_sharding)
 
 
 def test_bad_init_settings_are_clear_errors(tiny_config, tmp_path):
   config = updated(tiny_config, init_from=str(tmp_path / 'absent'))
   trainer, fresh = fresh_state(config)
   with pytest.raises(FileNotFoundError, match='init_from'):
-    train.warm_started(fresh, config, trainer.state_sharding)
+    checkpointing.warm_started(fresh, config, trainer.state_sharding)
   for parts in ('G,Q', '', 'G,G'):
     with pytest.raises(ValueError, match=r'config\.init_parts'):
       config_lib.validate(updated(tiny_config, init_from='x', init_parts=parts))
@@ -96,7 +96,7 @@ def test_a_run_warm_starts_once_then_resumes_its_own_checkpoints(tiny_config, so
                    num_train_steps=3, learning_rate=1e-12)
   run = tmp_path / 'finetune'
   train.train_and_evaluate(config, str(run))
-  state, step = train.restore_train_state(run)
+  state, step = checkpointing.restore_train_state(run)
   assert step == 3
   # A learning rate of ~0 keeps the warm-started weights (to float rounding).
   np.testing.assert_allclose(state.params['G']['head']['conv']['kernel'],

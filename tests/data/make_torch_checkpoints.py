@@ -1,4 +1,4 @@
-"""Writes the small .pth files that tests/test_torch_checkpoint.py reads (needs PyTorch).
+"""Writes the small .pth files that tests/test_torch_io.py reads (needs PyTorch).
 
     python tests/data/make_torch_checkpoints.py
 

@@ -11,6 +11,7 @@ and BtoA is F):
 """
 
 import collections
+import functools
 from pathlib import Path
 import re
 from typing import Callable, Iterable, Sequence
@@ -21,8 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from cyclegan_jax import errors
-from cyclegan_jax import input_pipeline
-from cyclegan_jax import metrics
+from cyclegan_jax import data
+from cyclegan_jax.data import image_io
+from cyclegan_jax import checkpointing
+from cyclegan_jax import state as state_lib
+from cyclegan_jax import summaries
+from cyclegan_jax.evaluation import metrics
 
 Translate = Callable[[np.ndarray], np.ndarray]  # float32 [-1, 1] NHWC -> the same
 EVAL_DIR = 'eval'
@@ -99,8 +104,7 @@ def evaluate(translate_AtoB: Translate,
   `features` maps float [-1, 1] NHWC images to Inception pool features (FID/KID), or None.
   """
   real = {
-      domain: [input_pipeline.from_uint8(image) for image in images]
-      for domain, images in test.items()
+      domain: [image_io.from_uint8(image) for image in images] for domain, images in test.items()
   }
   fake = {
       'B': apply_by_size(translate_AtoB, real['A'], batch_size),
@@ -137,7 +141,7 @@ def evaluate(translate_AtoB: Translate,
   return results
 
 
-def load_test_sets(dataset: input_pipeline.Dataset,
+def load_test_sets(dataset: data.Dataset,
                    paired_test: bool) -> tuple[dict[str, list[np.ndarray]], bool]:
   """(uint8 test images per domain, whether they are pairs) of a dataset."""
   test, names = {}, {}
@@ -176,5 +180,39 @@ def inception_features(weights_path: str) -> Callable[[np.ndarray], np.ndarray] 
     logging.info('FID/KID skipped: no Inception weights given (config.inception_weights or '
                  '--inception_weights; see README, "Evaluate").')
     return None
-  from cyclegan_jax import inception  # pylint: disable=g-import-not-at-top
+  from cyclegan_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
   return inception.load_fid_inception(weights_path)
+
+
+def evaluate_workdir(workdir: str,
+                     step: int | None = None,
+                     inception_weights: str | None = None,
+                     data_root: str | None = None,
+                     batch_size: int = 16) -> tuple[int, dict[str, float]]:
+  """(step, metrics) of the checkpoint at `step` (default latest); also written to the workdir."""
+  config = checkpointing.saved_config(workdir)
+  if data_root:
+    config.data.source, config.data.root = 'folder', data_root
+  weights = config.inception_weights if inception_weights is None else inception_weights
+  features = inception_features(weights)  # Fails early on a missing weights file.
+  dataset = data.create_dataset(config.data,
+                                seed=config.seed,
+                                channels_A=config.model.input_nc,
+                                channels_B=config.model.output_nc)
+  test_sets, paired = load_test_sets(dataset, config.data.paired_test)
+  state, step = checkpointing.restore_train_state(workdir, step)
+  imported = checkpointing.imported_networks(workdir)
+  if imported is not None and not {'G', 'F'} <= set(imported):
+    logging.warning(
+        '%s holds only %s converted weights; the other generator is untrained, so '
+        'its metrics (and the cycle errors) mean nothing.', workdir, sorted(imported))
+  networks = state_lib.build_networks(config)
+  translate_AtoB = jax.jit(functools.partial(networks.G.apply, {'params': state.params['G']}))
+  translate_BtoA = jax.jit(functools.partial(networks.F.apply, {'params': state.params['F']}))
+  results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)
+  if jax.process_index() == 0:
+    writer = summaries.SummaryWriter(workdir)
+    writer.scalars(step, {f'eval/{key}': value for key, value in results.items()})
+    writer.close()
+    summaries.write_json(eval_path(workdir, step), {'step': step, **results})
+  return step, results

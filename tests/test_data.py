@@ -16,7 +16,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cyclegan_jax import input_pipeline as ip
+from cyclegan_jax import data
+from cyclegan_jax.data import embedded
+from cyclegan_jax.data import image_io
+from cyclegan_jax.data import preprocess
 from cyclegan_jax import prepare_tfds
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -42,16 +45,17 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def embedded_cells(crop_size: int) -> list[ip.Cell]:
-  photos = ip.load_embedded_photos()
+def embedded_cells(crop_size: int) -> list[embedded.Cell]:
+  photos = embedded.load_embedded_photos()
   shapes = {name: photo.shape for name, photo in photos.items()}
-  return ip.embedded_cells(shapes, ip.embedded_cell_size(crop_size))
+  return embedded.embedded_cells(shapes, embedded.embedded_cell_size(crop_size))
 
 
 def expected_crop(dataset, example, domain, cell_pixels):
-  augmentation = ip.sample_augmentation(dataset.seed, example, domain, cell_pixels.shape,
-                                        dataset.crop_size, dataset.allow_flip)
-  return ip.apply_augmentation(cell_pixels, augmentation, dataset.crop_size), augmentation.flip
+  augmentation = preprocess.sample_augmentation(dataset.seed, example, domain, cell_pixels.shape,
+                                                dataset.crop_size, dataset.allow_flip)
+  return preprocess.apply_augmentation(cell_pixels, augmentation,
+                                       dataset.crop_size), augmentation.flip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,9 +66,10 @@ def test_embedded_npz_is_small_rgb_uint8_and_needs_no_scikit_image():
   npz = REPO_ROOT / 'cyclegan_jax' / 'assets' / 'embedded_photos.npz'
   assert npz.stat().st_size < 2_000_000
   code = ('import sys, ml_collections\n'
-          'from cyclegan_jax import input_pipeline as ip\n'
-          'photos = ip.load_embedded_photos()\n'
-          'ip.create_dataset(ml_collections.ConfigDict(dict(source="embedded", root="", '
+          'from cyclegan_jax import data\n'
+          'from cyclegan_jax.data import embedded\n'
+          'photos = embedded.load_embedded_photos()\n'
+          'data.create_dataset(ml_collections.ConfigDict(dict(source="embedded", root="", '
           'load_size=0, crop_size=16, preprocess="none", no_flip=False, num_heldout=0, '
           'prefetch=0, num_workers=0)), seed=0).train_batch(0, 2)\n'
           'assert "skimage" not in sys.modules\n'
@@ -75,7 +80,7 @@ def test_embedded_npz_is_small_rgb_uint8_and_needs_no_scikit_image():
                           text=True,
                           check=True)
   assert 'astronaut' in result.stdout
-  photos = ip.load_embedded_photos()
+  photos = embedded.load_embedded_photos()
   assert len(photos) == 7
   for photo in photos.values():
     assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3
@@ -84,7 +89,7 @@ def test_embedded_npz_is_small_rgb_uint8_and_needs_no_scikit_image():
 
 @pytest.mark.parametrize('crop_size', [16, 32, 64])
 def test_embedded_regions_are_disjoint_and_balanced(crop_size):
-  photos = ip.load_embedded_photos()
+  photos = embedded.load_embedded_photos()
   cells = embedded_cells(crop_size)
   owner = {name: np.full(photo.shape[:2], '', dtype=object) for name, photo in photos.items()}
   for cell in cells:
@@ -93,27 +98,27 @@ def test_embedded_regions_are_disjoint_and_balanced(crop_size):
     assert region.shape == (cell.size, cell.size)  # Inside the photo.
     assert (region == '').all()  # No pixel belongs to two cells.
     region[...] = cell.role
-  counts = {role: sum(c.role == role for c in cells) for role in ip.ROLE_PATTERN}
-  assert abs(counts[ip.TRAIN_A] - counts[ip.TRAIN_B]) <= 1
-  assert 0.15 <= counts[ip.HELDOUT] / len(cells) <= 0.25
+  counts = {role: sum(c.role == role for c in cells) for role in embedded.ROLE_PATTERN}
+  assert abs(counts[embedded.TRAIN_A] - counts[embedded.TRAIN_B]) <= 1
+  assert 0.15 <= counts[embedded.HELDOUT] / len(cells) <= 0.25
 
 
 @pytest.mark.parametrize('crop_size, cells_per_domain, heldout_pairs', [(16, 240, 1080),
                                                                         (32, 56, 252), (64, 9, 36)])
 def test_embedded_sizes(crop_size, cells_per_domain, heldout_pairs):
-  dataset = ip.create_dataset(data_config(crop_size=crop_size), seed=0)
+  dataset = data.create_dataset(data_config(crop_size=crop_size), seed=0)
   assert dataset.num_A == dataset.num_B == dataset.epoch_size == cells_per_domain
-  positions_per_cell = (ip.embedded_cell_size(crop_size) - crop_size + 1)**2
+  positions_per_cell = (embedded.embedded_cell_size(crop_size) - crop_size + 1)**2
   assert dataset.num_A * positions_per_cell >= 300
   assert len(dataset.heldout_pairs()['A']) == heldout_pairs >= 30
 
 
 def test_embedded_crops_are_exact_cell_pixels_and_b_is_hue_rotated():
-  dataset = ip.create_dataset(data_config(crop_size=16), seed=3)
-  photos = ip.load_embedded_photos()
+  dataset = data.create_dataset(data_config(crop_size=16), seed=3)
+  photos = embedded.load_embedded_photos()
   cells = embedded_cells(16)
-  cells_A = [c.pixels(photos) for c in cells if c.role == ip.TRAIN_A]
-  cells_B = [c.pixels(photos) for c in cells if c.role == ip.TRAIN_B]
+  cells_A = [c.pixels(photos) for c in cells if c.role == embedded.TRAIN_A]
+  cells_B = [c.pixels(photos) for c in cells if c.role == embedded.TRAIN_B]
   step, batch_size = 5, 32
   batch = dataset.train_batch_uint8(step, batch_size)
   flips = []
@@ -123,26 +128,26 @@ def test_embedded_crops_are_exact_cell_pixels_and_b_is_hue_rotated():
     crop_A, flip_A = expected_crop(dataset, example, 'A', cells_A[index_A])
     crop_B, flip_B = expected_crop(dataset, example, 'B', cells_B[index_B])
     np.testing.assert_array_equal(batch['A'][j], crop_A)
-    np.testing.assert_array_equal(batch['B'][j], ip.hue_rotate_120(crop_B))
+    np.testing.assert_array_equal(batch['B'][j], embedded.hue_rotate_120(crop_B))
     flips += [flip_A, flip_B]
   assert any(flips) and not all(flips)
 
 
 def test_heldout_pairs_and_sample_images():
-  dataset = ip.create_dataset(data_config(crop_size=32), seed=0)
+  dataset = data.create_dataset(data_config(crop_size=32), seed=0)
   pairs = dataset.heldout_pairs()
   assert pairs['A'].shape == pairs['B'].shape == (252, 32, 32, 3)
   assert pairs['A'].dtype == np.float32
-  np.testing.assert_array_equal(pairs['B'], ip.hue_rotate_120(pairs['A']))
+  np.testing.assert_array_equal(pairs['B'], embedded.hue_rotate_120(pairs['A']))
   # The first pair is the centre crop of the first photo's first held-out cell.
-  photos = ip.load_embedded_photos()
-  first = next(c for c in embedded_cells(32) if c.role == ip.HELDOUT)
+  photos = embedded.load_embedded_photos()
+  first = next(c for c in embedded_cells(32) if c.role == embedded.HELDOUT)
   centre = first.pixels(photos)[8:40, 8:40]
-  np.testing.assert_array_equal(pairs['A'][0], ip.from_uint8(centre))
+  np.testing.assert_array_equal(pairs['A'][0], image_io.from_uint8(centre))
   samples = dataset.sample_images(5)
   np.testing.assert_array_equal(samples['A'], pairs['A'][:5])
   np.testing.assert_array_equal(samples['B'], pairs['B'][:5])
-  limited = ip.create_dataset(data_config(crop_size=32, num_heldout=10), seed=0)
+  limited = data.create_dataset(data_config(crop_size=32, num_heldout=10), seed=0)
   np.testing.assert_array_equal(limited.heldout_pairs()['A'], pairs['A'][:10])
 
 
@@ -153,29 +158,31 @@ def test_heldout_pairs_and_sample_images():
 def test_hue_rotate_120_permutes_primaries_and_inverts():
   red, green, blue = [255, 0, 0], [0, 255, 0], [0, 0, 255]
   primaries = np.array([red, green, blue], np.uint8)
-  np.testing.assert_array_equal(ip.hue_rotate_120(primaries), [green, blue, red])
+  np.testing.assert_array_equal(embedded.hue_rotate_120(primaries), [green, blue, red])
   image = np.random.default_rng(0).random((4, 5, 3), dtype=np.float32) * 2 - 1
-  np.testing.assert_array_equal(ip.inverse_hue_rotate_120(ip.hue_rotate_120(image)), image)
-  np.testing.assert_array_equal(ip.hue_rotate_120(ip.inverse_hue_rotate_120(image)), image)
+  np.testing.assert_array_equal(embedded.inverse_hue_rotate_120(embedded.hue_rotate_120(image)),
+                                image)
+  np.testing.assert_array_equal(embedded.hue_rotate_120(embedded.inverse_hue_rotate_120(image)),
+                                image)
 
 
 def test_hue_rotate_120_adds_a_third_of_a_turn_to_hue():
   for rgb in np.random.default_rng(1).random((50, 3)):
     hue, saturation, value = colorsys.rgb_to_hsv(*rgb)
-    new_hue, new_saturation, new_value = colorsys.rgb_to_hsv(*ip.hue_rotate_120(rgb))
+    new_hue, new_saturation, new_value = colorsys.rgb_to_hsv(*embedded.hue_rotate_120(rgb))
     assert (new_hue - hue) % 1 == pytest.approx(1 / 3)
     assert (new_saturation, new_value) == pytest.approx((saturation, value))
 
 
 def test_to_uint8_and_from_uint8_on_known_values():
-  np.testing.assert_array_equal(ip.from_uint8(np.array([0, 255, 51], np.uint8)),
+  np.testing.assert_array_equal(image_io.from_uint8(np.array([0, 255, 51], np.uint8)),
                                 np.float32([-1.0, 1.0, -0.6]))
-  assert ip.from_uint8(np.uint8(0)).dtype == np.float32
+  assert image_io.from_uint8(np.uint8(0)).dtype == np.float32
   # Truncation as the official tensor2im: 0 -> 127.5 -> 127, 0.5 -> 191.25 -> 191; clipped.
-  np.testing.assert_array_equal(ip.to_uint8(np.float32([-1.0, 1.0, 0.0, 0.5, -3.0, 3.0])),
+  np.testing.assert_array_equal(image_io.to_uint8(np.float32([-1.0, 1.0, 0.0, 0.5, -3.0, 3.0])),
                                 [0, 255, 127, 191, 0, 255])
   values = np.arange(256, dtype=np.uint8)
-  round_trip = ip.to_uint8(ip.from_uint8(values)).astype(int)
+  round_trip = image_io.to_uint8(image_io.from_uint8(values)).astype(int)
   assert set(values - round_trip) <= {0, 1}
   assert round_trip[0] == 0 and round_trip[255] == 255
 
@@ -185,25 +192,25 @@ def test_to_uint8_and_from_uint8_on_known_values():
 
 
 def test_train_batch_is_a_pure_function_of_seed_step_and_batch_size():
-  first = ip.create_dataset(data_config(), seed=7)
-  second = ip.create_dataset(data_config(), seed=7)
+  first = data.create_dataset(data_config(), seed=7)
+  second = data.create_dataset(data_config(), seed=7)
   batch = first.train_batch(11, 4)
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     assert batch[domain].shape == (4, 32, 32, 3) and batch[domain].dtype == np.float32
     assert -1.0 <= batch[domain].min() and batch[domain].max() <= 1.0
     assert batch[domain].tobytes() == second.train_batch(11, 4)[domain].tobytes()
     assert not np.array_equal(batch[domain], first.train_batch(12, 4)[domain])
-  other_seed = ip.create_dataset(data_config(), seed=8).train_batch(11, 4)
+  other_seed = data.create_dataset(data_config(), seed=8).train_batch(11, 4)
   assert not np.array_equal(batch['A'], other_seed['A'])
   # Example i = step * batch_size + j whatever the batch size.
   singles = [first.train_batch(step, 1) for step in range(44, 48)]
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     np.testing.assert_array_equal(batch[domain],
                                   np.concatenate([single[domain] for single in singles]))
 
 
 def test_each_epoch_visits_every_a_example_once():
-  dataset = ip.create_dataset(data_config(), seed=0)
+  dataset = data.create_dataset(data_config(), seed=0)
   size = dataset.epoch_size
   assert dataset.num_A == size
   epochs = [
@@ -219,16 +226,16 @@ def test_each_epoch_visits_every_a_example_once():
 
 def test_flips_happen_half_the_time_and_never_with_no_flip():
   flips = [
-      ip.sample_augmentation(0, example, domain, (48, 48, 3), 32, True).flip
+      preprocess.sample_augmentation(0, example, domain, (48, 48, 3), 32, True).flip
       for example in range(1000)
-      for domain in ip.DOMAINS
+      for domain in preprocess.DOMAINS
   ]
   assert 0.45 < np.mean(flips) < 0.55
   assert not any(
-      ip.sample_augmentation(0, example, 'A', (48, 48, 3), 32, False).flip
+      preprocess.sample_augmentation(0, example, 'A', (48, 48, 3), 32, False).flip
       for example in range(1000))
-  flipped = ip.create_dataset(data_config(), seed=0).train_batch_uint8(0, 64)
-  unflipped = ip.create_dataset(data_config(no_flip=True), seed=0).train_batch_uint8(0, 64)
+  flipped = data.create_dataset(data_config(), seed=0).train_batch_uint8(0, 64)
+  unflipped = data.create_dataset(data_config(no_flip=True), seed=0).train_batch_uint8(0, 64)
   same = [np.array_equal(a, b) for a, b in zip(flipped['A'], unflipped['A'])]
   mirrored = [np.array_equal(a[:, ::-1], b) for a, b in zip(flipped['A'], unflipped['A'])]
   assert all(s or m for s, m in zip(same, mirrored))  # no_flip leaves crop positions alone.
@@ -237,12 +244,12 @@ def test_flips_happen_half_the_time_and_never_with_no_flip():
 
 def test_iterator_yields_train_batches_from_start_example():
   for prefetch in (0, 3):
-    dataset = ip.create_dataset(data_config(prefetch=prefetch), seed=2)
+    dataset = data.create_dataset(data_config(prefetch=prefetch), seed=2)
     with dataset.train_iterator(3, start_example=21) as iterator:
       assert iterator.state()['next_example'] == 21
       for step, batch in zip(range(7, 12), iterator):
         expected = dataset.train_batch(step, 3)
-        for domain in ip.DOMAINS:
+        for domain in preprocess.DOMAINS:
           assert batch[domain].tobytes() == expected[domain].tobytes()
       assert iterator.state() == dataset.iterator_state(36)
     with pytest.raises(StopIteration):
@@ -250,7 +257,7 @@ def test_iterator_yields_train_batches_from_start_example():
 
 
 def test_dropping_an_iterator_stops_its_workers():
-  iterator = ip.create_dataset(data_config(prefetch=2), seed=0).train_iterator(2)
+  iterator = data.create_dataset(data_config(prefetch=2), seed=0).train_iterator(2)
   next(iterator)
   threads = list(iterator._pool._threads)
   assert threads
@@ -263,7 +270,7 @@ def test_dropping_an_iterator_stops_its_workers():
 
 @pytest.mark.parametrize('process_count', [2, 4])
 def test_processes_read_disjoint_rows_of_the_same_global_batches(process_count):
-  dataset = ip.create_dataset(data_config(), seed=3)
+  dataset = data.create_dataset(data_config(), seed=3)
   iterators = [
       dataset.train_iterator(8, start_example=16, process_index=p, process_count=process_count)
       for p in range(process_count)
@@ -271,24 +278,24 @@ def test_processes_read_disjoint_rows_of_the_same_global_batches(process_count):
   for step in (2, 3):
     local = [next(iterator) for iterator in iterators]
     expected = dataset.train_batch(step, 8)
-    for domain in ip.DOMAINS:
+    for domain in preprocess.DOMAINS:
       assert all(part[domain].shape[0] == 8 // process_count for part in local)
       np.testing.assert_array_equal(np.concatenate([part[domain] for part in local]),
                                     expected[domain])
   for iterator in iterators:
     iterator.close()
-  assert list(ip.local_rows(8, 1, 4)) == [2, 3]
+  assert list(preprocess.local_rows(8, 1, 4)) == [2, 3]
   with pytest.raises(ValueError, match=r'config\.batch_size=6 .* 4 processes'):
     dataset.train_iterator(6, process_index=0, process_count=4)
 
 
 def test_resume_example_warns_when_the_dataset_changed(caplog):
-  dataset = ip.create_dataset(data_config(), seed=0)
+  dataset = data.create_dataset(data_config(), seed=0)
   state = dataset.iterator_state(40)
   with caplog.at_level(logging.WARNING):
     assert dataset.resume_example(state) == 40
   assert not caplog.records
-  other = ip.create_dataset(data_config(crop_size=28), seed=0)  # Other cells.
+  other = data.create_dataset(data_config(crop_size=28), seed=0)  # Other cells.
   with caplog.at_level(logging.WARNING):
     assert other.resume_example(state) == 40
   assert 'differs from the checkpoint' in caplog.text and 'num_A' in caplog.text
@@ -344,10 +351,10 @@ def test_load_image_converts_every_mode(folder_root):
       'e_16bit.png': (128, 128, 128),
   }
   for name, rgb in expected.items():
-    image = ip.as_hwc(ip.load_image(train_A / name, 3))
+    image = image_io.as_hwc(image_io.load_image(train_A / name, 3))
     assert image.dtype == np.uint8 and image.shape[2] == 3
     assert (image == rgb).all(), name
-    gray = ip.as_hwc(ip.load_image(train_A / name, 1))
+    gray = image_io.as_hwc(image_io.load_image(train_A / name, 1))
     assert gray.shape[2] == 1
     expected_gray = round((rgb[0] * 299 + rgb[1] * 587 + rgb[2] * 114) / 1000)
     assert np.abs(gray.astype(int) - expected_gray).max() <= 1, name
@@ -355,7 +362,10 @@ def test_load_image_converts_every_mode(folder_root):
 
 @pytest.mark.parametrize('channels', [1, 3])
 def test_folder_batches(folder_root, channels):
-  dataset = ip.create_dataset(folder_config(folder_root), seed=0, channels_A=channels, channels_B=3)
+  dataset = data.create_dataset(folder_config(folder_root),
+                                seed=0,
+                                channels_A=channels,
+                                channels_B=3)
   assert (dataset.num_A, dataset.num_B, dataset.epoch_size) == (6, 3, 6)
   assert dataset.heldout_pairs() is None
   for step in range(6):
@@ -373,27 +383,29 @@ def test_folder_batches(folder_root, channels):
 
 
 def test_folder_sample_images_use_test_split_or_fall_back_to_train(folder_root):
-  dataset = ip.create_dataset(folder_config(folder_root), seed=0)
+  dataset = data.create_dataset(folder_config(folder_root), seed=0)
   samples = dataset.sample_images(5)
   assert samples['A'].shape == (2, 32, 32, 3)  # testA has only two images.
-  expected_A = ip.load_image(folder_root / 'testA' / '0.png', 3).resize((32, 32), Image.BICUBIC)
-  np.testing.assert_array_equal(samples['A'][0], ip.from_uint8(ip.as_hwc(expected_A)))
+  expected_A = image_io.load_image(folder_root / 'testA' / '0.png', 3).resize((32, 32),
+                                                                              Image.BICUBIC)
+  np.testing.assert_array_equal(samples['A'][0], image_io.from_uint8(image_io.as_hwc(expected_A)))
   assert samples['B'].shape == (3, 32, 32, 3)  # No testB: the three trainB images.
-  expected_B = ip.load_image(folder_root / 'trainB' / '0.jpg', 3).resize((32, 32), Image.BICUBIC)
-  np.testing.assert_array_equal(samples['B'][0], ip.from_uint8(ip.as_hwc(expected_B)))
+  expected_B = image_io.load_image(folder_root / 'trainB' / '0.jpg', 3).resize((32, 32),
+                                                                               Image.BICUBIC)
+  np.testing.assert_array_equal(samples['B'][0], image_io.from_uint8(image_io.as_hwc(expected_B)))
 
 
 def test_folder_preprocess_crop_and_none(tmp_path):
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'x.png', rgb_noise(0, 38, 34))
-  cropped = ip.create_dataset(folder_config(tmp_path, preprocess='crop'), seed=0)
+  cropped = data.create_dataset(folder_config(tmp_path, preprocess='crop'), seed=0)
   assert cropped.train_batch(0, 2)['A'].shape == (2, 32, 32, 3)
-  whole = ip.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
+  whole = data.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
   # H x W = 38 x 34 -> nearest multiples of 4 with Python's round, as the official
   # __make_power_2: round(9.5) = 10, round(8.5) = 8, so 40 x 32.
   assert whole.train_batch(0, 2)['A'].shape == (2, 40, 32, 3)
   save(tmp_path / 'trainB' / 'y.png', rgb_noise(1, 60, 60))
-  mixed = ip.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
+  mixed = data.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
   assert mixed.train_batch(0, 1)['B'].shape[0] == 1
   with pytest.raises(ValueError, match=r'trainB gives 2 different sizes.*batch_size 1'):
     mixed.train_batch(0, 2)
@@ -403,12 +415,12 @@ def test_folder_preprocess_crop_and_none(tmp_path):
 
 def test_resize_and_crop_is_a_bicubic_resize_then_the_sampled_crop(tmp_path):
   image = rgb_noise(5, 30, 50)
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'x.png', image)
-  dataset = ip.create_dataset(folder_config(tmp_path, load_size=40, crop_size=32), seed=4)
+  dataset = data.create_dataset(folder_config(tmp_path, load_size=40, crop_size=32), seed=4)
   resized = np.asarray(image.resize((40, 40), Image.BICUBIC))
   for example in range(6):
-    augmentation = ip.sample_augmentation(4, example, 'A', resized.shape, 32, True)
+    augmentation = preprocess.sample_augmentation(4, example, 'A', resized.shape, 32, True)
     expected = resized[augmentation.top:augmentation.top + 32,
                        augmentation.left:augmentation.left + 32]
     if augmentation.flip:
@@ -420,17 +432,17 @@ def test_scale_width_modes_follow_the_official_rule(tmp_path):
   # 50 x 30 (W x H), load 40: width 40, height int(max(40 * 30 / 50, crop)) = 24 for crop 12;
   # for crop 28 the height is raised to 28.
   image = rgb_noise(6, 30, 50)
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'x.png', image)
   config = folder_config(tmp_path, load_size=40, crop_size=12, no_flip=True)
-  scaled = ip.create_dataset(updated(config, preprocess='scale_width'), seed=0)
+  scaled = data.create_dataset(updated(config, preprocess='scale_width'), seed=0)
   np.testing.assert_array_equal(scaled.training_example(0, 'A'),
                                 np.asarray(image.resize((40, 24), Image.BICUBIC)))
-  assert ip.scale_width_size((50, 30), 40, 28) == (40, 28)
-  assert ip.scale_width_size((40, 30), 40, 28) == (40, 30)  # Already right: untouched.
-  cropped = ip.create_dataset(updated(config, preprocess='scale_width_and_crop'), seed=0)
+  assert preprocess.scale_width_size((50, 30), 40, 28) == (40, 28)
+  assert preprocess.scale_width_size((40, 30), 40, 28) == (40, 30)  # Already right: untouched.
+  cropped = data.create_dataset(updated(config, preprocess='scale_width_and_crop'), seed=0)
   resized = np.asarray(image.resize((40, 24), Image.BICUBIC))
-  augmentation = ip.sample_augmentation(0, 3, 'B', resized.shape, 12, False)
+  augmentation = preprocess.sample_augmentation(0, 3, 'B', resized.shape, 12, False)
   np.testing.assert_array_equal(
       cropped.training_example(3, 'B'), resized[augmentation.top:augmentation.top + 12,
                                                 augmentation.left:augmentation.left + 12])
@@ -444,29 +456,29 @@ def updated(config, **fields):
 
 def test_image_smaller_than_the_crop_is_upscaled(tmp_path):
   small = rgb_noise(0, 20, 24)
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'small.png', small)
-  dataset = ip.create_dataset(folder_config(tmp_path, preprocess='crop', no_flip=True), seed=0)
+  dataset = data.create_dataset(folder_config(tmp_path, preprocess='crop', no_flip=True), seed=0)
   upscaled = np.asarray(small.resize((38, 32), Image.BICUBIC))  # Short side 20 -> 32.
-  augmentation = ip.sample_augmentation(0, 0, 'A', upscaled.shape, 32, False)
+  augmentation = preprocess.sample_augmentation(0, 0, 'A', upscaled.shape, 32, False)
   assert augmentation.top == 0
   np.testing.assert_array_equal(dataset.training_example(0, 'A'),
                                 upscaled[:, augmentation.left:augmentation.left + 32])
 
 
 def test_test_images_are_every_test_image_in_order_resized_to_the_crop(tmp_path):
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'x.png', rgb_noise(0, 40, 40))
   for index in range(7):
     save(tmp_path / 'testA' / f'{index:02d}.jpg', rgb_noise(30 + index, 36 + index, 50))
-  dataset = ip.create_dataset(folder_config(tmp_path), seed=0)
+  dataset = data.create_dataset(folder_config(tmp_path), seed=0)
   assert dataset.num_test('A') == 7 and dataset.num_test('B') == 0
   names, images = zip(*dataset.test_images('A'))
   assert list(names) == [f'{index:02d}.jpg' for index in range(7)]
-  expected = ip.load_image(tmp_path / 'testA' / '03.jpg', 3).resize((32, 32), Image.BICUBIC)
+  expected = image_io.load_image(tmp_path / 'testA' / '03.jpg', 3).resize((32, 32), Image.BICUBIC)
   np.testing.assert_array_equal(images[3], np.asarray(expected))
   assert list(dataset.test_images('B')) == []
-  whole = ip.create_dataset(folder_config(tmp_path, preprocess='none', prefetch=0), seed=0)
+  whole = data.create_dataset(folder_config(tmp_path, preprocess='none', prefetch=0), seed=0)
   # 50 x 36 and 50 x 37 -> 48 x 36 (round(12.5) = 12, round(9.25) = 9), as __make_power_2.
   assert [image.shape for _, image in whole.test_images('A')][:2] == [(36, 48, 3), (36, 48, 3)]
 
@@ -477,19 +489,19 @@ def test_test_images_are_every_test_image_in_order_resized_to_the_crop(tmp_path)
 
 def test_missing_root_names_the_field_and_layout(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'config\.data\.root.*trainA'):
-    ip.create_dataset(folder_config(tmp_path / 'nowhere'), seed=0)
+    data.create_dataset(folder_config(tmp_path / 'nowhere'), seed=0)
   with pytest.raises(ValueError, match=r'config\.data\.root'):
-    ip.create_dataset(folder_config(''), seed=0)
+    data.create_dataset(folder_config(''), seed=0)
 
 
 def test_missing_train_b_and_empty_train_a(tmp_path):
   save(tmp_path / 'trainA' / 'x.png', rgb_noise(0, 8, 8))
   with pytest.raises(FileNotFoundError, match=r'trainB.*config\.data\.root'):
-    ip.create_dataset(folder_config(tmp_path), seed=0)
+    data.create_dataset(folder_config(tmp_path), seed=0)
   (tmp_path / 'trainA' / 'x.png').unlink()
   save(tmp_path / 'trainB' / 'x.png', rgb_noise(0, 8, 8))
   with pytest.raises(ValueError, match=r'trainA holds no .*config\.data\.root'):
-    ip.create_dataset(folder_config(tmp_path), seed=0)
+    data.create_dataset(folder_config(tmp_path), seed=0)
 
 
 def truncated_jpeg(seed: int) -> bytes:
@@ -505,7 +517,7 @@ def test_bad_images_are_skipped_with_a_warning_and_a_count(tmp_path, caplog):
   save(tmp_path / 'trainA' / 'd.png', rgb_noise(2, 40, 40))
   save(tmp_path / 'trainB' / 'fine.png', rgb_noise(3, 40, 40))
   good = {'a.png': 0, 'd.png': 3}
-  dataset = ip.create_dataset(folder_config(tmp_path, no_flip=True), seed=0)
+  dataset = data.create_dataset(folder_config(tmp_path, no_flip=True), seed=0)
   with caplog.at_level(logging.WARNING):
     with dataset.train_iterator(1) as iterator:
       epoch = [next(iterator)['A'][0] for _ in range(8)]
@@ -515,23 +527,24 @@ def test_bad_images_are_skipped_with_a_warning_and_a_count(tmp_path, caplog):
     index = dataset.example_indices(example)[0]
     # A bad image's examples take the next readable image of the split: b, c -> d.
     replacement = 'a.png' if index == good['a.png'] else 'd.png'
-    resized = ip.load_image(tmp_path / 'trainA' / replacement, 3).resize((40, 40), Image.BICUBIC)
-    augmentation = ip.sample_augmentation(0, example, 'A', (40, 40, 3), 32, False)
+    resized = image_io.load_image(tmp_path / 'trainA' / replacement, 3).resize((40, 40),
+                                                                               Image.BICUBIC)
+    augmentation = preprocess.sample_augmentation(0, example, 'A', (40, 40, 3), 32, False)
     expected = np.asarray(resized)[augmentation.top:augmentation.top + 32,
                                    augmentation.left:augmentation.left + 32]
-    np.testing.assert_array_equal(crop, ip.from_uint8(expected))
+    np.testing.assert_array_equal(crop, image_io.from_uint8(expected))
 
 
 def test_bad_image_raises_without_skipping_and_all_bad_always_raises(tmp_path):
   (tmp_path / 'trainA').mkdir()
   (tmp_path / 'trainA' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
   save(tmp_path / 'trainB' / 'fine.png', rgb_noise(0, 40, 40))
-  strict = ip.create_dataset(folder_config(tmp_path, skip_bad_images=False), seed=0)
+  strict = data.create_dataset(folder_config(tmp_path, skip_bad_images=False), seed=0)
   with pytest.raises(ValueError, match=r'broken\.png.*skip_bad_images'):
     strict.train_batch(0, 1)
   with strict.train_iterator(1) as iterator, pytest.raises(ValueError, match=r'broken\.png'):
     next(iterator)
-  lenient = ip.create_dataset(folder_config(tmp_path), seed=0)
+  lenient = data.create_dataset(folder_config(tmp_path), seed=0)
   with pytest.raises(ValueError, match=r'broken\.png.*is unreadable'):
     lenient.train_batch(0, 1)
 
@@ -550,15 +563,15 @@ def test_official_zip_reads_like_its_folder(folder_root, tmp_path_factory):
   zips = tmp_path_factory.mktemp('zips')
   official_zip(zips / 'horse2zebra.zip', folder_root)
   official_zip(zips / 'flat.zip', folder_root, top='')
-  from_folder = ip.create_dataset(folder_config(folder_root), seed=1)
+  from_folder = data.create_dataset(folder_config(folder_root), seed=1)
   for name in ('horse2zebra.zip', 'flat.zip'):
-    from_zip = ip.create_dataset(folder_config(zips / name), seed=1)
+    from_zip = data.create_dataset(folder_config(zips / name), seed=1)
     assert (from_zip.num_A, from_zip.num_B, from_zip.num_test('A')) == (6, 3, 2)
     assert from_zip.fingerprint == from_folder.fingerprint
     with from_zip.train_iterator(2) as iterator:
       for step in range(4):
         batch, expected = next(iterator), from_folder.train_batch(step, 2)
-        for domain in ip.DOMAINS:
+        for domain in preprocess.DOMAINS:
           np.testing.assert_array_equal(batch[domain], expected[domain])
     zip_test, folder_test = list(from_zip.test_images('A')), list(from_folder.test_images('A'))
     assert [n for n, _ in zip_test] == [n for n, _ in folder_test] == ['0.png', '1.png']
@@ -568,11 +581,11 @@ def test_official_zip_reads_like_its_folder(folder_root, tmp_path_factory):
 def test_zip_errors_name_the_problem(tmp_path):
   (tmp_path / 'not_a.zip').write_bytes(b'PK\x03\x04 broken')
   with pytest.raises(ValueError, match=r'not_a\.zip.*neither a folder nor a readable zip'):
-    ip.create_dataset(folder_config(tmp_path / 'not_a.zip'), seed=0)
+    data.create_dataset(folder_config(tmp_path / 'not_a.zip'), seed=0)
   with zipfile.ZipFile(tmp_path / 'only_a.zip', 'w') as archive:
     archive.writestr('data/trainA/x.png', b'')
   with pytest.raises(ValueError, match=r'only_a\.zip has no trainA/ and trainB/.*data/trainA'):
-    ip.create_dataset(folder_config(tmp_path / 'only_a.zip'), seed=0)
+    data.create_dataset(folder_config(tmp_path / 'only_a.zip'), seed=0)
 
 
 def tfds_config(data_dir, **overrides):
@@ -588,12 +601,12 @@ def tfds_config(data_dir, **overrides):
 def test_tfds_source_reads_a_prepared_array_record_dataset(folder_root, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
   prepare_tfds.prepare('horse2zebra', folder_root, data_dir)
-  from_tfds = ip.create_dataset(tfds_config(data_dir), seed=0)
-  from_folder = ip.create_dataset(folder_config(folder_root), seed=0)
+  from_tfds = data.create_dataset(tfds_config(data_dir), seed=0)
+  from_folder = data.create_dataset(folder_config(folder_root), seed=0)
   assert (from_tfds.num_A, from_tfds.num_B) == (6, 3)
   assert (from_tfds.num_test('A'), from_tfds.num_test('B')) == (2, 0)  # No testB folder.
   # The same images (TFDS stores them in its own order): compare the resized training images.
-  for domain in ip.DOMAINS:
+  for domain in preprocess.DOMAINS:
     tfds_images = {from_tfds._training_image(domain, i).tobytes() for i in range(3)}
     folder_images = {
         from_folder._training_image(domain, i).tobytes()
@@ -603,7 +616,7 @@ def test_tfds_source_reads_a_prepared_array_record_dataset(folder_root, tmp_path
   with from_tfds.train_iterator(2) as iterator:
     for step in range(3):
       batch, expected = next(iterator), from_tfds.train_batch(step, 2)
-      for domain in ip.DOMAINS:
+      for domain in preprocess.DOMAINS:
         assert batch[domain].shape == (2, 32, 32, 3)
         np.testing.assert_array_equal(batch[domain], expected[domain])
   assert 'tensorflow' not in sys.modules
@@ -613,30 +626,30 @@ def test_tfds_source_errors_say_how_to_prepare(tmp_path, folder_root):
   with pytest.raises(FileNotFoundError,
                      match=r'cycle_gan/horse2zebra is not prepared in .*'
                      r'nothing is downloaded.*prepare_tfds --name=horse2zebra'):
-    ip.create_dataset(tfds_config(tmp_path / 'empty'), seed=0)
+    data.create_dataset(tfds_config(tmp_path / 'empty'), seed=0)
   assert not list((tmp_path / 'empty').rglob('*.array_record*'))
   with pytest.raises(ValueError, match=r'config\.data\.tfds_name=.cycle_gan/horse2zebr. is not'):
-    ip.create_dataset(tfds_config(tmp_path, tfds_name='cycle_gan/horse2zebr'), seed=0)
+    data.create_dataset(tfds_config(tmp_path, tfds_name='cycle_gan/horse2zebr'), seed=0)
   version_dir = prepare_tfds.prepare('horse2zebra', folder_root, tmp_path / 'tfrecord')
   info_path = version_dir / 'dataset_info.json'
   info = json.loads(info_path.read_text())
   info['fileFormat'] = 'tfrecord'  # As `tfds build` writes without --file_format.
   info_path.write_text(json.dumps(info))
   with pytest.raises(ValueError, match=r'stored as tfrecord.*array_record'):
-    ip.create_dataset(tfds_config(tmp_path / 'tfrecord'), seed=0)
+    data.create_dataset(tfds_config(tmp_path / 'tfrecord'), seed=0)
 
 
 @pytest.mark.parametrize('source', ['embedded', 'folder'])
 def test_crop_size_must_be_a_multiple_of_4(source, folder_root):
   with pytest.raises(ValueError, match=r'config\.data\.crop_size.*multiple of 4'):
-    ip.create_dataset(data_config(source=source, root=str(folder_root), crop_size=30), seed=0)
+    data.create_dataset(data_config(source=source, root=str(folder_root), crop_size=30), seed=0)
 
 
 def test_embedded_rejects_crops_without_room_and_grayscale():
   with pytest.raises(ValueError, match=r'config\.data\.crop_size=128'):
-    ip.create_dataset(data_config(crop_size=128), seed=0)
+    data.create_dataset(data_config(crop_size=128), seed=0)
   with pytest.raises(ValueError, match='RGB'):
-    ip.create_dataset(data_config(), seed=0, channels_A=1)
+    data.create_dataset(data_config(), seed=0, channels_A=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -128,9 +128,10 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
   arch: {'ngf', 'num_blocks', 'input_nc', 'output_nc', 'norm'}.
   """
   state_dict = strip_data_parallel_prefix(state_dict)
-  block_indices = sorted(_layer_index(key) for key in state_dict
-                         if _layer_index(key) is not None
-                         and key.endswith('.conv_block.1.weight'))
+  block_indices = sorted(
+      _layer_index(key)
+      for key in state_dict
+      if _layer_index(key) is not None and key.endswith('.conv_block.1.weight'))
   if not block_indices:
     raise errors.InvalidValueError('Generator state_dict has no residual blocks '
                                    '(no key model.<i>.conv_block.1.weight)')
@@ -168,9 +169,10 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
   arch: {'ndf', 'n_layers', 'input_nc', 'norm'}.
   """
   state_dict = strip_data_parallel_prefix(state_dict)
-  conv_indices = sorted(_layer_index(key) for key, value in state_dict.items()
-                        if _layer_index(key) is not None
-                        and key.endswith('.weight') and np.ndim(value) == 4)
+  conv_indices = sorted(
+      _layer_index(key)
+      for key, value in state_dict.items()
+      if _layer_index(key) is not None and key.endswith('.weight') and np.ndim(value) == 4)
   # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm, LeakyReLU).
   if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
     raise errors.InvalidValueError(
@@ -185,8 +187,9 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
   for n in range(1, n_layers + 1):
     conv = 2 + 3 * (n - 1)
     out_channels = ndf * min(2**n, 8)
-    layers.append(_Layer(f'model.{conv}', f'model.{conv + 1}', (f'layer_{n}',),
-                         (out_channels, channels, 4, 4)))
+    layers.append(
+        _Layer(f'model.{conv}', f'model.{conv + 1}', (f'layer_{n}',),
+               (out_channels, channels, 4, 4)))
     channels = out_channels
   layers.append(_Layer(f'model.{3 * n_layers + 2}', None, ('head',), (1, channels, 4, 4)))
   params = _convert(state_dict, layers, norm, 'Discriminator')

@@ -85,8 +85,8 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
   scale = np.sqrt((n1 - 1) * (n2 - 1))
   trace_sqrt = np.linalg.svd(centred1 @ centred2.T, compute_uv=False).sum() / scale
   diff = mean1 - mean2
-  return float(diff @ diff + np.sum(centred1 * centred1) / (n1 - 1) +
-               np.sum(centred2 * centred2) / (n2 - 1) - 2.0 * trace_sqrt)
+  return float(diff @ diff + np.sum(centred1 * centred1) / (n1 - 1) + np.sum(centred2 * centred2) /
+               (n2 - 1) - 2.0 * trace_sqrt)
 
 
 def _feature_matrix(features: np.ndarray) -> np.ndarray:

@@ -21,9 +21,8 @@ import numpy as np
 from cyclegan_jax import checkpointing
 from cyclegan_jax import errors
 from cyclegan_jax import models
-from cyclegan_jax import torch_checkpoint
-from cyclegan_jax import torch_convert
-from cyclegan_jax import train
+from cyclegan_jax.torch_io import pth
+from cyclegan_jax.torch_io import mapping
 
 DIRECTIONS = {'AtoB': 'G', 'BtoA': 'F'}
 SIZE_MULTIPLE = 4  # Two stride-2 downsamplings and two upsamplings.
@@ -70,7 +69,7 @@ def load_generator(workdir: str | Path | None = None,
         f'{workdir} was converted from {", ".join(sorted(set(imported.values())))}, which holds '
         f'no {direction} generator ({network}); it has {", ".join(sorted(imported))}.')
   config = checkpointing.saved_config(workdir)
-  state, restored_step = train.restore_train_state(workdir, step)
+  state, restored_step = checkpointing.restore_train_state(workdir, step)
   in_channels, out_channels = config.model.input_nc, config.model.output_nc
   if direction == 'BtoA':
     in_channels, out_channels = out_channels, in_channels
@@ -84,9 +83,9 @@ def load_generator(workdir: str | Path | None = None,
 
 def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator:
   """An official ResnetGenerator `.pth` (zip or legacy format), architecture from its keys."""
-  state_dict = torch_checkpoint.load_state_dict(path)
+  state_dict = pth.load_state_dict(path)
   try:
-    params, arch = torch_convert.generator_params_from_state_dict(state_dict)
+    params, arch = mapping.generator_params_from_state_dict(state_dict)
   except ValueError as error:
     raise errors.InvalidValueError(
         f'{path} is not an official ResnetGenerator state_dict: {error}') from None

@@ -20,7 +20,7 @@ Weights. Nothing is downloaded at run time. Use pytorch-fid's weight file, the r
 
 (`FID_WEIGHTS_URL`, the same address as in pytorch-fid's source; the 8 hex digits in the name
 start its SHA-256). It is a PyTorch state_dict, read here without PyTorch by
-`torch_checkpoint.load_state_dict`. A `.npz` holding the same state_dict (key -> array in PyTorch
+`pth.load_state_dict`. A `.npz` holding the same state_dict (key -> array in PyTorch
 layouts, e.g. `np.savez(path, **{k: v.numpy() for k, v in state_dict.items()})`) works too, with
 the keys of that file (`Conv2d_1a_3x3.conv.weight`, ..., `fc.bias`) or of pytorch-fid's
 `InceptionV3` module (`blocks.0.0.conv.weight`, ...). `num_batches_tracked` buffers and the
@@ -412,8 +412,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if path.endswith('.npz'):
     with np.load(path, allow_pickle=False) as data:
       return {key: data[key] for key in data.files}
-  from cyclegan_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
-  return torch_checkpoint.load_state_dict(path)
+  from cyclegan_jax.torch_io import pth  # pylint: disable=g-import-not-at-top
+  return pth.load_state_dict(path)
 
 
 @jax.jit

@@ -1,0 +1,281 @@
+"""Sources: random access to the images of one split (folder, zip, TFDS or in memory).
+
+ - 'tfds': the prepared TFDS dataset `config.data.tfds_name` (e.g. 'cycle_gan/horse2zebra') in
+   `config.data.tfds_data_dir`, read in array_record format without TensorFlow; splits trainA,
+   trainB, testA, testB.
+ - 'folder': `config.data.root` is a directory, or a zip file such as the official
+   horse2zebra.zip read in place, holding trainA/ and trainB/ (testA/ and testB/ optional; in a
+   zip they may sit under one top-level folder). Splits are searched recursively for
+   jpg/jpeg/png/bmp/ppm/tif/tiff/webp files (case-insensitive; hidden files, `__MACOSX` and other
+   files ignored), in sorted path order.
+"""
+
+import collections
+from collections.abc import Sequence
+import dataclasses
+import os
+import pathlib
+import threading
+from typing import Protocol
+import zipfile
+
+import numpy as np
+
+from cyclegan_jax import errors
+from cyclegan_jax.data.image_io import IMAGE_EXTENSIONS
+from cyclegan_jax.data.image_io import is_hidden
+from cyclegan_jax.data.image_io import is_image_name
+from cyclegan_jax.data.image_io import list_images
+from cyclegan_jax.data.image_io import report_ignored
+from cyclegan_jax.data.image_io import UnreadableImageError
+from cyclegan_jax.data.preprocess import DOMAINS
+
+SPLITS = ('trainA', 'trainB', 'testA', 'testB')
+_FOLDER_LAYOUT = (
+    'expected a folder or .zip holding trainA/ and trainB/ (optionally testA/, testB/) with '
+    'images, the layout of the CycleGAN datasets (e.g. horse2zebra.zip)')
+_TFDS_HELP = (
+    'Prepare it once, without TensorFlow, from the official zip: `python -m '
+    'cyclegan_jax.prepare_tfds --name={name} --source=/path/to/{name}.zip --data_dir={data_dir}`; '
+    'or with TensorFlow and internet: `tfds build {tfds_name} --file_format=array_record '
+    '--data_dir={data_dir}`. Or train from the zip or its folder directly: '
+    '--config.data.source=folder --config.data.root=/path/to/{name}.zip')
+
+
+class Source(Protocol):
+  """The images of one split: encoded bytes, or (embedded source) uint8 [H, W, C] arrays."""
+
+  def __len__(self) -> int:
+    ...
+
+  def read(self, index: int) -> bytes | np.ndarray:
+    """Raises UnreadableImageError naming the image if it cannot be read."""
+
+  def describe(self, index: int) -> str:
+    """Where image `index` comes from, for messages."""
+
+  def names(self) -> list[str]:
+    """A name per image (relative path, or position), in order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """Images held in memory (the embedded cells)."""
+
+  images: np.ndarray
+  name: str
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def read(self, index: int) -> np.ndarray:
+    return self.images[index]
+
+  def describe(self, index: int) -> str:
+    return f'{self.name}[{index}]'
+
+  def names(self) -> list[str]:
+    return [f'{self.name}_{index:05d}' for index in range(len(self))]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+  """Image files of one split folder."""
+
+  folder: pathlib.Path
+  paths: tuple[pathlib.Path, ...]
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def read(self, index: int) -> bytes:
+    try:
+      return self.paths[index].read_bytes()
+    except OSError as error:
+      raise UnreadableImageError(f'cannot read image {self.paths[index]}: {error}') from error
+
+  def describe(self, index: int) -> str:
+    return str(self.paths[index])
+
+  def names(self) -> list[str]:
+    return [path.relative_to(self.folder).as_posix() for path in self.paths]
+
+
+class ZipSource:
+  """Image members of one split of a zip, read in place (one open handle per thread)."""
+
+  def __init__(self, zip_path: pathlib.Path, split_prefix: str, members: Sequence[str]):
+    self.zip_path = zip_path
+    self.split_prefix = split_prefix
+    self.members = tuple(members)
+    self._local = threading.local()
+
+  def __len__(self) -> int:
+    return len(self.members)
+
+  def read(self, index: int) -> bytes:
+    member = self.members[index]
+    try:
+      archive = getattr(self._local, 'archive', None)
+      if archive is None:
+        archive = self._local.archive = zipfile.ZipFile(self.zip_path)
+      return archive.read(member)
+    except (OSError, zipfile.BadZipFile, KeyError, EOFError, ValueError) as error:
+      raise UnreadableImageError(f'cannot read image {self.describe(index)}: {error}') from error
+
+  def describe(self, index: int) -> str:
+    return f'{self.zip_path}:{self.members[index]}'
+
+  def names(self) -> list[str]:
+    return [member[len(self.split_prefix):] for member in self.members]
+
+
+class TfdsSource:
+  """One split of a prepared TFDS image dataset in array_record format, images left encoded."""
+
+  def __init__(self, builder, split: str):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.dataset = builder.info.full_name
+    self.split = split
+    self._records = builder.as_data_source(split=split,
+                                           decoders={'image': tfds.decode.SkipDecoding()})
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def read(self, index: int) -> bytes:
+    try:
+      return self._records[index]['image']
+    except (OSError, ValueError, RuntimeError) as error:
+      raise UnreadableImageError(f'cannot read {self.describe(index)}: {error}') from error
+
+  def describe(self, index: int) -> str:
+    return f'{self.dataset} {self.split}[{index}]'
+
+  def names(self) -> list[str]:
+    return [f'{self.split}_{index:05d}' for index in range(len(self))]
+
+
+def folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
+  if not config.root:
+    raise errors.InvalidValueError(
+        f'config.data.root is empty; source "folder" needs it: {_FOLDER_LAYOUT}')
+  root = pathlib.Path(config.root).expanduser()
+  if root.is_file():
+    sources = _zip_sources(root)
+  elif root.is_dir():
+    sources = _directory_sources(root)
+  else:
+    raise errors.PathNotFoundError(
+        f'config.data.root={config.root!r}: {root} does not exist; {_FOLDER_LAYOUT}')
+  return _by_domain(sources, 'train'), _by_domain(sources, 'test'), str(root)
+
+
+def _by_domain(sources: dict[str, Source], prefix: str) -> dict[str, Source]:
+  return {domain: sources[prefix + domain] for domain in DOMAINS}
+
+
+def _no_images(where: str, root: pathlib.Path) -> errors.InvalidValueError:
+  return errors.InvalidValueError(
+      f'{where} holds no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} images '
+      f'(config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
+
+
+def _directory_sources(root: pathlib.Path) -> dict[str, Source]:
+  sources = {}
+  for split in SPLITS:
+    folder = root / split
+    if not folder.is_dir():
+      if split.startswith('train'):
+        raise errors.PathNotFoundError(
+            f'{folder} not found (config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
+      sources[split] = FileSource(folder, ())
+      continue
+    sources[split] = FileSource(folder, tuple(list_images(folder)))
+    if split.startswith('train') and not sources[split].paths:
+      raise _no_images(str(folder), root)
+  return sources
+
+
+def _zip_sources(zip_path: pathlib.Path) -> dict[str, Source]:
+  """The splits of a zip in the CycleGAN layout, at its root or under one top-level folder."""
+  try:
+    with zipfile.ZipFile(zip_path) as archive:
+      names = [info.filename for info in archive.infolist() if not info.is_dir()]
+  except (zipfile.BadZipFile, OSError) as error:
+    raise errors.InvalidValueError(
+        f'config.data.root={str(zip_path)!r} is neither a folder nor a readable zip '
+        f'({error}); {_FOLDER_LAYOUT}') from error
+  by_prefix = collections.defaultdict(lambda: collections.defaultdict(list))
+  ignored = collections.defaultdict(list)
+  for name in names:
+    if is_hidden(name):
+      continue
+    parts = name.split('/')
+    for depth, part in enumerate(parts[:-1]):
+      if part in SPLITS:
+        prefix = '/'.join(parts[:depth])
+        if is_image_name(name):
+          by_prefix[prefix][part].append(name)
+        else:
+          ignored[(prefix, part)].append('/'.join(parts[depth + 1:]))
+        break
+  candidates = sorted(
+      prefix for prefix, splits in by_prefix.items() if 'trainA' in splits and 'trainB' in splits)
+  if not candidates:
+    found = sorted(
+        {f'{prefix}/{split}'.lstrip('/') for prefix in by_prefix for split in by_prefix[prefix]})
+    raise errors.InvalidValueError(
+        f'{zip_path} has no trainA/ and trainB/ folders with images (found: '
+        f'{", ".join(found) or "no image folders"}); {_FOLDER_LAYOUT}')
+  if len(candidates) > 1:
+    raise errors.InvalidValueError(
+        f'{zip_path} holds several datasets ({", ".join(candidates)}); unpack the '
+        'one you want and point config.data.root at its folder')
+  prefix = candidates[0]
+  for split in SPLITS:
+    report_ignored(sorted(ignored[(prefix, split)]),
+                   f'{zip_path}:{prefix}/{split}'.replace(':/', ':'))
+  return {
+      split: ZipSource(zip_path, f'{prefix}/{split}/'.lstrip('/'), sorted(by_prefix[prefix][split]))
+      for split in SPLITS
+  }
+
+
+def tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = config.tfds_name
+  data_dir = os.path.expanduser(config.tfds_data_dir) if config.tfds_data_dir else None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (ValueError, tfds.core.registered.DatasetNotFoundError) as error:
+    raise errors.InvalidValueError(
+        f'config.data.tfds_name={name!r} is not a TFDS dataset ({error})') from error
+  where = pathlib.Path(builder.data_dir).parents[2]  # <data_dir>/<name>/<config>/<version>
+  help_text = _TFDS_HELP.format(name=name.split('/')[-1], tfds_name=name, data_dir=where)
+  if not builder.is_prepared():
+    raise errors.PathNotFoundError(
+        f'TFDS dataset {name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir='
+        f'{config.tfds_data_dir!r}; nothing is downloaded at run time). {help_text}')
+  file_format = builder.info.file_format
+  if file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    raise errors.InvalidValueError(
+        f'TFDS dataset {name} in {builder.data_dir} is stored as {file_format.value}, and '
+        'reading it without TensorFlow needs array_record. Prepare it again with '
+        f'--file_format=array_record. {help_text}')
+  missing = [split for split in SPLITS if split not in builder.info.splits]
+  if any(split.startswith('train') for split in missing):
+    raise errors.InvalidValueError(
+        f'TFDS dataset {name} lacks the splits {missing}; it needs trainA and '
+        'trainB (and testA, testB for evaluation)')
+  sources = {
+      split:
+          TfdsSource(builder, split) if split not in missing else ArraySource(
+              np.zeros((0, 1, 1, 3), np.uint8), split) for split in SPLITS
+  }
+  for split in ('trainA', 'trainB'):
+    if not len(sources[split]):
+      raise errors.InvalidValueError(
+          f'TFDS dataset {name} in {builder.data_dir} has an empty {split} split')
+  return (_by_domain(sources, 'train'), _by_domain(sources,
+                                                   'test'), f'TFDS {name} in {builder.data_dir}')

@@ -1,0 +1,153 @@
+"""The train state and its lifecycle: networks, optimiser and schedule, creation and shapes.
+
+Names follow the paper: G: A(X) → B(Y), F: B → A; D_Y judges real b against G(a), D_X judges
+real a against F(b). The train state is one pytree holding everything a resumed run needs.
+"""
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cyclegan_jax import image_pool
+from cyclegan_jax import models
+
+GENERATORS = ('G', 'F')
+DISCRIMINATORS = ('D_X', 'D_Y')
+
+
+class Networks(NamedTuple):
+  G: nn.Module  # A → B
+  F: nn.Module  # B → A
+  D_X: nn.Module  # judges domain A
+  D_Y: nn.Module  # judges domain B
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree."""
+  step: jax.Array
+  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'}: each network's Flax params.
+  opt_state_generators: optax.OptState  # Adam state of G and F (one joint step).
+  opt_state_discriminators: optax.OptState  # Adam state of D_X and D_Y (one joint step).
+  pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
+  pool_B: image_pool.ImagePool  # Earlier G(a) fakes, shown to D_Y.
+  rng: jax.Array
+
+
+def build_networks(config: ml_collections.ConfigDict) -> Networks:
+  dtype = jnp.dtype(config.compute_dtype)
+  model_config = config.model
+  return Networks(
+      G=models.build_generator(model_config, model_config.output_nc, dtype=dtype),
+      F=models.build_generator(model_config, model_config.input_nc, dtype=dtype),
+      D_X=models.build_discriminator(model_config, dtype=dtype),
+      D_Y=models.build_discriminator(model_config, dtype=dtype))
+
+
+def steps_per_epoch(epoch_size: int, batch_size: int) -> int:
+  return max(1, math.ceil(epoch_size / batch_size))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           epoch_steps: int) -> optax.Schedule:
+  """Learning rate as a function of the step, per `config.lr_policy`.
+
+  'linear' is the official rule, applied per epoch: during 0-based epoch e the rate
+  is lr · (1 − max(0, e + 1 − num_epochs) / (num_epochs_decay + 1)).
+  """
+  base = config.learning_rate
+  total_epochs = config.num_epochs + config.num_epochs_decay
+
+  def epoch_of(step):
+    return jnp.floor_divide(jnp.asarray(step, jnp.int32), epoch_steps).astype(jnp.float32)
+
+  if config.lr_policy == 'linear':
+    def schedule(step):
+      decayed = jnp.maximum(0.0, epoch_of(step) + 1.0 - config.num_epochs)
+      return base * jnp.maximum(0.0, 1.0 - decayed / (config.num_epochs_decay + 1.0))
+  elif config.lr_policy == 'step':
+    def schedule(step):
+      return base * 0.1 ** jnp.floor(epoch_of(step) / config.lr_decay_epochs)
+  elif config.lr_policy == 'cosine':
+    schedule = optax.cosine_decay_schedule(base, max(1, total_epochs * epoch_steps))
+  else:
+    raise ValueError(f'Unknown config.lr_policy {config.lr_policy!r}.')
+  return schedule
+
+
+def adam(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+  return optax.adam(schedule, b1=config.beta1, b2=config.beta2)
+
+
+def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
+                     optimizer: optax.GradientTransformation,
+                     image_shape_A: tuple[int, int, int],
+                     image_shape_B: tuple[int, int, int]) -> TrainState:
+  """A fresh train state (pure; jit it with out_shardings to create it on device)."""
+  rng = jax.random.PRNGKey(config.seed)
+  # Parameter init draws from XLA's RngBitGenerator: it compiles several times faster than
+  # threefry for the many kernel shapes (the draws may differ across backends).
+  init_key = jax.random.key(config.seed, impl='rbg')
+  key_G, key_F, key_DX, key_DY = jax.random.split(init_key, 4)
+  x = jnp.zeros((1, *image_shape_A), jnp.float32)
+  y = jnp.zeros((1, *image_shape_B), jnp.float32)
+  params = {
+      'G': networks.G.init(key_G, x)['params'],
+      'F': networks.F.init(key_F, y)['params'],
+      'D_X': networks.D_X.init(key_DX, x)['params'],
+      'D_Y': networks.D_Y.init(key_DY, y)['params'],
+  }
+  generator_params = {k: params[k] for k in GENERATORS}
+  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state_generators=optimizer.init(generator_params),
+      opt_state_discriminators=optimizer.init(discriminator_params),
+      pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
+      pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
+      rng=rng)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> Any:
+  """The shapes of a run's train state, placed on the first local device (no compute)."""
+  networks = build_networks(config)
+  optimizer = adam(config, learning_rate_schedule(config, 1))
+  crop = config.data.crop_size
+  init = functools.partial(init_train_state, config, networks, optimizer,
+                           (crop, crop, config.model.input_nc),
+                           (crop, crop, config.model.output_nc))
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return abstract_like(jax.eval_shape(init), sharding)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return (config.num_epochs + config.num_epochs_decay) * epoch_steps
+
+
+def to_host(tree: Any) -> Any:
+  """Arrays -> numpy; a replicated array that spans several processes gives its local copy."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        raise ValueError(f'cannot read a sharded {x.shape} array spanning several processes')
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """Shape/dtype skeleton of `tree` with every leaf placed by `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
