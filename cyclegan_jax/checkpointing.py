@@ -22,20 +22,11 @@ import orbax.checkpoint as ocp
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
-
-CONFIG_FILE = 'config.json'
-# Damaged checkpoints a resumed run found, moved here (never deleted) to free their step numbers.
-DAMAGED_DIR = 'damaged_checkpoints'
-IMPORTED_FILE = 'imported.json'  # Written by convert: {network name: source file}.
-
-
-def checkpoint_dir(workdir: str | Path) -> Path:
-  return Path(workdir).absolute() / 'checkpoints'
-
+from cyclegan_jax import workdir as workdir_lib
 
 def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir), options=options)
 
 
 def save(manager: ocp.CheckpointManager,
@@ -173,11 +164,11 @@ def restore_intact(manager: ocp.CheckpointManager,
 
 
 def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
-  """Moves damaged checkpoint folders out of the way of new saves, into DAMAGED_DIR; kept."""
+  """Moves damaged checkpoint folders out of the way of new saves, into workdir_lib.DAMAGED_DIR; kept."""
   moved = []
   for step in steps:
-    source = checkpoint_dir(workdir) / str(step)
-    target = Path(workdir).absolute() / DAMAGED_DIR / str(step)
+    source = workdir_lib.checkpoint_dir(workdir) / str(step)
+    target = Path(workdir).absolute() / workdir_lib.DAMAGED_DIR / str(step)
     suffix = 1
     while target.exists():
       target = target.with_name(f'{step}.{suffix}')
@@ -189,7 +180,7 @@ def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
 
 
 def load_saved_config(workdir: str | Path) -> dict | None:
-  path = Path(workdir) / CONFIG_FILE
+  path = Path(workdir) / workdir_lib.CONFIG_FILE
   if not path.exists():
     return None
   try:
@@ -207,8 +198,9 @@ def saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
     raise errors.PathNotFoundError(f'Workdir not found: {workdir}')
   saved = load_saved_config(workdir)
   if saved is None:
-    raise errors.PathNotFoundError(f'{workdir} has no {CONFIG_FILE}: not a training run '
-                                   'workdir (nor one written by cyclegan_jax.convert)')
+    raise errors.PathNotFoundError(
+        f'{workdir} has no {workdir_lib.CONFIG_FILE}: not a training run '
+        'workdir (nor one written by cyclegan_jax.convert)')
   config = config_lib.base_config()
   config.update_from_flattened_dict(_known_fields(config, saved))
   return config
@@ -229,7 +221,7 @@ def _known_fields(config: ml_collections.ConfigDict, saved: dict, prefix: str = 
 
 def imported_networks(workdir: str | Path) -> dict[str, str] | None:
   """{network: source} for a converted workdir; None for a trained one (all networks valid)."""
-  path = Path(workdir) / IMPORTED_FILE
+  path = Path(workdir) / workdir_lib.IMPORTED_FILE
   return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -242,7 +234,7 @@ def check_and_save_config(workdir: str | Path,
   """
   workdir = Path(workdir)
   saved = load_saved_config(workdir)
-  if saved is not None and checkpoint_dir(workdir).exists():
+  if saved is not None and workdir_lib.checkpoint_dir(workdir).exists():
     mismatches = config_lib.architecture_mismatches(saved, config)
     if mismatches:
       raise errors.InvalidValueError(
@@ -251,16 +243,15 @@ def check_and_save_config(workdir: str | Path,
   if not write:
     return
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (CONFIG_FILE + '.tmp')
-  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  tmp.replace(workdir / CONFIG_FILE)
+  workdir_lib.write_atomic(workdir / workdir_lib.CONFIG_FILE,
+                           config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
   """(train state as numpy, its step) from the latest checkpoint, or the one at `step`."""
   workdir = Path(workdir)
   config = saved_config(workdir)
-  directory = checkpoint_dir(workdir)
+  directory = workdir_lib.checkpoint_dir(workdir)
   if not directory.is_dir():
     raise errors.PathNotFoundError(f'{workdir} has no checkpoints/ folder')
   manager = create_manager(workdir, config.keep_checkpoints)
@@ -293,7 +284,7 @@ def locate(init_from: str | Path) -> tuple[Path, int | None]:
   path = Path(init_from)
   if not path.exists():
     raise errors.PathNotFoundError(f'config.init_from = {str(init_from)!r} does not exist.')
-  if path.name.isdigit() and path.parent.name == 'checkpoints':
+  if path.name.isdigit() and path.parent.name == workdir_lib.CHECKPOINTS_DIR:
     return path.parent.parent, int(path.name)
   return path, None
 

@@ -17,6 +17,7 @@ from absl import logging
 from cyclegan_jax import cli
 from cyclegan_jax import evaluation
 from cyclegan_jax import summaries
+from cyclegan_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +29,7 @@ def main(argv):
   step, results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
                                               FLAGS.data_root, FLAGS.batch_size)
   evaluation.log_summary(step, results)
-  logging.info('Wrote %s.', evaluation.eval_path(FLAGS.workdir, step))
+  logging.info('Wrote %s.', workdir_lib.eval_file(FLAGS.workdir, step))
   print('eval: ' + summaries.key_values({'step': step, **results}), flush=True)
 
 

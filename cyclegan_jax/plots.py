@@ -16,6 +16,7 @@ library and numpy.
 
 import collections
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -29,11 +30,11 @@ import numpy as np
 
 from cyclegan_jax import cli
 from cyclegan_jax import errors
+from cyclegan_jax import workdir as workdir_lib
 
-METRICS_FILE = 'metrics.jsonl'  # As in summaries.py (not imported: it needs jax).
-EVAL_DIR = 'eval'
-PLOTS_DIR = 'plots'
-RESULTS_FILE = 'results.csv'
+RESULTS_FILE = 'results.csv'  # A table of runs, one row each (written by experiments.sweep).
+# A results column of a run's latest evaluation: `eval_<key>` (workdir.flat_name of its scalar).
+EVAL_COLUMN_PREFIX = workdir_lib.flat_name(workdir_lib.EVAL_PREFIX)
 
 # name -> {step: value}
 Series = dict[str, dict[int, float]]
@@ -95,10 +96,10 @@ def load_metrics(path: str | Path) -> Series:
   """
   path = Path(path)
   if path.is_dir():
-    path = path / METRICS_FILE
+    path = path / workdir_lib.METRICS_FILE
   if not path.is_file():
     raise errors.PathNotFoundError(
-        f'No {METRICS_FILE} at {path}: the run has not logged any scalars '
+        f'No {workdir_lib.METRICS_FILE} at {path}: the run has not logged any scalars '
         '(or this is not a run directory).')
   lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
   while lines and not lines[-1].strip():
@@ -135,7 +136,7 @@ def load_metrics(path: str | Path) -> Series:
 def load_eval_results(workdir: str | Path) -> dict[int, dict[str, float]]:
   """{step: metrics} of a run's `eval/step_*.json` files; unreadable files are skipped."""
   results = {}
-  for path in sorted(Path(workdir, EVAL_DIR).glob('step_*.json')):
+  for path in sorted(Path(workdir, workdir_lib.EVAL_DIR).glob('step_*.json')):
     try:
       values = json.loads(path.read_text(encoding='utf-8'))
       step = int(values.pop('step', path.stem.split('_')[-1]))
@@ -153,7 +154,7 @@ def run_series(workdir: str | Path) -> Series:
   series = load_metrics(workdir)
   for step, values in load_eval_results(workdir).items():
     for key, value in values.items():
-      series.setdefault(f'eval/{key}', {})[step] = value
+      series.setdefault(workdir_lib.eval_scalar(key), {})[step] = value
   return series
 
 
@@ -184,13 +185,14 @@ def summary_metrics(columns: Iterable[str], baselines: bool = True) -> list[str]
         baselines or not key.startswith('baseline_'))
 
   def rank(key):  # Metrics against ground truth first, then FID/KID, cycle errors, baselines.
-    key = key[len('eval_'):] if key.startswith('eval_') else key
+    key = key.removeprefix(EVAL_COLUMN_PREFIX)
     return next(i for i, prefix in enumerate(SUMMARY_ORDER) if key.startswith(prefix))
 
   chosen = [c for c in columns if wanted(c)]
   chosen += [
       c for c in columns
-      if c.startswith('eval_') and wanted(c[len('eval_'):]) and c[len('eval_'):] not in present
+      if c.startswith(EVAL_COLUMN_PREFIX) and wanted(c.removeprefix(EVAL_COLUMN_PREFIX)) and
+      c.removeprefix(EVAL_COLUMN_PREFIX) not in present
   ]
   chosen.sort(key=rank)  # Stable: the columns' order within each kind.
   return chosen or [c for c in columns if c.startswith('loss_')]
@@ -236,11 +238,9 @@ def _figure(panels: int, columns: int, panel_size=(5.2, 3.0)):
 
 
 def _save(figure, path: Path) -> Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + '.tmp.png')
-  figure.savefig(tmp, dpi=100, format='png')
-  tmp.replace(path)
-  return path
+  buffer = io.BytesIO()
+  figure.savefig(buffer, dpi=100, format='png')
+  return workdir_lib.write_atomic(path, buffer.getvalue())
 
 
 def _xy(values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -327,8 +327,8 @@ def plot_run(workdir: str | Path) -> list[Path]:
   last_step = max(max(values) for values in series.values())
   title = f'{workdir.resolve().name} (step {last_step})'
   written = [
-      plot_losses(series, workdir / PLOTS_DIR / 'losses.png', title),
-      plot_metrics(series, workdir / PLOTS_DIR / 'metrics.png', title)
+      plot_losses(series, workdir / workdir_lib.PLOTS_DIR / 'losses.png', title),
+      plot_metrics(series, workdir / workdir_lib.PLOTS_DIR / 'metrics.png', title)
   ]
   return [path for path in written if path is not None]
 
@@ -389,8 +389,8 @@ def plot_final_metrics(rows: Sequence[dict], path: Path, metrics: Sequence[str])
 
 def _curve_name(metric: str, series: Series) -> str | None:
   """The metrics.jsonl scalar of a results column: eval/<key> (or the older heldout/<key>)."""
-  key = metric[len('eval_'):] if metric.startswith('eval_') else metric
-  for name in (f'eval/{key}', f'heldout/{key}'):
+  key = metric.removeprefix(EVAL_COLUMN_PREFIX)
+  for name in (workdir_lib.eval_scalar(key), f'heldout/{key}'):
     if name in series:
       return name
   return None
@@ -459,8 +459,8 @@ def plot_sweep(root: str | Path,
     columns = list(dict.fromkeys(key for row in rows for key in row))
     metrics = summary_metrics(columns, baselines=False)
   written = [
-      plot_final_metrics(rows, root / PLOTS_DIR / 'final_metrics.png', metrics),
-      plot_curves(root, rows, root / PLOTS_DIR / 'curves.png', metrics),
+      plot_final_metrics(rows, root / workdir_lib.PLOTS_DIR / 'final_metrics.png', metrics),
+      plot_curves(root, rows, root / workdir_lib.PLOTS_DIR / 'curves.png', metrics),
   ]
   return [path for path in written if path is not None]
 

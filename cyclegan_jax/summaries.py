@@ -1,5 +1,6 @@
 """TensorBoard summaries, sample-image grids and the console progress line."""
 
+import io
 import json
 import time
 from pathlib import Path
@@ -8,10 +9,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.data.image_io import to_uint8
-
-METRICS_FILE = 'metrics.jsonl'
-FINAL_FILE = 'final.json'
 
 
 def image_grid(columns: list[np.ndarray]) -> np.ndarray:
@@ -29,10 +28,10 @@ def translation_grid(images: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp.png')
-  Image.fromarray(image).save(tmp)
-  tmp.replace(path)
+  """Writes a uint8 [H, W] or [H, W, C] image as a PNG, atomically."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  workdir_lib.write_atomic(path, buffer.getvalue())
 
 
 class SummaryWriter:
@@ -45,10 +44,10 @@ class SummaryWriter:
 
   def __init__(self, workdir: Path):
     self._writer = None
-    self._jsonl_path = Path(workdir) / METRICS_FILE
+    self._jsonl_path = Path(workdir) / workdir_lib.METRICS_FILE
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter as TensorBoardWriter  # pylint: disable=g-import-not-at-top
-      self._writer = TensorBoardWriter(logdir=str(Path(workdir) / 'tensorboard'))
+      self._writer = TensorBoardWriter(logdir=str(Path(workdir) / workdir_lib.TENSORBOARD_DIR))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if self._writer:
@@ -102,11 +101,3 @@ def key_values(values: dict[str, float]) -> str:
   for key, value in values.items():
     parts.append(f'{key}={value:.6g}' if isinstance(value, float) else f'{key}={value}')
   return ' '.join(parts)
-
-
-def write_json(path: Path, values: dict) -> None:
-  """Writes `values` as JSON atomically (a reader never sees half a file)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(values, indent=1, sort_keys=False) + '\n', encoding='utf-8')
-  tmp.replace(path)

@@ -247,7 +247,7 @@ def _check_finite(step: int, metrics: dict[str, float], workdir: Path) -> None:
   if bad:
     raise errors.DivergedError(
         f'Non-finite {", ".join(bad)} at step {step}. The checkpoints in '
-        f'{checkpointing.checkpoint_dir(workdir)} are untouched; lower the learning rate or '
+        f'{workdir_lib.checkpoint_dir(workdir)} are untouched; lower the learning rate or '
         'check the data.')
 
 
@@ -257,7 +257,7 @@ def _plot(workdir: Path) -> None:
     from cyclegan_jax import plots  # pylint: disable=g-import-not-at-top  # matplotlib is slow.
     plots.plot_run(workdir)
   except Exception as error:  # pylint: disable=broad-except
-    logging.warning('Could not draw the plots in %s: %s', workdir / 'plots', error)
+    logging.warning('Could not draw the plots in %s: %s', workdir / workdir_lib.PLOTS_DIR, error)
 
 
 def _sync_processes(name: str) -> None:
@@ -368,10 +368,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     results = evaluation.evaluate(
         functools.partial(trainer.translate_AtoB, state.params),
         functools.partial(trainer.translate_BtoA, state.params), test_sets, paired, features)
-    writer.scalars(step, {f'eval/{k}': v for k, v in results.items()})
+    writer.scalars(step, {workdir_lib.eval_scalar(k): v for k, v in results.items()})
     if is_chief:
       evaluation.log_summary(step, results)
-      summaries.write_json(evaluation.eval_path(workdir, step), {'step': step, **results})
+      workdir_lib.write_json(workdir_lib.eval_file(workdir, step), {'step': step, **results})
     return results
 
   def save_samples(state, step):
@@ -382,7 +382,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     if not is_chief:
       return
     grid = summaries.translation_grid(images)
-    summaries.save_png(workdir / 'samples' / f'step_{step:08d}.png', grid)
+    summaries.save_png(workdir_lib.sample_file(workdir, step), grid)
     writer.image(step, 'samples/real_fake_rec', grid)
 
   progress = summaries.Progress(start_step, num_steps)
@@ -431,7 +431,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   wall_time = time.perf_counter() - start_time
   final = {'step': step, 'wall_time_s': wall_time,
            'steps_per_s': (step - start_step) / max(wall_time, 1e-9)}
-  final.update({k.replace('/', '_'): v for k, v in last_metrics.items()})
+  final.update({workdir_lib.flat_name(k): v for k, v in last_metrics.items()})
   final.update(evaluate(state, step))
   writer.flush()
   writer.close()
@@ -441,7 +441,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     logging.info('Run %s. Workdir %s: checkpoints/, samples/, tensorboard/, config.json.',
                  status, workdir)
     if step == num_steps:
-      summaries.write_json(workdir / summaries.FINAL_FILE, final)
+      workdir_lib.write_json(workdir / workdir_lib.FINAL_FILE, final)
     if config.plot_at_end:
       _plot(workdir)
     print('final: ' + summaries.key_values(final), flush=True)

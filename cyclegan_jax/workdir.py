@@ -1,6 +1,23 @@
-"""The run folder (workdir): its file names and the lock that keeps one run writing into it.
+"""The run folder (workdir): its file names, atomic writes, metric spellings, and its lock.
 
 Standard library only, so that every module (training, evaluation, plots, sweeps) can read it.
+
+    <workdir>/
+      config.json          CONFIG_FILE: the resolved config of the run
+      imported.json        IMPORTED_FILE: written by convert, {network: source .pth}
+      checkpoints/<step>/  CHECKPOINTS_DIR: Orbax checkpoints of the train state
+      damaged_checkpoints/ DAMAGED_DIR: checkpoints found damaged at a resume (kept)
+      samples/step_N.png   SAMPLES_DIR: sample grids
+      eval/step_N.json     EVAL_DIR: evaluation metrics
+      tensorboard/         TENSORBOARD_DIR: event files
+      metrics.jsonl        METRICS_FILE: every logged scalar, one JSON line per log step
+      final.json           FINAL_FILE: the final summary, once the run has finished
+      plots/               PLOTS_DIR: losses.png, metrics.png
+      run.lock             LOCK_FILE: who holds the workdir while a run trains
+
+Scalar names: the train step's metrics are `loss/<term>`, `score/<D>/<real|fake>` and `lr`;
+evaluation metrics are logged as `eval/<key>` (`eval_scalar`). Flat files whose keys cannot hold a
+slash (final.json, a sweep's results.csv) spell them with `_` (`flat_name`).
 
 The lock: a training run holds `<workdir>/run.lock` from before it writes anything until it ends.
 The file records who holds it (host, process id, start time, command). It is an advisory
@@ -21,9 +38,70 @@ import sys
 
 from cyclegan_jax import errors
 
+CONFIG_FILE = 'config.json'
+IMPORTED_FILE = 'imported.json'
+CHECKPOINTS_DIR = 'checkpoints'
+DAMAGED_DIR = 'damaged_checkpoints'
+SAMPLES_DIR = 'samples'
+EVAL_DIR = 'eval'
+TENSORBOARD_DIR = 'tensorboard'
+METRICS_FILE = 'metrics.jsonl'
+FINAL_FILE = 'final.json'
+PLOTS_DIR = 'plots'
 LOCK_FILE = 'run.lock'
+EVAL_PREFIX = 'eval/'
 # flock errors that mean "this file system does not do locks", not "someone holds it".
 _NO_LOCK_SUPPORT = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+  """`<workdir>/checkpoints`, absolute (as Orbax wants it)."""
+  return Path(workdir).absolute() / CHECKPOINTS_DIR
+
+
+def step_file(folder: Path, step: int, suffix: str) -> Path:
+  return folder / f'step_{step:08d}{suffix}'
+
+
+def eval_file(workdir: str | os.PathLike, step: int) -> Path:
+  return step_file(Path(workdir) / EVAL_DIR, step, '.json')
+
+
+def sample_file(workdir: str | os.PathLike, step: int) -> Path:
+  return step_file(Path(workdir) / SAMPLES_DIR, step, '.png')
+
+
+def eval_scalar(metric: str) -> str:
+  """The scalar name of an evaluation metric: 'heldout_mae_AtoB' -> 'eval/heldout_mae_AtoB'."""
+  return EVAL_PREFIX + metric
+
+
+def flat_name(scalar: str) -> str:
+  """A scalar's name in final.json and results.csv: 'loss/gan_G' -> 'loss_gan_G'."""
+  return scalar.replace('/', '_')
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+  """Writes `path` whole or not at all: a reader never sees half a file (parents are made)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  tmp.write_bytes(data.encode('utf-8') if isinstance(data, str) else data)
+  tmp.replace(path)
+  return path
+
+
+def write_json(path: str | os.PathLike, values: dict) -> Path:
+  return write_atomic(path, json.dumps(values, indent=1) + '\n')
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+  """The JSON object in `path`, or None if it is missing, unreadable or not an object."""
+  try:
+    values = json.loads(Path(path).read_text(encoding='utf-8'))
+  except (OSError, ValueError):
+    return None
+  return values if isinstance(values, dict) else None
 
 
 def _holder_record() -> dict:

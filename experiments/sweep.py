@@ -37,6 +37,7 @@ from absl import flags
 
 from cyclegan_jax import cli
 from cyclegan_jax import plots
+from cyclegan_jax import workdir as workdir_lib
 from experiments.sweeplib import report
 from experiments.sweeplib import runner
 from experiments.sweeplib import spec
@@ -74,7 +75,7 @@ def run_sweep(config: str,
     launched = 0
     for run in planned:
       workdir = run.workdir(root)
-      final = spec.read_json(workdir / runner.FINAL_FILE)
+      final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
       commands = []
       if final is None:
         commands.append(runner.train_command(config, workdir, run.overrides, 'python'))
@@ -97,14 +98,14 @@ def run_sweep(config: str,
 
   rows = report.collect_results(root, planned, statuses)
   report.write_csv(root / spec.RESULTS_CSV, rows)
-  runner.write_text(
+  workdir_lib.write_atomic(
       root / spec.RESULTS_MD,
       report.results_markdown(rows, config, sweep_path, sweep.fixed, planned, failures))
   print(f'Results: {root / spec.RESULTS_CSV} and {root / spec.RESULTS_MD}', flush=True)
   if plot:
     for row in rows:
       workdir = root / row['name']
-      if row['status'] == 'done' and not (workdir / plots.PLOTS_DIR / 'losses.png').exists():
+      if row['status'] == 'done' and not (workdir / workdir_lib.PLOTS_DIR / 'losses.png').exists():
         try:
           plots.plot_run(workdir)
         except (FileNotFoundError, ValueError) as error:

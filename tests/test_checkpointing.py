@@ -63,7 +63,7 @@ def test_readers_skip_a_damaged_newest_checkpoint_and_name_it(finished_tiny_run,
   with pytest.raises(errors.CheckpointError, match='step 6'):
     train.train_and_evaluate(config, str(tmp_path / 'warm'))
   # Readers never move or delete anything.
-  assert (run / 'checkpoints' / '6').is_dir() and not (run / checkpointing.DAMAGED_DIR).exists()
+  assert (run / 'checkpoints' / '6').is_dir() and not (run / workdir.DAMAGED_DIR).exists()
 
   result = subprocess.run(
       [sys.executable, '-m', 'cyclegan_jax.translate', f'--workdir={run}', '--step=6',
@@ -88,7 +88,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(finished_tiny_run, t
   assert final['step'] == 8
   messages = [record.getMessage() for record in caplog.records]
   assert any('Checkpoint step 6' in m and 'damaged' in m for m in messages), messages
-  set_aside = damaged / checkpointing.DAMAGED_DIR / '6'
+  set_aside = damaged / workdir.DAMAGED_DIR / '6'
   assert any(str(set_aside) in m for m in messages), messages
   # Kept as it was, out of the way of the new step-6 checkpoint.
   kept = set_aside / truncated_file.relative_to(damaged / 'checkpoints' / '6')

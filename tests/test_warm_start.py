@@ -8,6 +8,7 @@ from conftest import updated
 from cyclegan_jax import checkpointing
 from cyclegan_jax import config_lib
 from cyclegan_jax import train
+from cyclegan_jax import workdir as workdir_lib
 
 
 @pytest.fixture
@@ -59,7 +60,8 @@ def test_only_the_named_parts_are_taken(tiny_config, source_run):
 
 def test_a_checkpoint_folder_names_its_step(tiny_config, source_run):
   workdir, _ = source_run
-  config = updated(tiny_config, init_from=str(checkpointing.checkpoint_dir(workdir) / '3'),
+  config = updated(tiny_config,
+                   init_from=str(workdir_lib.checkpoint_dir(workdir) / '3'),
                    init_parts='D_X')
   trainer, fresh = fresh_state(config)
   state = checkpointing.warm_started(fresh, config, trainer.state_sharding)

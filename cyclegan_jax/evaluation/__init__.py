@@ -27,10 +27,10 @@ from cyclegan_jax.data import image_io
 from cyclegan_jax import checkpointing
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.evaluation import metrics
 
 Translate = Callable[[np.ndarray], np.ndarray]  # float32 [-1, 1] NHWC -> the same
-EVAL_DIR = 'eval'
 _PAIR_SUFFIX = re.compile(r'[_-]?[AB]$')
 
 
@@ -170,10 +170,6 @@ def log_summary(step: int, results: dict[str, float]) -> None:
   logging.info('Evaluation at step %d: %s', step, ', '.join(parts))
 
 
-def eval_path(workdir: str | Path, step: int) -> Path:
-  return Path(workdir) / EVAL_DIR / f'step_{step:08d}.json'
-
-
 def inception_features(weights_path: str) -> Callable[[np.ndarray], np.ndarray] | None:
   """The FID feature extractor for `weights_path`, or None (with a log line) if it is ''."""
   if not weights_path:
@@ -212,7 +208,7 @@ def evaluate_workdir(workdir: str,
   results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)
   if jax.process_index() == 0:
     writer = summaries.SummaryWriter(workdir)
-    writer.scalars(step, {f'eval/{key}': value for key, value in results.items()})
+    writer.scalars(step, {workdir_lib.eval_scalar(key): value for key, value in results.items()})
     writer.close()
-    summaries.write_json(eval_path(workdir, step), {'step': step, **results})
+    workdir_lib.write_json(workdir_lib.eval_file(workdir, step), {'step': step, **results})
   return step, results

@@ -5,7 +5,7 @@
     y = translate_any_size(generator, x)  # x: float32 NHWC in [-1, 1], any height and width
 
 A workdir written by `python -m cyclegan_jax.convert` holds only the networks it was converted
-from; `checkpointing.IMPORTED_FILE` lists them, and asking for another direction is an error.
+from; `workdir.IMPORTED_FILE` lists them, and asking for another direction is an error.
 """
 
 import functools

@@ -18,7 +18,7 @@ from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
-from cyclegan_jax import summaries
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.torch_io import mapping
 from cyclegan_jax.torch_io import pth
 
@@ -97,7 +97,7 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
                   sources: dict[str, str]) -> Path:
   """A step-0 train state with `params` in place of the fresh networks' ones, saved in `output`."""
   output = Path(output)
-  if checkpointing.checkpoint_dir(output).exists():
+  if workdir_lib.checkpoint_dir(output).exists():
     raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
   config_lib.validate(config)
   networks = state_lib.build_networks(config)
@@ -128,7 +128,7 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
     manager.wait_until_finished()
   finally:
     manager.close()
-  summaries.write_json(output / checkpointing.IMPORTED_FILE, sources)
+  workdir_lib.write_json(output / workdir_lib.IMPORTED_FILE, sources)
   return output
 
 

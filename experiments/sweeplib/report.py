@@ -2,19 +2,20 @@
 Markdown, with mean ± std over seeds."""
 
 import csv
+import io
 import math
 from pathlib import Path
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
 from cyclegan_jax import plots
+from cyclegan_jax import workdir as workdir_lib
 from experiments.sweeplib import spec
 from experiments.sweeplib.runner import Failure
-from experiments.sweeplib.runner import FINAL_FILE
 from experiments.sweeplib.spec import PlannedRun
 
 def _latest_eval(workdir: Path) -> tuple[int, dict[str, float]] | None:
-  results = plots.load_eval_results(workdir) if (workdir / plots.EVAL_DIR).is_dir() else {}
+  results = plots.load_eval_results(workdir)
   if not results:
     return None
   step = max(results)
@@ -29,7 +30,7 @@ def collect_results(root: Path,
   rows = []
   for run in planned:
     workdir = run.workdir(root)
-    final = spec.read_json(workdir / FINAL_FILE)
+    final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
     if final is not None:
       status = 'done'
     else:
@@ -38,8 +39,8 @@ def collect_results(root: Path,
     row.update(final or {})
     latest = _latest_eval(workdir)
     if latest is not None:
-      row['eval_step'] = latest[0]
-      row.update({f'eval_{key}': value for key, value in latest[1].items()})
+      row[plots.EVAL_COLUMN_PREFIX + 'step'] = latest[0]
+      row.update({plots.EVAL_COLUMN_PREFIX + key: value for key, value in latest[1].items()})
     rows.append(row)
   return rows
 
@@ -56,13 +57,12 @@ def _csv_value(value: Any) -> str:
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
   columns = _columns(rows)
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'w', newline='', encoding='utf-8') as file:
-    writer = csv.writer(file)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow([_csv_value(row.get(column)) for column in columns])
-  tmp.replace(path)
+  text = io.StringIO()
+  writer = csv.writer(text)
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow([_csv_value(row.get(column)) for column in columns])
+  workdir_lib.write_atomic(path, text.getvalue())
 
 
 def _override(value: Any) -> str:

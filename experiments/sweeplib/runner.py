@@ -13,14 +13,13 @@ import time
 from typing import Any, Mapping, Sequence
 
 from cyclegan_jax import plots
+from cyclegan_jax import workdir as workdir_lib
 from experiments.sweeplib import spec
 from experiments.sweeplib.spec import PlannedRun
 from experiments.sweeplib.spec import SweepError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_FILE = 'log.txt'
-FINAL_FILE = 'final.json'  # As in summaries.py (not imported: it needs jax).
-
 
 def train_command(config: str,
                   workdir: Path,
@@ -58,7 +57,7 @@ def check_root(root: Path, config: str, sweep_path: str, planned: Sequence[Plann
       raise SweepError(f'{root} is not empty and has no {spec.SWEEP_FILE}: it is not a sweep root. ' +
                        hint)
     return
-  recorded = spec.read_json(record_path)
+  recorded = workdir_lib.read_json(record_path)
   if recorded is None:
     if force:
       return
@@ -93,13 +92,7 @@ def write_record(root: Path, config: str, sweep_path: str, fixed: Mapping[str, A
         'command': shlex.join(command)
     })
   record = {'config': config, 'sweep': sweep_path, 'fixed': dict(fixed), 'runs': runs_record}
-  write_text(root / spec.SWEEP_FILE, json.dumps(record, indent=1) + '\n')
-
-
-def write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text, encoding='utf-8')
-  tmp.replace(path)
+  workdir_lib.write_atomic(root / spec.SWEEP_FILE, json.dumps(record, indent=1) + '\n')
 
 
 class _Stop:
@@ -191,7 +184,7 @@ def needs_evaluation(workdir: Path, final: Mapping[str, Any] | None) -> bool:
   step = (final or {}).get('step')
   if not isinstance(step, int):
     return True
-  return not (workdir / plots.EVAL_DIR / f'step_{step:08d}.json').exists()
+  return not workdir_lib.eval_file(workdir, step).exists()
 
 
 def execute(config: str, root: Path, planned: Sequence[PlannedRun], evaluate: bool,
@@ -207,16 +200,17 @@ def execute(config: str, root: Path, planned: Sequence[PlannedRun], evaluate: bo
       prefix = f'[{index}/{len(planned)}] {run.name}:'
       workdir = run.workdir(root)
       log_path = workdir / LOG_FILE
-      if (workdir / FINAL_FILE).exists():
+      if (workdir / workdir_lib.FINAL_FILE).exists():
         statuses[run.name] = 'done'
-        print(f'{prefix} skipped, finished earlier ({workdir / FINAL_FILE} exists)', flush=True)
+        print(f'{prefix} skipped, finished earlier ({workdir / workdir_lib.FINAL_FILE} exists)',
+              flush=True)
       else:
-        resuming = (workdir / 'checkpoints').is_dir()
+        resuming = workdir_lib.checkpoint_dir(workdir).is_dir()
         workdir.mkdir(parents=True, exist_ok=True)
         print(f'{prefix} {"resuming" if resuming else "training"}, log {log_path}', flush=True)
         start = time.perf_counter()
         code = _run_logged(train_command(config, workdir, run.overrides), log_path, stream, stop)
-        final = spec.read_json(workdir / FINAL_FILE)
+        final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
         if code == 0 and final is not None:
           statuses[run.name] = 'done'
           print(f'{prefix} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
@@ -231,7 +225,7 @@ def execute(config: str, root: Path, planned: Sequence[PlannedRun], evaluate: bo
           for line in _last_lines(log_path):
             print(f'    {line}', flush=True)
       if evaluate and statuses[run.name] == 'done' and not stop.requested:
-        if needs_evaluation(workdir, spec.read_json(workdir / FINAL_FILE)):
+        if needs_evaluation(workdir, workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)):
           print(f'{prefix} evaluating, log {log_path}', flush=True)
           code = _run_logged(evaluate_command(workdir), log_path, stream, stop)
           if code == 0:

@@ -15,6 +15,8 @@ import re
 from typing import Any, Mapping, Sequence
 
 from cyclegan_jax import errors
+from cyclegan_jax import plots
+from cyclegan_jax import workdir as workdir_lib
 
 NAME = 'name'  # The key of a run's explicit name (not a config field).
 SEED = 'seed'  # The config field whose runs are averaged over in the grouped table.
@@ -222,19 +224,11 @@ def load_sweep_file(path: str | Path) -> Sweep:
 SWEEP_FILE = 'sweep.json'
 
 
-def read_json(path: Path) -> dict | None:
-  try:
-    values = json.loads(path.read_text(encoding='utf-8'))
-  except (OSError, ValueError):
-    return None
-  return values if isinstance(values, dict) else None
-
-
 def canonical(overrides: Mapping[str, Any]) -> str:
   return json.dumps(overrides, sort_keys=True)  # Tuples and lists compare equal, as in JSON.
 
 
-RESULTS_CSV = 'results.csv'
+RESULTS_CSV = plots.RESULTS_FILE
 RESULTS_MD = 'results.md'
 
 
@@ -247,4 +241,4 @@ def format_value(value: Any) -> str:
 
 
 # Names that are the sweep root's own files, so no run may take them.
-RESERVED_NAMES = frozenset({'plots', SWEEP_FILE, RESULTS_CSV, RESULTS_MD})
+RESERVED_NAMES = frozenset({workdir_lib.PLOTS_DIR, SWEEP_FILE, RESULTS_CSV, RESULTS_MD})
