@@ -27,6 +27,7 @@ import numpy as np
 
 from cyclegan_jax import cli
 from cyclegan_jax import config_lib
+from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import train
 
@@ -89,10 +90,8 @@ def memory_figures(compiled) -> dict[str, float]:
 def benchmark(config, steps: int, warmup: int, inference: bool) -> dict[str, Any]:
   config_lib.validate(config, num_devices=jax.device_count())
   size, batch_size = config.data.crop_size, config.batch_size
-  shape_A = (size, size, config.model.input_nc)
-  shape_B = (size, size, config.model.output_nc)
-  trainer = train.build_trainer(config, epoch_steps=1000, image_shape_A=shape_A,
-                                image_shape_B=shape_B)
+  shape_A, shape_B = state_lib.image_shapes(config)
+  trainer = train.build_trainer(config, epoch_steps=1000)
   rng = np.random.default_rng(0)
   batch = {
       'A': rng.uniform(-1, 1, (batch_size, *shape_A)).astype(np.float32),

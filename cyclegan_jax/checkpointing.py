@@ -180,11 +180,12 @@ def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
 
 
 def load_saved_config(workdir: str | Path) -> dict | None:
+  """The workdir's config.json as a dict (renamed fields under their new names), or None."""
   path = Path(workdir) / workdir_lib.CONFIG_FILE
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
+    return config_lib.upgrade_saved_config(json.loads(path.read_text()))
   except json.JSONDecodeError as error:
     raise errors.InvalidValueError(
         f'{path} is not valid JSON ({error}); it records the config of the run in '

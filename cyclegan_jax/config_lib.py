@@ -5,6 +5,7 @@ change a few fields. `validate(config)` runs before any compute and raises
 `ValueError` naming the offending field.
 """
 
+import json
 import math
 import re
 
@@ -35,8 +36,8 @@ ARCHITECTURE_FIELDS = (
     'model.ngf',
     'model.ndf',
     'model.norm',
-    'model.input_nc',
-    'model.output_nc',
+    'model.channels_A',
+    'model.channels_B',
     'pool_size',
     'data.crop_size',
 )
@@ -85,8 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.norm = 'instance'  # 'instance', 'batch' (batch statistics) or 'none'.
   config.model.init_type = 'normal'  # 'normal', 'xavier', 'kaiming' or 'orthogonal'.
   config.model.init_gain = 0.02  # Std (normal) or gain (xavier, orthogonal) of the init.
-  config.model.input_nc = 3  # Channels of domain A (X) images: 1 or 3.
-  config.model.output_nc = 3  # Channels of domain B (Y) images: 1 or 3.
+  # Channels of domain A (X) and B (Y) images, 1 or 3: G maps channels_A to channels_B (the official
+  # code's input_nc and output_nc).
+  config.model.channels_A = 3
+  config.model.channels_B = 3
   # Exact faster formulations of slow convolutions (models/fast_convs.py); False: plain lax convs.
   config.model.fast_convs = True
 
@@ -232,13 +235,37 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_choice(config, 'model.norm', NORMS)
   _require_choice(config, 'model.init_type', INIT_TYPES)
   _require_number(config, 'model.init_gain', 0.0, strictly_greater=True)
-  _require_choice(config, 'model.input_nc', (1, 3))
-  _require_choice(config, 'model.output_nc', (1, 3))
-  if config.lambda_identity > 0 and model.input_nc != model.output_nc:
+  _require_choice(config, 'model.channels_A', (1, 3))
+  _require_choice(config, 'model.channels_B', (1, 3))
+  if config.lambda_identity > 0 and model.channels_A != model.channels_B:
     _fail('lambda_identity', config.lambda_identity,
-          'the identity loss needs model.input_nc == model.output_nc; set it to 0')
+          'the identity loss needs model.channels_A == model.channels_B; set it to 0')
 
   data = config.data
+  validate_data(data)
+  if data.preprocess in UNCROPPED_MODES and config.pool_size > 0 and \
+      data.source != 'embedded':
+    _fail(
+        'data.preprocess', data.preprocess,
+        "images of varying size cannot share an image pool; use a cropping mode such as "
+        "'resize_and_crop', or set pool_size=0")
+  n_layers = discriminator_layers(model)
+  if discriminator_output_size(data.crop_size, n_layers) < 1:
+    _fail('data.crop_size', data.crop_size,
+          f'too small for a discriminator with {n_layers} strided layers (no output patch left)')
+
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
+                'keep_checkpoints'):
+    _require_int(config, field, 1)
+  _require_int(config, 'num_sample_images', 0)
+  _require_int(config, 'eval_every_steps', 0)
+  if config.init_from:
+    parse_init_parts(config.init_parts)
+
+
+def validate_data(data: ml_collections.ConfigDict) -> None:
+  """Raises naming the first invalid field of a `config.data` section (`validate` runs it too)."""
+  config = {'data': data}
   _require_choice(config, 'data.source', DATA_SOURCES)
   _require_choice(config, 'data.preprocess', PREPROCESS_MODES)
   _require_int(config, 'data.crop_size', 4)
@@ -255,27 +282,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           'the folder source needs a folder or .zip holding trainA/ and trainB/')
   if data.source == 'tfds' and not data.tfds_name:
     _fail('data.tfds_name', data.tfds_name, "the tfds source needs e.g. 'cycle_gan/horse2zebra'")
-  if data.preprocess in UNCROPPED_MODES and config.pool_size > 0 and \
-      data.source != 'embedded':
-    _fail(
-        'data.preprocess', data.preprocess,
-        "images of varying size cannot share an image pool; use a cropping mode such as "
-        "'resize_and_crop', or set pool_size=0")
   _require_int(config, 'data.num_heldout', 0)
   _require_int(config, 'data.num_workers', 0)
   _require_int(config, 'data.prefetch', 0)
-  n_layers = discriminator_layers(model)
-  if discriminator_output_size(data.crop_size, n_layers) < 1:
-    _fail('data.crop_size', data.crop_size,
-          f'too small for a discriminator with {n_layers} strided layers (no output patch left)')
-
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
-                'keep_checkpoints'):
-    _require_int(config, field, 1)
-  _require_int(config, 'num_sample_images', 0)
-  _require_int(config, 'eval_every_steps', 0)
-  if config.init_from:
-    parse_init_parts(config.init_parts)
 
 
 def parse_init_parts(init_parts: str) -> list[str]:
@@ -290,6 +299,34 @@ def parse_init_parts(init_parts: str) -> list[str]:
     raise errors.InvalidValueError(
         f'Invalid config.init_parts = {init_parts!r}: a part is named twice.')
   return parts
+
+
+# Fields renamed since runs were first saved: old dotted name -> new one. A run's saved
+# config.json is read with the new names (`upgrade_saved_config`); the old names are not accepted
+# on the command line or in config files.
+RENAMED_FIELDS = {
+    'model.input_nc': 'model.channels_A',
+    'model.output_nc': 'model.channels_B',
+}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+  """A saved config (as a dict) with renamed fields under their new names."""
+  upgraded = json.loads(json.dumps(saved))  # A deep copy.
+  for old, new in RENAMED_FIELDS.items():
+    old_parent, new_parent = upgraded, upgraded
+    *old_path, old_leaf = old.split('.')
+    *new_path, new_leaf = new.split('.')
+    try:
+      for part in old_path:
+        old_parent = old_parent[part]
+      for part in new_path:
+        new_parent = new_parent.setdefault(part, {})
+    except (KeyError, TypeError, AttributeError):
+      continue
+    if isinstance(old_parent, dict) and old_leaf in old_parent and isinstance(new_parent, dict):
+      new_parent.setdefault(new_leaf, old_parent.pop(old_leaf))
+  return upgraded
 
 
 def architecture_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

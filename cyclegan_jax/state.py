@@ -6,7 +6,7 @@ real a against F(b). The train state is one pytree holding everything a resumed 
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -21,6 +21,7 @@ from cyclegan_jax import models
 
 GENERATORS = ('G', 'F')
 DISCRIMINATORS = ('D_X', 'D_Y')
+ImageShape = tuple[int, int, int]  # (height, width, channels)
 
 
 class Networks(NamedTuple):
@@ -45,11 +46,10 @@ class TrainState:
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
   dtype = jnp.dtype(config.compute_dtype)
   model_config = config.model
-  return Networks(
-      G=models.build_generator(model_config, model_config.output_nc, dtype=dtype),
-      F=models.build_generator(model_config, model_config.input_nc, dtype=dtype),
-      D_X=models.build_discriminator(model_config, dtype=dtype),
-      D_Y=models.build_discriminator(model_config, dtype=dtype))
+  return Networks(G=models.build_generator(model_config, model_config.channels_B, dtype=dtype),
+                  F=models.build_generator(model_config, model_config.channels_A, dtype=dtype),
+                  D_X=models.build_discriminator(model_config, dtype=dtype),
+                  D_Y=models.build_discriminator(model_config, dtype=dtype))
 
 
 def steps_per_epoch(epoch_size: int, batch_size: int) -> int:
@@ -117,16 +117,28 @@ def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
       rng=rng)
 
 
+def image_shapes(config: ml_collections.ConfigDict) -> tuple[ImageShape, ImageShape]:
+  """(height, width, channels) of a training image of domain A and of domain B."""
+  crop = config.data.crop_size
+  return (crop, crop, config.model.channels_A), (crop, crop, config.model.channels_B)
+
+
+def train_state_initializer(
+    config: ml_collections.ConfigDict,
+    optimizer: optax.GradientTransformation | None = None) -> Callable[[], TrainState]:
+  """The pure function that makes a fresh train state of `config`: jit it (with out_shardings)
+  to create the state on device, or `jax.eval_shape` it for its shapes. Adam's state does not
+  depend on the learning-rate schedule, so `optimizer` only needs to be given to share it."""
+  if optimizer is None:
+    optimizer = adam(config, learning_rate_schedule(config, 1))
+  return functools.partial(init_train_state, config, build_networks(config), optimizer,
+                           *image_shapes(config))
+
+
 def abstract_train_state(config: ml_collections.ConfigDict) -> Any:
   """The shapes of a run's train state, placed on the first local device (no compute)."""
-  networks = build_networks(config)
-  optimizer = adam(config, learning_rate_schedule(config, 1))
-  crop = config.data.crop_size
-  init = functools.partial(init_train_state, config, networks, optimizer,
-                           (crop, crop, config.model.input_nc),
-                           (crop, crop, config.model.output_nc))
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return abstract_like(jax.eval_shape(init), sharding)
+  return abstract_like(jax.eval_shape(train_state_initializer(config)), sharding)
 
 
 def total_train_steps(config: ml_collections.ConfigDict, epoch_steps: int) -> int:

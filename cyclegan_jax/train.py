@@ -175,7 +175,6 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
-                  image_shape_A: tuple[int, int, int], image_shape_B: tuple[int, int, int],
                   mesh: jax.sharding.Mesh | None = None) -> Trainer:
   mesh = make_mesh() if mesh is None else mesh
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -183,9 +182,7 @@ def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
   networks = state_lib.build_networks(config)
   schedule = state_lib.learning_rate_schedule(config, epoch_steps)
   optimizer = state_lib.adam(config, schedule)
-  init = jax.jit(functools.partial(state_lib.init_train_state, config, networks, optimizer,
-                                   image_shape_A, image_shape_B),
-                 out_shardings=replicated)
+  init = jax.jit(state_lib.train_state_initializer(config, optimizer), out_shardings=replicated)
   step = jax.jit(
       functools.partial(train_step, networks=networks, optimizer=optimizer, schedule=schedule,
                         gan_mode=config.gan_mode, lambda_cycle=float(config.lambda_cycle),
@@ -312,8 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config, num_devices=jax.device_count())
   dataset = data.create_dataset(config.data,
                                 seed=config.seed,
-                                channels_A=config.model.input_nc,
-                                channels_B=config.model.output_nc)
+                                channels_A=config.model.channels_A,
+                                channels_B=config.model.channels_B)
   with exclusive_workdir(workdir):
     return _train_and_evaluate(config, workdir, dataset)
 
@@ -326,9 +323,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
 
   epoch_steps = state_lib.steps_per_epoch(dataset.epoch_size, config.batch_size)
   num_steps = state_lib.total_train_steps(config, epoch_steps)
-  crop = config.data.crop_size
-  trainer = build_trainer(config, epoch_steps, (crop, crop, config.model.input_nc),
-                          (crop, crop, config.model.output_nc))
+  trainer = build_trainer(config, epoch_steps)
   logging.info(
       'Training %d steps (%d per epoch of %d examples), global batch %d over %d devices: %d per '
       'device, %d per process of %d.', num_steps, epoch_steps, dataset.epoch_size,

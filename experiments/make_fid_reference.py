@@ -6,7 +6,7 @@
     /tmp/fidref/bin/python -m experiments.make_fid_reference   # From the repository root.
 
 The FID Inception weights cannot be shipped with the tests, so the parity test runs both networks
-on random weights instead: `inception.random_state_dict(shapes, seed)` builds them with numpy from
+on random weights instead: `random_state_dict(shapes, seed)` builds them with numpy from
 the key names and shapes, pytorch-fid's `InceptionV3([0, 1, 2, 3])` loads them (strict) in place
 of the downloaded file, and this script stores its outputs. The test regenerates the same weights
 and compares `cyclegan_jax.inception` with these outputs. Stored (no weights):
@@ -26,6 +26,8 @@ network access (the weight download is replaced by the random weights).
 """
 
 from pathlib import Path
+from typing import Mapping, Sequence
+import zlib
 
 import numpy as np
 
@@ -35,6 +37,37 @@ OUTPUT = Path(__file__).resolve().parents[1] / 'tests' / 'data' / 'fid_inception
 SEED = 0
 INPUT_SEED = 1234
 RESIZE_SIZES = ((7, 29), (31, 5), (40, 40))
+
+
+def random_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+  """Seeded random weights for the FID Inception keys in `shapes` (tests; numpy only).
+
+  Each entry depends only on `seed`, its key and its shape. Conv weights are He-normal
+  (std sqrt(2 / fan_in)), BatchNorm scales ~U(0.8, 1.2), shifts and running means ~N(0, 0.1^2)
+  and running variances ~U(0.5, 1.5), so that activations keep their scale through the network;
+  `num_batches_tracked` is 0 (int64), the classifier small normal.
+  """
+  state_dict = {}
+  for key, shape in shapes.items():
+    shape = tuple(int(n) for n in shape)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    if key.endswith('num_batches_tracked'):
+      value = np.zeros(shape, np.int64)
+    elif key.endswith('conv.weight'):
+      fan_in = int(np.prod(shape[1:]))
+      value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    elif key.endswith('bn.weight'):
+      value = rng.uniform(0.8, 1.2, shape)
+    elif key.endswith('bn.running_var'):
+      value = rng.uniform(0.5, 1.5, shape)
+    elif key.endswith(('bn.bias', 'bn.running_mean')):
+      value = rng.normal(0.0, 0.1, shape)
+    elif key.startswith('fc.'):
+      value = rng.normal(0.0, 0.01, shape)
+    else:
+      raise ValueError(f'No random initialisation for {key!r}')
+    state_dict[key] = value.astype(np.float32) if value.dtype != np.int64 else value
+  return state_dict
 
 
 def main():
@@ -50,7 +83,7 @@ def main():
   for key in list(shapes):
     if key.endswith('.bn.weight'):
       shapes[key.removesuffix('weight') + 'num_batches_tracked'] = ()
-  weights = inception.random_state_dict(shapes, SEED)
+  weights = random_state_dict(shapes, SEED)
   torch_weights = {key: torch.from_numpy(value) for key, value in weights.items()}
 
   def fake_download(url, *unused_args, **unused_kwargs):

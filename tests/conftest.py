@@ -66,6 +66,26 @@ def assert_one_line_user_error(result, *expected_parts):
     assert part in reports[0], reports[0]
 
 
+def train_batch(dataset, step: int, batch_size: int) -> dict:
+  """Global batch `step` of a run at `batch_size`, as the trainer's iterator gives it."""
+  with dataset.train_iterator(batch_size, step * batch_size, prefetch=0) as batches:
+    return next(batches)
+
+
+def train_batch_uint8(dataset, step: int, batch_size: int) -> dict:
+  """`train_batch` as the uint8 pixels it was scaled from (exactly: x = u / 127.5 - 1)."""
+  return {
+      domain: np.round((images + 1.0) * 127.5).astype(np.uint8)
+      for domain, images in train_batch(dataset, step, batch_size).items()
+  }
+
+
+def load_npz_state_dict(path) -> dict[str, np.ndarray]:
+  """The `model.*` entries of a reference .npz file, keys verbatim (no pickles allowed)."""
+  with np.load(path, allow_pickle=False) as data:
+    return {key: data[key] for key in data.files if key.startswith('model.')}
+
+
 def updated(config, **fields):
   """A copy of `config` with `fields` changed; nested fields as model__ngf=16."""
   copy = config.copy_and_resolve_references()

@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from conftest import fraction_above  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import relative_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import train_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conftest import updated  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -30,7 +31,6 @@ def equivalence() -> dict:
   """Steps of one global batch on 1 device and on all devices, pools off and on."""
   config = load_config('tiny')
   config.batch_size = jax.device_count()
-  crop = config.data.crop_size
   dataset = data.create_dataset(config.data, seed=config.seed)
   results = {'devices': jax.device_count()}
   for pool_size, steps in ((0, 1), (4, 3)):  # With a pool, later steps draw from it.
@@ -39,10 +39,10 @@ def equivalence() -> dict:
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = jax.sharding.Mesh(np.array(devices), ('data',),
                                axis_types=(jax.sharding.AxisType.Auto,))
-      trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3), mesh=mesh)
+      trainer = train.build_trainer(config, 1000, mesh=mesh)
       state = trainer.init()
       for step in range(steps):
-        batch = jax.device_put(dataset.train_batch(step, config.batch_size),
+        batch = jax.device_put(train_batch(dataset, step, config.batch_size),
                                trainer.batch_sharding)
         state, metrics = trainer.step(state, batch)
       outcomes.append((state, metrics))

@@ -1,5 +1,6 @@
 """Damaged checkpoints: a run resumes from the newest intact one; readers skip or name them."""
 
+import json
 import logging
 import pathlib
 import shutil
@@ -112,3 +113,15 @@ def test_no_intact_checkpoint_is_one_clear_error(finished_tiny_run, tmp_path):
     train.train_and_evaluate(config, str(run))
   assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['3', '6']
   assert not (run / workdir.LOCK_FILE).exists()  # Released on the way out.
+
+
+def test_a_run_saved_before_the_channel_fields_were_renamed_still_restores_and_resumes(
+    finished_tiny_run, tmp_path):
+  run = copy_run(finished_tiny_run, tmp_path / 'run')
+  saved = json.loads((run / workdir.CONFIG_FILE).read_text())
+  saved['model']['input_nc'] = saved['model'].pop('channels_A')
+  saved['model']['output_nc'] = saved['model'].pop('channels_B')
+  (run / workdir.CONFIG_FILE).write_text(json.dumps(saved))
+  assert checkpointing.restore_train_state(run)[1] == 6
+  final = train.train_and_evaluate(updated(load_config('tiny'), num_train_steps=7), str(run))
+  assert final['step'] == 7

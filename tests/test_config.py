@@ -85,31 +85,33 @@ def test_offline_configs_are_valid(name):
   assert config.lambda_identity == 0.0
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('model.generator', 'unet_256', 'model.generator'),
-    ('model.generator', 'resnet_0blocks', 'model.generator'),
-    ('model.discriminator', 'pixel', 'model.discriminator'),
-    ('model.norm', 'layer', 'model.norm'),
-    ('model.init_type', 'uniform', 'model.init_type'),
-    ('model.input_nc', 4, 'model.input_nc'),
-    ('lambda_cycle', -1.0, 'lambda_cycle'),
-    ('lambda_identity', -0.5, 'lambda_identity'),
-    ('lambda_cycle', float('nan'), 'lambda_cycle'),
-    ('learning_rate', 0.0, 'learning_rate'),
-    ('beta1', 1.0, 'beta1'),
-    ('gan_mode', 'wgan', 'gan_mode'),
-    ('lr_policy', 'plateau', 'lr_policy'),
-    ('pool_size', -1, 'pool_size'),
-    ('batch_size', 0, 'batch_size'),
-    ('num_epochs', -1, 'num_epochs'),
-    ('data.crop_size', 300, 'data.crop_size'),  # Larger than load_size 286.
-    ('data.crop_size', 254, 'data.crop_size'),  # Not a multiple of 4.
-    ('data.source', 'tfrecord', 'data.source'),
-    ('data.preprocess', 'scale_height', 'data.preprocess'),
-    ('data.num_workers', -1, 'data.num_workers'),
-    ('compute_dtype', 'float16', 'compute_dtype'),
-    ('checkpoint_every_steps', 0, 'checkpoint_every_steps'),
-])
+@pytest.mark.parametrize(
+    'field, value, message',
+    [
+        ('model.generator', 'unet_256', 'model.generator'),
+        ('model.generator', 'resnet_0blocks', 'model.generator'),
+        ('model.discriminator', 'pixel', 'model.discriminator'),
+        ('model.norm', 'layer', 'model.norm'),
+        ('model.init_type', 'uniform', 'model.init_type'),
+        ('model.channels_A', 4, 'model.channels_A'),
+        ('lambda_cycle', -1.0, 'lambda_cycle'),
+        ('lambda_identity', -0.5, 'lambda_identity'),
+        ('lambda_cycle', float('nan'), 'lambda_cycle'),
+        ('learning_rate', 0.0, 'learning_rate'),
+        ('beta1', 1.0, 'beta1'),
+        ('gan_mode', 'wgan', 'gan_mode'),
+        ('lr_policy', 'plateau', 'lr_policy'),
+        ('pool_size', -1, 'pool_size'),
+        ('batch_size', 0, 'batch_size'),
+        ('num_epochs', -1, 'num_epochs'),
+        ('data.crop_size', 300, 'data.crop_size'),  # Larger than load_size 286.
+        ('data.crop_size', 254, 'data.crop_size'),  # Not a multiple of 4.
+        ('data.source', 'tfrecord', 'data.source'),
+        ('data.preprocess', 'scale_height', 'data.preprocess'),
+        ('data.num_workers', -1, 'data.num_workers'),
+        ('compute_dtype', 'float16', 'compute_dtype'),
+        ('checkpoint_every_steps', 0, 'checkpoint_every_steps'),
+    ])
 def test_invalid_values_name_the_field(field, value, message):
   config = load('monet')
   section, _, key = field.rpartition('.')
@@ -128,7 +130,7 @@ def test_batch_must_divide_over_devices():
 
 def test_identity_loss_needs_matching_channels():
   config = load('monet')
-  config.model.output_nc = 1
+  config.model.channels_B = 1
   with pytest.raises(ValueError, match=r'config\.lambda_identity'):
     config_lib.validate(config)
   config.lambda_identity = 0.0
@@ -177,3 +179,15 @@ def test_switching_every_loss_term_off_is_an_error():
     config_lib.validate(config)
   config.lambda_identity = 0.5  # Identity alone trains something.
   config_lib.validate(config)
+
+
+def test_a_run_saved_with_the_old_channel_field_names_reads_and_resumes():
+  config = load('tiny')
+  config.model.channels_B = 1
+  saved = config.to_dict()
+  saved['model']['input_nc'] = saved['model'].pop('channels_A')
+  saved['model']['output_nc'] = saved['model'].pop('channels_B')
+  upgraded = config_lib.upgrade_saved_config(saved)
+  assert upgraded['model']['channels_A'] == 3 and upgraded['model']['channels_B'] == 1
+  assert 'input_nc' not in upgraded['model'] and 'input_nc' in saved['model']  # A copy.
+  assert not config_lib.architecture_mismatches(upgraded, config)

@@ -16,6 +16,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import train_batch
+from conftest import train_batch_uint8
+
 from cyclegan_jax import data
 from cyclegan_jax.data import embedded
 from cyclegan_jax.data import image_io
@@ -65,13 +68,14 @@ def expected_crop(dataset, example, domain, cell_pixels):
 def test_embedded_npz_is_small_rgb_uint8_and_needs_no_scikit_image():
   npz = REPO_ROOT / 'cyclegan_jax' / 'assets' / 'embedded_photos.npz'
   assert npz.stat().st_size < 2_000_000
-  code = ('import sys, ml_collections\n'
+  code = ('import sys\n'
           'from cyclegan_jax import data\n'
           'from cyclegan_jax.data import embedded\n'
           'photos = embedded.load_embedded_photos()\n'
-          'data.create_dataset(ml_collections.ConfigDict(dict(source="embedded", root="", '
-          'load_size=0, crop_size=16, preprocess="none", no_flip=False, num_heldout=0, '
-          'prefetch=0, num_workers=0)), seed=0).train_batch(0, 2)\n'
+          'from cyclegan_jax import config_lib\n'
+          'config = config_lib.base_config().data\n'
+          'config.update(dict(source="embedded", crop_size=16, prefetch=0))\n'
+          'next(data.create_dataset(config, seed=0).train_iterator(2))\n'
           'assert "skimage" not in sys.modules\n'
           'print(sorted(photos))\n')
   result = subprocess.run([sys.executable, '-c', code],
@@ -120,7 +124,7 @@ def test_embedded_crops_are_exact_cell_pixels_and_b_is_hue_rotated():
   cells_A = [c.pixels(photos) for c in cells if c.role == embedded.TRAIN_A]
   cells_B = [c.pixels(photos) for c in cells if c.role == embedded.TRAIN_B]
   step, batch_size = 5, 32
-  batch = dataset.train_batch_uint8(step, batch_size)
+  batch = train_batch_uint8(dataset, step, batch_size)
   flips = []
   for j in range(batch_size):
     example = step * batch_size + j
@@ -194,16 +198,16 @@ def test_to_uint8_and_from_uint8_on_known_values():
 def test_train_batch_is_a_pure_function_of_seed_step_and_batch_size():
   first = data.create_dataset(data_config(), seed=7)
   second = data.create_dataset(data_config(), seed=7)
-  batch = first.train_batch(11, 4)
+  batch = train_batch(first, 11, 4)
   for domain in preprocess.DOMAINS:
     assert batch[domain].shape == (4, 32, 32, 3) and batch[domain].dtype == np.float32
     assert -1.0 <= batch[domain].min() and batch[domain].max() <= 1.0
-    assert batch[domain].tobytes() == second.train_batch(11, 4)[domain].tobytes()
-    assert not np.array_equal(batch[domain], first.train_batch(12, 4)[domain])
-  other_seed = data.create_dataset(data_config(), seed=8).train_batch(11, 4)
+    assert batch[domain].tobytes() == train_batch(second, 11, 4)[domain].tobytes()
+    assert not np.array_equal(batch[domain], train_batch(first, 12, 4)[domain])
+  other_seed = train_batch(data.create_dataset(data_config(), seed=8), 11, 4)
   assert not np.array_equal(batch['A'], other_seed['A'])
   # Example i = step * batch_size + j whatever the batch size.
-  singles = [first.train_batch(step, 1) for step in range(44, 48)]
+  singles = [train_batch(first, step, 1) for step in range(44, 48)]
   for domain in preprocess.DOMAINS:
     np.testing.assert_array_equal(batch[domain],
                                   np.concatenate([single[domain] for single in singles]))
@@ -234,8 +238,8 @@ def test_flips_happen_half_the_time_and_never_with_no_flip():
   assert not any(
       preprocess.sample_augmentation(0, example, 'A', (48, 48, 3), 32, False).flip
       for example in range(1000))
-  flipped = data.create_dataset(data_config(), seed=0).train_batch_uint8(0, 64)
-  unflipped = data.create_dataset(data_config(no_flip=True), seed=0).train_batch_uint8(0, 64)
+  flipped = train_batch_uint8(data.create_dataset(data_config(), seed=0), 0, 64)
+  unflipped = train_batch_uint8(data.create_dataset(data_config(no_flip=True), seed=0), 0, 64)
   same = [np.array_equal(a, b) for a, b in zip(flipped['A'], unflipped['A'])]
   mirrored = [np.array_equal(a[:, ::-1], b) for a, b in zip(flipped['A'], unflipped['A'])]
   assert all(s or m for s, m in zip(same, mirrored))  # no_flip leaves crop positions alone.
@@ -248,7 +252,7 @@ def test_iterator_yields_train_batches_from_start_example():
     with dataset.train_iterator(3, start_example=21) as iterator:
       assert iterator.state()['next_example'] == 21
       for step, batch in zip(range(7, 12), iterator):
-        expected = dataset.train_batch(step, 3)
+        expected = train_batch(dataset, step, 3)
         for domain in preprocess.DOMAINS:
           assert batch[domain].tobytes() == expected[domain].tobytes()
       assert iterator.state() == dataset.iterator_state(36)
@@ -277,7 +281,7 @@ def test_processes_read_disjoint_rows_of_the_same_global_batches(process_count):
   ]
   for step in (2, 3):
     local = [next(iterator) for iterator in iterators]
-    expected = dataset.train_batch(step, 8)
+    expected = train_batch(dataset, step, 8)
     for domain in preprocess.DOMAINS:
       assert all(part[domain].shape[0] == 8 // process_count for part in local)
       np.testing.assert_array_equal(np.concatenate([part[domain] for part in local]),
@@ -369,12 +373,12 @@ def test_folder_batches(folder_root, channels):
   assert (dataset.num_A, dataset.num_B, dataset.epoch_size) == (6, 3, 6)
   assert dataset.heldout_pairs() is None
   for step in range(6):
-    batch = dataset.train_batch(step, 2)
+    batch = train_batch(dataset, step, 2)
     assert batch['A'].shape == (2, 32, 32, channels) and batch['A'].dtype == np.float32
     assert batch['B'].shape == (2, 32, 32, 3)
     assert -1.0 <= min(batch['A'].min(), batch['B'].min())
     assert max(batch['A'].max(), batch['B'].max()) <= 1.0
-  assert dataset.train_batch(3, 2)['A'].tobytes() == dataset.train_batch(3, 2)['A'].tobytes()
+  assert train_batch(dataset, 3, 2)['A'].tobytes() == train_batch(dataset, 3, 2)['A'].tobytes()
   # Example of the 16-bit image: constant 128 after scaling to 8 bit, resizing and cropping.
   index_16bit = 4
   example = next(i for i in range(100) if dataset.example_indices(i)[0] == index_16bit)
@@ -399,16 +403,16 @@ def test_folder_preprocess_crop_and_none(tmp_path):
   for domain in preprocess.DOMAINS:
     save(tmp_path / f'train{domain}' / 'x.png', rgb_noise(0, 38, 34))
   cropped = data.create_dataset(folder_config(tmp_path, preprocess='crop'), seed=0)
-  assert cropped.train_batch(0, 2)['A'].shape == (2, 32, 32, 3)
+  assert train_batch(cropped, 0, 2)['A'].shape == (2, 32, 32, 3)
   whole = data.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
   # H x W = 38 x 34 -> nearest multiples of 4 with Python's round, as the official
   # __make_power_2: round(9.5) = 10, round(8.5) = 8, so 40 x 32.
-  assert whole.train_batch(0, 2)['A'].shape == (2, 40, 32, 3)
+  assert train_batch(whole, 0, 2)['A'].shape == (2, 40, 32, 3)
   save(tmp_path / 'trainB' / 'y.png', rgb_noise(1, 60, 60))
   mixed = data.create_dataset(folder_config(tmp_path, preprocess='none'), seed=0)
-  assert mixed.train_batch(0, 1)['B'].shape[0] == 1
+  assert train_batch(mixed, 0, 1)['B'].shape[0] == 1
   with pytest.raises(ValueError, match=r'trainB gives 2 different sizes.*batch_size 1'):
-    mixed.train_batch(0, 2)
+    train_batch(mixed, 0, 2)
   with pytest.raises(ValueError, match='batch_size 1'):
     mixed.train_iterator(2)
 
@@ -541,12 +545,12 @@ def test_bad_image_raises_without_skipping_and_all_bad_always_raises(tmp_path):
   save(tmp_path / 'trainB' / 'fine.png', rgb_noise(0, 40, 40))
   strict = data.create_dataset(folder_config(tmp_path, skip_bad_images=False), seed=0)
   with pytest.raises(ValueError, match=r'broken\.png.*skip_bad_images'):
-    strict.train_batch(0, 1)
+    train_batch(strict, 0, 1)
   with strict.train_iterator(1) as iterator, pytest.raises(ValueError, match=r'broken\.png'):
     next(iterator)
   lenient = data.create_dataset(folder_config(tmp_path), seed=0)
   with pytest.raises(ValueError, match=r'broken\.png.*is unreadable'):
-    lenient.train_batch(0, 1)
+    train_batch(lenient, 0, 1)
 
 
 def official_zip(path: pathlib.Path, folder: pathlib.Path, top: str = 'horse2zebra/') -> None:
@@ -570,7 +574,7 @@ def test_official_zip_reads_like_its_folder(folder_root, tmp_path_factory):
     assert from_zip.fingerprint == from_folder.fingerprint
     with from_zip.train_iterator(2) as iterator:
       for step in range(4):
-        batch, expected = next(iterator), from_folder.train_batch(step, 2)
+        batch, expected = next(iterator), train_batch(from_folder, step, 2)
         for domain in preprocess.DOMAINS:
           np.testing.assert_array_equal(batch[domain], expected[domain])
     zip_test, folder_test = list(from_zip.test_images('A')), list(from_folder.test_images('A'))
@@ -615,7 +619,7 @@ def test_tfds_source_reads_a_prepared_array_record_dataset(folder_root, tmp_path
     assert tfds_images <= folder_images
   with from_tfds.train_iterator(2) as iterator:
     for step in range(3):
-      batch, expected = next(iterator), from_tfds.train_batch(step, 2)
+      batch, expected = next(iterator), train_batch(from_tfds, step, 2)
       for domain in preprocess.DOMAINS:
         assert batch[domain].shape == (2, 32, 32, 3)
         np.testing.assert_array_equal(batch[domain], expected[domain])

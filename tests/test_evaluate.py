@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments.make_fid_reference import random_state_dict
 from conftest import load_config
 from cyclegan_jax import evaluation
 from cyclegan_jax.evaluation import inception
@@ -86,7 +87,7 @@ def test_fid_and_kid_with_inception_weights(embedded_test_sets):
   test, paired = embedded_test_sets
   test = {domain: images[:4] for domain, images in test.items()}
   variables = inception.variables_from_state_dict(
-      inception.random_state_dict(inception.state_dict_shapes(), seed=0))
+      random_state_dict(inception.state_dict_shapes(), seed=0))
   features = inception.feature_extractor(variables, batch_size=4)
   exact = evaluation.evaluate(embedded.hue_rotate_120,
                               embedded.inverse_hue_rotate_120,

@@ -1,7 +1,7 @@
 """The Flax FID Inception against pytorch-fid on seeded random weights, and weight loading.
 
 tests/data/fid_inception_reference.npz holds pytorch-fid's outputs (experiments/
-make_fid_reference.py); the weights are regenerated here by `inception.random_state_dict`.
+make_fid_reference.py); the weights are regenerated here by `experiments.make_fid_reference.random_state_dict`.
 All forwards share one compiled network (batch 3).
 """
 
@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.make_fid_reference import random_state_dict
 from cyclegan_jax.evaluation import inception
 
 REFERENCE = Path(__file__).parent / 'data' / 'fid_inception_reference.npz'
@@ -39,7 +40,7 @@ def layout(reference):
 
 @pytest.fixture(scope='module')
 def state_dict(reference, layout):
-  return inception.random_state_dict(layout, int(reference['seed']))
+  return random_state_dict(layout, int(reference['seed']))
 
 
 @pytest.fixture(scope='module')

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import load_npz_state_dict
 from cyclegan_jax import models
 from cyclegan_jax.models import fast_convs
 from cyclegan_jax.models import layers
@@ -124,8 +125,7 @@ def test_parity_with_official_networks(npz_path):
   """Output and every activation that maps onto one of our module boundaries, within 1e-4."""
   reference = np.load(npz_path, allow_pickle=False)
   is_generator = npz_path.name.startswith('G_')
-  network, params, arch = network_from_state_dict(mapping.load_npz_state_dict(npz_path),
-                                                  is_generator)
+  network, params, arch = network_from_state_dict(load_npz_state_dict(npz_path), is_generator)
   assert models.count_params(params) == json.loads(str(reference['meta_json']))['num_params']
   y, activations = run_with_activations(network, params, reference['input'].transpose(0, 2, 3, 1))
   names = (generator_activation_names(arch['num_blocks']) if is_generator
@@ -274,7 +274,7 @@ def test_converter_ignores_norm_buffers_and_strips_data_parallel_prefix():
 def test_legacy_checkpoint_with_running_stats_keeps_parity():
   npz_path = PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz'
   reference = np.load(npz_path, allow_pickle=False)
-  state_dict = with_instance_norm_buffers(mapping.load_npz_state_dict(npz_path), 6)
+  state_dict = with_instance_norm_buffers(load_npz_state_dict(npz_path), 6)
   state_dict = {f'module.{key}': value for key, value in state_dict.items()}
   network, params, _ = network_from_state_dict(state_dict, is_generator=True)
   with jax.default_matmul_precision('highest'):
@@ -402,7 +402,7 @@ def test_unknown_norm_and_init_are_rejected():
 def test_bfloat16_compute_stays_close_to_float32(name):
   npz_path = PARITY_DIR / f'{name}.npz'
   reference = np.load(npz_path, allow_pickle=False)
-  network, params, _ = network_from_state_dict(mapping.load_npz_state_dict(npz_path),
+  network, params, _ = network_from_state_dict(load_npz_state_dict(npz_path),
                                                name.startswith('G_'),
                                                dtype=jnp.bfloat16)
   apply = jax.jit(partial(network.apply, capture_intermediates=True, mutable=['intermediates']))
@@ -427,9 +427,17 @@ def test_generator_num_blocks():
 
 
 def model_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      generator='resnet_6blocks', discriminator='basic', n_layers_D=3, ngf=8, ndf=8,
-      norm='instance', init_type='normal', init_gain=0.02, input_nc=3, output_nc=3))
+  config = ml_collections.ConfigDict(
+      dict(generator='resnet_6blocks',
+           discriminator='basic',
+           n_layers_D=3,
+           ngf=8,
+           ndf=8,
+           norm='instance',
+           init_type='normal',
+           init_gain=0.02,
+           channels_A=3,
+           channels_B=3))
   config.update(overrides)
   return config
 

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import fraction_above
 from conftest import relative_difference
+from conftest import train_batch
 from conftest import ROOT
 from conftest import updated
 from cyclegan_jax import state as state_lib
@@ -111,8 +112,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_
   tiny_config.checkpoint_every_steps = 2
   train.train_and_evaluate(tiny_config, str(tmp_path / 'one_process'))
   # The two-process checkpoint restores into this one-device process.
-  crop = tiny_config.data.crop_size
-  trainer = train.build_trainer(tiny_config, 1000, (crop, crop, 3), (crop, crop, 3))
+  trainer = train.build_trainer(tiny_config, 1000)
   abstract = state_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
   states = []
   for name in ('two_processes', 'one_process'):
@@ -134,13 +134,11 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_
 
 
 def test_bfloat16_step_stays_close_to_float32(tiny_config):
-  crop = tiny_config.data.crop_size
   dataset = data.create_dataset(tiny_config.data, seed=0)
-  batch = dataset.train_batch(0, tiny_config.batch_size)
+  batch = train_batch(dataset, 0, tiny_config.batch_size)
   results = {}
   for dtype in ('float32', 'bfloat16'):
-    trainer = train.build_trainer(updated(tiny_config, compute_dtype=dtype), 1000,
-                                  (crop, crop, 3), (crop, crop, 3))
+    trainer = train.build_trainer(updated(tiny_config, compute_dtype=dtype), 1000)
     state = trainer.init()
     initial = state_lib.to_host(state.params)
     state, metrics = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))

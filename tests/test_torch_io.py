@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_npz_state_dict
 from cyclegan_jax.torch_io import pth
-from cyclegan_jax.torch_io import mapping
 
 DATA = Path(__file__).parent / 'data'
 PARITY_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'torch_parity'
@@ -40,7 +40,7 @@ def test_load_keeps_non_tensor_entries(file_format):
 ])
 def test_official_generator_checkpoints_equal_their_npz_twins(pth_file, npz):
   state_dict = pth.load_state_dict(PARITY_DIR / pth_file)
-  reference = mapping.load_npz_state_dict(PARITY_DIR / npz)
+  reference = load_npz_state_dict(PARITY_DIR / npz)
   for key, value in reference.items():
     np.testing.assert_array_equal(state_dict[key], value, err_msg=key)
   # The legacy file also carries InstanceNorm running statistics, which nothing else has.

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import make_jpeg_dataset
+from conftest import train_batch
 from conftest import updated
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
@@ -62,9 +63,8 @@ def test_num_train_steps_stops_early_without_changing_the_schedule(tiny_config):
 
 def tiny_setup(config, batch_size=2):
   config.batch_size = batch_size
-  crop = config.data.crop_size
   # Long epochs: the learning rate stays constant over these short tests.
-  trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3))
+  trainer = train.build_trainer(config, 1000)
   dataset = data.create_dataset(config.data, seed=config.seed)
   return trainer, dataset
 
@@ -92,7 +92,7 @@ def test_step_updates_generators_with_frozen_discriminators_then_discriminators(
   nets = trainer.networks
   state = trainer.init()
   old = jax.device_get(state.params)
-  batch = dataset.train_batch(0, 2)
+  batch = train_batch(dataset, 0, 2)
   a, b = jnp.asarray(batch['A']), jnp.asarray(batch['B'])
   optimizer = state_lib.adam(tiny_config, trainer.schedule)
 
@@ -147,8 +147,8 @@ def test_switched_off_terms_train_nothing(tiny_config):
   tiny_config.update(dict(use_gan_G=False, use_gan_F=False, use_cycle_backward=False))
   tiny_config.model.norm = 'none'  # As above: no gradients that are rounding noise.
   trainer, dataset = tiny_setup(tiny_config)
-  batch = dataset.train_batch(0, 2)
-  other_b = {'A': batch['A'], 'B': dataset.train_batch(1, 2)['B']}
+  batch = train_batch(dataset, 0, 2)
+  other_b = {'A': batch['A'], 'B': train_batch(dataset, 1, 2)['B']}
   assert not np.array_equal(other_b['B'], batch['B'])
   init_params = jax.device_get(trainer.init().params)
   results = [trainer.step(trainer.init(), jax.device_put(b, trainer.batch_sharding))
@@ -174,8 +174,8 @@ def test_pools_fill_during_training(tiny_config):
   trainer, dataset = tiny_setup(tiny_config)
   state = trainer.init()
   for step in range(2):
-    state, _ = trainer.step(state, jax.device_put(dataset.train_batch(step, 2),
-                                                  trainer.batch_sharding))
+    state, _ = trainer.step(state,
+                            jax.device_put(train_batch(dataset, step, 2), trainer.batch_sharding))
   assert int(state.pool_A.count) == 3 and int(state.pool_B.count) == 3
   assert float(jnp.abs(state.pool_B.images).sum()) > 0
 
@@ -184,7 +184,7 @@ def test_a_few_steps_lower_the_cycle_loss(tiny_config):
   tiny_config.learning_rate = 1e-3
   trainer, dataset = tiny_setup(tiny_config, batch_size=4)
   state = trainer.init()
-  batch = jax.device_put(dataset.train_batch(0, 4), trainer.batch_sharding)
+  batch = jax.device_put(train_batch(dataset, 0, 4), trainer.batch_sharding)
   cycle = []
   for _ in range(30):
     state, metrics = trainer.step(state, batch)

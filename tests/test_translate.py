@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import load_npz_state_dict
 from cyclegan_jax import inference
 from cyclegan_jax.inference import files
 from cyclegan_jax.data import image_io
-from cyclegan_jax.torch_io import mapping
 from cyclegan_jax.torch_io import runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -233,8 +233,8 @@ def test_official_run_folder_maps_names(tmp_path):
 
 @needs_parity_files
 def test_discriminators_convert_with_their_architecture():
-  state_dict = mapping.load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
-  generator = mapping.load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
+  state_dict = load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
+  generator = load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
   params, config = runs.convert_state_dicts({'D_Y': state_dict, 'G': generator})
   assert set(params) == {'D_Y', 'G'}
   assert (config.model.ndf, config.model.discriminator, config.model.ngf) == (8, 'basic', 8)

@@ -21,8 +21,7 @@ def source_run(finished_tiny_run):
 
 
 def fresh_state(config):
-  crop = config.data.crop_size
-  trainer = train.build_trainer(config, 1000, (crop, crop, 3), (crop, crop, 3))
+  trainer = train.build_trainer(config, 1000)
   return trainer, trainer.init()
 
 

@@ -13,7 +13,7 @@ running count, the example taking the next readable image of its split, or raise
 """
 
 import collections
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 import concurrent.futures
 import hashlib
 import io
@@ -172,42 +172,20 @@ class Dataset:
   def describe_example(self, example: int, domain: str) -> str:
     return self.sources[domain].describe(self.example_indices(example)[DOMAINS.index(domain)])
 
-  def examples_uint8(self, examples: Sequence[int]) -> dict[str, np.ndarray]:
-    """uint8 [n, H, W, C] per domain for the given global examples."""
-    if len(examples) > 1:
-      self._check_uniform_size()
-    return {
-        domain:
-            _stack([self.training_example(e, domain) for e in examples],
-                   lambda i, d=domain: self.describe_example(examples[i], d)) for domain in DOMAINS
-    }
-
-  def train_batch_uint8(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """`train_batch` before scaling: uint8 [n, H, W, C] per domain."""
-    if step < 0 or batch_size < 1:
-      raise ValueError(f'need step >= 0 and batch_size >= 1, got {step}, {batch_size}')
-    return self.examples_uint8(range(step * batch_size, (step + 1) * batch_size))
-
-  def train_batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """{'A', 'B'}: float32 [n, H, W, C] in [-1, 1], a pure function of (seed, step, batch_size).
-
-    Example j of the batch is global example step * batch_size + j.
-    """
-    return {
-        domain: from_uint8(images)
-        for domain, images in self.train_batch_uint8(step, batch_size).items()
-    }
-
   def train_iterator(self,
                      batch_size: int,
                      start_example: int = 0,
                      process_index: int = 0,
-                     process_count: int = 1) -> 'BatchIterator':
-    """This process's rows of the global batches from global example `start_example` on."""
+                     process_count: int = 1,
+                     prefetch: int | None = None) -> 'BatchIterator':
+    """This process's rows of the global batches from global example `start_example` on:
+    global batch k holds examples start_example + k * batch_size + j, a pure function of
+    (seed, example). `prefetch` overrides config.data.prefetch (0: decode in next())."""
     rows = local_rows(batch_size, process_index, process_count)
     if len(rows) > 1:
       self._check_uniform_size()
-    return BatchIterator(self, batch_size, start_example, rows, self.num_workers, self.prefetch)
+    return BatchIterator(self, batch_size, start_example, rows, self.num_workers,
+                         self.prefetch if prefetch is None else prefetch)
 
   def _check_uniform_size(self) -> None:
     """Preprocess modes without a crop can batch only images that end up the same size."""
@@ -345,22 +323,27 @@ class BatchIterator(Iterator[dict]):
   def __next__(self) -> dict:
     if self._closed:
       raise StopIteration
-    if self._pool is None:
-      batch = self._dataset.examples_uint8(self._examples(self._next_example))
-    else:
-      while len(self._pending) < self._prefetch:
-        self._submit()
-      examples, futures = self._pending.popleft()
-      try:
-        batch = {
-            domain:
-                _stack([future.result() for future in futures[domain]],
-                       lambda i, d=domain: self._dataset.describe_example(examples[i], d))
+    try:
+      if self._pool is None:
+        examples = self._examples(self._next_example)
+        images = {
+            domain: [self._dataset.training_example(e, domain) for e in examples]
             for domain in DOMAINS
         }
-      except BaseException:
-        self.close()
-        raise
+      else:
+        while len(self._pending) < self._prefetch:
+          self._submit()
+        examples, futures = self._pending.popleft()
+        images = {domain: [future.result() for future in futures[domain]] for domain in DOMAINS}
+      batch = {
+          domain:
+              _stack(images[domain],
+                     lambda i, d=domain: self._dataset.describe_example(examples[i], d))
+          for domain in DOMAINS
+      }
+    except BaseException:
+      self.close()
+      raise
     self._next_example += self._batch_size
     return {domain: from_uint8(images) for domain, images in batch.items()}
 
@@ -381,37 +364,14 @@ class BatchIterator(Iterator[dict]):
     self.close()
 
 
-def _validate(config: ml_collections.ConfigDict, channels: dict[str, int]) -> None:
-  if config.source not in config_lib.DATA_SOURCES:
-    raise errors.InvalidValueError(
-        f'config.data.source must be one of {config_lib.DATA_SOURCES}, got {config.source!r}')
-  if config.crop_size < 4 or config.crop_size % 4:
-    raise errors.InvalidValueError(
-        f'config.data.crop_size must be a positive multiple of 4 (the generator downsamples '
-        f'twice by 2), got {config.crop_size}')
-  if config.preprocess not in config_lib.PREPROCESS_MODES:
-    raise errors.InvalidValueError(
-        f'config.data.preprocess must be one of {config_lib.PREPROCESS_MODES}, got {config.preprocess!r}')
-  if config.source != 'embedded' and config.preprocess in ('resize_and_crop',
-                                                           'scale_width_and_crop'):
-    if config.load_size < config.crop_size:
-      raise errors.InvalidValueError(f'config.data.load_size={config.load_size} is smaller than '
-                                     f'config.data.crop_size={config.crop_size}')
-  if config.prefetch < 0 or config.num_heldout < 0 or config.num_workers < 0:
-    raise errors.InvalidValueError('config.data.prefetch, num_workers and num_heldout must be >= 0')
-  for domain, count in channels.items():
-    if count not in (1, 3):
-      raise errors.InvalidValueError(f'domain {domain} must have 1 or 3 channels, got {count}')
-
-
 def create_dataset(data_config: ml_collections.ConfigDict,
                    *,
                    seed: int,
                    channels_A: int = 3,
                    channels_B: int = 3) -> Dataset:
   """The `Dataset` described by `config.data` (see the module docstring)."""
+  config_lib.validate_data(data_config)
   channels = {'A': channels_A, 'B': channels_B}
-  _validate(data_config, channels)
   if data_config.source == 'embedded':
     return _create_embedded(data_config, seed, channels)
   if data_config.source == 'tfds':
@@ -441,7 +401,7 @@ def create_dataset(data_config: ml_collections.ConfigDict,
 def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
   if tuple(channels.values()) != (3, 3):
     raise errors.InvalidValueError(
-        'the embedded photos are RGB: set the model input_nc and output_nc to 3, '
+        'the embedded photos are RGB: set model.channels_A and model.channels_B to 3, '
         f'got {channels["A"]} and {channels["B"]}')
   crop_size = config.crop_size
   cell_size = embedded.embedded_cell_size(crop_size)

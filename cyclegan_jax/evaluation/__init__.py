@@ -193,8 +193,8 @@ def evaluate_workdir(workdir: str,
   features = inception_features(weights)  # Fails early on a missing weights file.
   dataset = data.create_dataset(config.data,
                                 seed=config.seed,
-                                channels_A=config.model.input_nc,
-                                channels_B=config.model.output_nc)
+                                channels_A=config.model.channels_A,
+                                channels_B=config.model.channels_B)
   test_sets, paired = load_test_sets(dataset, config.data.paired_test)
   state, step = checkpointing.restore_train_state(workdir, step)
   imported = checkpointing.imported_networks(workdir)

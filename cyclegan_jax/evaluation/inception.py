@@ -36,7 +36,6 @@ import functools
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence
-import zlib
 
 import flax.linen as nn
 import jax
@@ -462,34 +461,3 @@ def load_fid_inception(path: str | os.PathLike,
   ValueError if it is not the FID Inception state_dict.
   """
   return feature_extractor(variables_from_state_dict(load_state_dict(path)), batch_size)
-
-
-def random_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
-  """Seeded random weights for the FID Inception keys in `shapes` (tests; numpy only).
-
-  Each entry depends only on `seed`, its key and its shape. Conv weights are He-normal
-  (std sqrt(2 / fan_in)), BatchNorm scales ~U(0.8, 1.2), shifts and running means ~N(0, 0.1^2)
-  and running variances ~U(0.5, 1.5), so that activations keep their scale through the network;
-  `num_batches_tracked` is 0 (int64), the classifier small normal.
-  """
-  state_dict = {}
-  for key, shape in shapes.items():
-    shape = tuple(int(n) for n in shape)
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    if key.endswith('num_batches_tracked'):
-      value = np.zeros(shape, np.int64)
-    elif key.endswith('conv.weight'):
-      fan_in = int(np.prod(shape[1:]))
-      value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-    elif key.endswith('bn.weight'):
-      value = rng.uniform(0.8, 1.2, shape)
-    elif key.endswith('bn.running_var'):
-      value = rng.uniform(0.5, 1.5, shape)
-    elif key.endswith(('bn.bias', 'bn.running_mean')):
-      value = rng.normal(0.0, 0.1, shape)
-    elif key.startswith('fc.'):
-      value = rng.normal(0.0, 0.01, shape)
-    else:
-      raise ValueError(f'No random initialisation for {key!r}')
-    state_dict[key] = value.astype(np.float32) if value.dtype != np.int64 else value
-  return state_dict

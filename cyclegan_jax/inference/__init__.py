@@ -70,7 +70,7 @@ def load_generator(workdir: str | Path | None = None,
         f'no {direction} generator ({network}); it has {", ".join(sorted(imported))}.')
   config = checkpointing.saved_config(workdir)
   state, restored_step = checkpointing.restore_train_state(workdir, step)
-  in_channels, out_channels = config.model.input_nc, config.model.output_nc
+  in_channels, out_channels = config.model.channels_A, config.model.channels_B
   if direction == 'BtoA':
     in_channels, out_channels = out_channels, in_channels
   return Generator(module=_build(config, out_channels, fast_convs),

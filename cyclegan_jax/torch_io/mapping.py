@@ -26,12 +26,6 @@ DATA_PARALLEL_PREFIX = 'module.'
 FIRST_BLOCK_INDEX = 10  # pad, conv, norm, relu, then two (conv, norm, relu) downsamplings
 
 
-def load_npz_state_dict(path) -> dict[str, np.ndarray]:
-  """The `model.*` entries of a reference .npz file, keys verbatim (no pickles allowed)."""
-  with np.load(path, allow_pickle=False) as data:
-    return {key: data[key] for key in data.files if key.startswith('model.')}
-
-
 def strip_data_parallel_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
 

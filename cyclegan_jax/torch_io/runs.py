@@ -6,7 +6,6 @@ inferred from the state_dicts), and `imported.json` naming the converted network
 map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X.
 """
 
-import functools
 from pathlib import Path
 
 import jax
@@ -70,8 +69,8 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
     if len(values) > 1:
       raise errors.InvalidValueError(
           f'the networks disagree on the channels of domain {domain}: {values}')
-  config.model.input_nc = channels.get('A', {3}).pop()
-  config.model.output_nc = channels.get('B', {3}).pop()
+  config.model.channels_A = channels.get('A', {3}).pop()
+  config.model.channels_B = channels.get('B', {3}).pop()
 
   generator_arches = [arches[name] for name in ('G', 'F') if name in arches]
   if generator_arches:
@@ -88,7 +87,7 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
     config.model.ndf, n_layers = shapes.pop()
     config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
     config.model.n_layers_D = n_layers
-  if config.lambda_identity > 0 and config.model.input_nc != config.model.output_nc:
+  if config.lambda_identity > 0 and config.model.channels_A != config.model.channels_B:
     config.lambda_identity = 0.0
   return params, config
 
@@ -100,13 +99,7 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
   if workdir_lib.checkpoint_dir(output).exists():
     raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
   config_lib.validate(config)
-  networks = state_lib.build_networks(config)
-  optimizer = state_lib.adam(config, state_lib.learning_rate_schedule(config, 1))
-  crop = config.data.crop_size
-  init = jax.jit(
-      functools.partial(state_lib.init_train_state, config, networks, optimizer,
-                        (crop, crop, config.model.input_nc), (crop, crop, config.model.output_nc)))
-  state = init()
+  state = jax.jit(state_lib.train_state_initializer(config))()
   merged = dict(state.params)
   for name, imported in params.items():
     expected = jax.tree.map(np.shape, merged[name])
@@ -116,11 +109,7 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
           f'{name}: converted parameter shapes {actual} do not fit the config\'s '
           f'{expected}')
     merged[name] = jax.tree.map(jnp.asarray, imported)
-  generator_params = {name: merged[name] for name in state_lib.GENERATORS}
-  discriminator_params = {name: merged[name] for name in state_lib.DISCRIMINATORS}
-  state = state.replace(params=merged,
-                        opt_state_generators=optimizer.init(generator_params),
-                        opt_state_discriminators=optimizer.init(discriminator_params))
+  state = state.replace(params=merged)  # Adam's fresh state is zeros of these same shapes.
   checkpointing.check_and_save_config(output, config)
   manager = checkpointing.create_manager(output, config.keep_checkpoints)
   try:
