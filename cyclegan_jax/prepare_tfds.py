@@ -13,11 +13,9 @@ an extracted folder, and needs neither TensorFlow nor a network. --data_dir defa
 default data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets).
 
 Source: the official CycleGAN zip (members `<name>/trainA/*.jpg`, `<name>/trainB/...`, testA,
-testB) or a folder holding trainA/ and trainB/ (and normally testA/, testB/). The split folders may
-sit at the top level of the zip or folder, or inside one of its top-level folders. Split folders
-are searched recursively for files with an image extension (`image_io.IMAGE_EXTENSIONS`,
-case-insensitive); hidden files and folders and `__MACOSX/` are ignored, other files are skipped
-and reported.
+testB) or a folder holding trainA/ and trainB/ (and normally testA/, testB/), found as training
+finds them (`data.layout.find_layout`: at the top or in a folder at any depth; images searched
+recursively; hidden files and `__MACOSX/` ignored, other files skipped and reported).
 
 Examples: one per image, keyed by its path below the split folder, which in the official flat
 layout is the file's basename, the key the official `_generate_examples` uses. TFDS stores a split's
@@ -48,14 +46,12 @@ the source is not read) unless --overwrite; one in another format, e.g. tfrecord
 """
 
 from collections.abc import Callable, Iterator
-import dataclasses
 import io
 import os
 import pathlib
 import shutil
 import tempfile
 import zipfile
-import zlib
 
 from absl import flags
 from absl import logging
@@ -66,175 +62,28 @@ from tensorflow_datasets.image_classification import cycle_gan
 from cyclegan_jax import cli
 from cyclegan_jax import errors
 from cyclegan_jax.data import image_io
+from cyclegan_jax.data import layout
 
 DATASET_NAME = 'cycle_gan'
 CONFIG_NAMES = tuple(cycle_gan.CycleGAN.builder_configs)
-SPLITS = ('trainA', 'trainB', 'testA', 'testB')
-REQUIRED_SPLITS = ('trainA', 'trainB')
+SPLITS = layout.SPLITS
 FILE_FORMAT = 'array_record'
 
 _SOURCE_LAYOUT = ('expected the CycleGAN dataset zip (e.g. horse2zebra.zip, holding '
                   'horse2zebra/trainA/*.jpg, trainB, testA, testB) or a folder holding trainA/ and '
                   'trainB/ (and normally testA/, testB/) of images')
-_IGNORED_NAMES = ('__MACOSX',)
 # Formats whose RGB or greyscale files TFDS's decoders all read as (H, W, 3) uint8 images; MPO is
 # a JPEG whose first picture is the image (as photos from some phones are).
 _FORMATS_STORED_AS_IS = ('JPEG', 'MPO', 'PNG')
 _MODES_STORED_AS_IS = ('RGB', 'L')
 _PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, IHDR length, type, width, height.
-# Damaged data (CRC, deflate stream, truncation) or a compression method zipfile lacks.
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
-
-
-def _is_ignored(relative_path: str) -> bool:
-  """Whether any component of the posix path is hidden (.name) or an archiver's side folder."""
-  return any(part.startswith('.') or part in _IGNORED_NAMES for part in relative_path.split('/'))
-
-
-def _is_image_name(relative_path: str) -> bool:
-  return os.path.splitext(relative_path)[1].lower() in image_io.IMAGE_EXTENSIONS
 
 
 def _count(number: int, noun: str) -> str:
   return f'{number} {noun}' if number == 1 else f'{number} {noun}s'
 
 
-# ----------------------------------------------------------------------------------------------
-# Sources: a folder or a zip, both addressed by posix paths relative to their top.
-
-
-class _FolderSource:
-  """An extracted dataset folder."""
-
-  def __init__(self, folder: pathlib.Path):
-    self.folder = folder
-
-  def location(self, relative_path: str) -> str:
-    return str(self.folder / relative_path) if relative_path else str(self.folder)
-
-  def top_level_folders(self) -> list[str]:
-    return sorted(child.name
-                  for child in self.folder.iterdir()
-                  if child.is_dir() and not _is_ignored(child.name))
-
-  def is_folder(self, relative_path: str) -> bool:
-    return (self.folder / relative_path).is_dir()
-
-  def files_below(self, relative_folder: str) -> list[str]:
-    """Paths of the non-ignored files below the folder, relative to it."""
-    root = self.folder / relative_folder
-    relative_paths = (
-        path.relative_to(root).as_posix() for path in root.rglob('*') if path.is_file())
-    return sorted(path for path in relative_paths if not _is_ignored(path))
-
-  def read(self, relative_path: str) -> bytes:
-    return (self.folder / relative_path).read_bytes()
-
-
-def _parent_folders(relative_path: str) -> list[str]:
-  """'a/b/c.jpg' -> ['a/b', 'a']."""
-  return [relative_path.rsplit('/', depth)[0] for depth in range(1, relative_path.count('/') + 1)]
-
-
-class _ZipSource:
-  """A dataset zip, read in place."""
-
-  def __init__(self, archive: zipfile.ZipFile, zip_path: pathlib.Path):
-    self.archive = archive
-    self.zip_path = zip_path
-    self.file_names = [
-        info.filename
-        for info in archive.infolist()
-        if not info.is_dir() and not _is_ignored(info.filename.rstrip('/'))
-    ]
-    self.folders = {parent for name in self.file_names for parent in _parent_folders(name)}
-
-  def location(self, relative_path: str) -> str:
-    return f'{self.zip_path}:{relative_path}' if relative_path else str(self.zip_path)
-
-  def top_level_folders(self) -> list[str]:
-    return sorted(folder for folder in self.folders if '/' not in folder)
-
-  def is_folder(self, relative_path: str) -> bool:
-    return relative_path in self.folders
-
-  def files_below(self, relative_folder: str) -> list[str]:
-    prefix = relative_folder + '/'
-    return sorted(name[len(prefix):] for name in self.file_names if name.startswith(prefix))
-
-  def read(self, relative_path: str) -> bytes:
-    try:
-      return self.archive.read(relative_path)
-    except _ZIP_READ_ERRORS as error:
-      raise errors.InvalidValueError(
-          f'{self.location(relative_path)} cannot be read from the zip, which is '
-          f'damaged or uses an unsupported compression ({error})') from error
-
-
-_Source = _FolderSource | _ZipSource
-_PrepareFrom = Callable[[_Source], pathlib.Path]
-
-
-def _find_dataset_root(source: _Source) -> str:
-  """The relative folder ('' for the top) that holds trainA/ and trainB/."""
-  candidates = [''] + [folder + '/' for folder in source.top_level_folders()]
-
-  def splits_in(candidate: str) -> list[str]:
-    return [split for split in SPLITS if source.is_folder(candidate + split)]
-
-  complete = [c for c in candidates if all(s in splits_in(c) for s in REQUIRED_SPLITS)]
-  if '' in complete or len(complete) == 1:
-    return complete[0]
-  if complete:
-    raise errors.InvalidValueError(
-        f'{source.location("")} holds several datasets, in '
-        f'{", ".join(c.rstrip("/") for c in complete)}: pass one of them as source')
-  for candidate in candidates:
-    if found := splits_in(candidate):
-      missing = [split for split in REQUIRED_SPLITS if split not in found]
-      raise errors.PathNotFoundError(
-          f'{source.location(candidate.rstrip("/"))} has {"/, ".join(found)}/ but no '
-          f'{"/ and ".join(missing)}/ folder: {_SOURCE_LAYOUT}')
-  raise errors.PathNotFoundError(
-      f'{source.location("")} holds no trainA/ and trainB/ folders, neither at '
-      f'its top level nor in a top-level folder: {_SOURCE_LAYOUT}')
-
-
-@dataclasses.dataclass(frozen=True)
-class _SplitFiles:
-  """The files of one split folder: where it is, its images and the skipped other files."""
-  location: str
-  folder: str  # Relative to the source's top.
-  image_keys: tuple[str, ...]  # Paths below the split folder, sorted.
-  skipped: tuple[str, ...]
-
-
-def _list_splits(source: _Source) -> tuple[dict[str, _SplitFiles], dict[str, str]]:
-  """The splits to prepare, and for each test split left out, why."""
-  root = _find_dataset_root(source)
-  splits, left_out = {}, {}
-  for split in SPLITS:
-    folder = root + split
-    if not source.is_folder(folder):
-      left_out[split] = f'no {split}/ folder in {source.location(root.rstrip("/"))}'
-      continue
-    files = source.files_below(folder)
-    split_files = _SplitFiles(location=source.location(folder),
-                              folder=folder,
-                              image_keys=tuple(f for f in files if _is_image_name(f)),
-                              skipped=tuple(f for f in files if not _is_image_name(f)))
-    if split_files.image_keys:
-      splits[split] = split_files
-      continue
-    extensions = '/'.join(extension[1:] for extension in image_io.IMAGE_EXTENSIONS)
-    problem = f'{split_files.location} holds no {extensions} images'
-    if split_files.skipped:
-      other_files = _count(len(split_files.skipped), 'other file')
-      problem += f' (only {other_files}, e.g. {split_files.skipped[0]})'
-    if split in REQUIRED_SPLITS:
-      raise errors.InvalidValueError(f'{problem}: {_SOURCE_LAYOUT}')
-    left_out[split] = problem
-  return splits, left_out
+_PrepareFrom = Callable[[layout.Tree], pathlib.Path]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +137,7 @@ class _CycleGANFromFiles(cycle_gan.CycleGAN, skip_registration=True):
   # imports `importlib_resources`, which tensorflow-datasets does not depend on.
   code_path = None
 
-  def __init__(self, *, source: _Source, splits: dict[str, _SplitFiles], **kwargs):
+  def __init__(self, *, source: layout.Tree, splits: dict[str, layout.SplitFiles], **kwargs):
     self._source = source
     self._splits = splits
     self.reencoded_counts = dict.fromkeys(splits, 0)
@@ -309,7 +158,7 @@ class _CycleGANFromFiles(cycle_gan.CycleGAN, skip_registration=True):
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, object]]]:
     split_files = self._splits[split]
-    for key in split_files.image_keys:
+    for key in split_files.images:
       relative_path = f'{split_files.folder}/{key}'
       try:
         image, reencoded = encoded_for_tfds(self._source.read(relative_path),
@@ -320,11 +169,11 @@ class _CycleGANFromFiles(cycle_gan.CycleGAN, skip_registration=True):
         continue
       self.reencoded_counts[split] += reencoded
       yield key, {'image': image, 'label': split[-1]}
-    if len(self.unreadable_keys[split]) == len(split_files.image_keys):
+    if len(self.unreadable_keys[split]) == len(split_files.images):
       # Raised here, as TFDS cannot write an empty split either.
       raise errors.InvalidValueError(
           f'{split_files.location} holds no readable image: all '
-          f'{_count(len(split_files.image_keys), "image file")} failed to decode')
+          f'{_count(len(split_files.images), "image file")} failed to decode')
 
 
 def _builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
@@ -334,7 +183,7 @@ def _builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
 def _open_source(source: pathlib.Path, prepare_from: _PrepareFrom) -> pathlib.Path:
   """prepare_from(the opened source), with the zip open while it runs."""
   if source.is_dir():
-    return prepare_from(_FolderSource(source))
+    return prepare_from(layout.FolderTree(source))
   if not source.exists():
     raise errors.PathNotFoundError(f'source {source} not found: {_SOURCE_LAYOUT}')
   if not zipfile.is_zipfile(source):
@@ -346,7 +195,7 @@ def _open_source(source: pathlib.Path, prepare_from: _PrepareFrom) -> pathlib.Pa
         f'source {source} is neither a folder nor a zip file: {_SOURCE_LAYOUT}')
   try:
     with zipfile.ZipFile(source) as archive:
-      return prepare_from(_ZipSource(archive, source))
+      return prepare_from(layout.ZipTree(archive, source))
   except zipfile.BadZipFile as error:
     raise errors.InvalidValueError(
         f'source {source} is a corrupt zip file ({error}): {_SOURCE_LAYOUT}') from error
@@ -405,8 +254,9 @@ def prepare(name: str,
           f'which tfds.data_source cannot read: pass overwrite (--overwrite) to '
           f'replace it with the {FILE_FORMAT} format')
 
-  def prepare_from(opened_source: _Source) -> pathlib.Path:
-    splits, left_out = _list_splits(opened_source)
+  def prepare_from(opened_source: layout.Tree) -> pathlib.Path:
+    found = layout.find_layout(opened_source, f': {_SOURCE_LAYOUT}')
+    splits, left_out = found.splits, found.left_out
     if target.exists():
       logging.info('Deleting the existing %s.', target)
       shutil.rmtree(target)
@@ -422,7 +272,7 @@ def prepare(name: str,
   return _open_source(source, prepare_from)
 
 
-def _log_summary(builder: _CycleGANFromFiles, data_dir: str, splits: dict[str, _SplitFiles],
+def _log_summary(builder: _CycleGANFromFiles, data_dir: str, splits: dict[str, layout.SplitFiles],
                  left_out: dict[str, str]) -> None:
   full_name = f'{DATASET_NAME}/{builder.builder_config.name}'
   lines = [f'Prepared {full_name} ({FILE_FORMAT}) in {builder.data_dir}:']
@@ -438,9 +288,9 @@ def _log_summary(builder: _CycleGANFromFiles, data_dir: str, splits: dict[str, _
     if unreadable := builder.unreadable_keys[split]:
       line += (f'; skipped {_count(len(unreadable), "unreadable image")}, e.g. '
                f'{unreadable[0]}')
-    if split_files.skipped:
-      line += (f'; skipped {_count(len(split_files.skipped), "non-image file")}, e.g. '
-               f'{split_files.skipped[0]}')
+    if split_files.ignored:
+      line += (f'; skipped {_count(len(split_files.ignored), "non-image file")}, e.g. '
+               f'{split_files.ignored[0]}')
     lines.append(line)
   lines.append(f"Read it with tfds.data_source('{full_name}', data_dir='{data_dir}').")
   logging.info('\n'.join(lines))

@@ -588,7 +588,8 @@ def test_zip_errors_name_the_problem(tmp_path):
     data.create_dataset(folder_config(tmp_path / 'not_a.zip'), seed=0)
   with zipfile.ZipFile(tmp_path / 'only_a.zip', 'w') as archive:
     archive.writestr('data/trainA/x.png', b'')
-  with pytest.raises(ValueError, match=r'only_a\.zip has no trainA/ and trainB/.*data/trainA'):
+  with pytest.raises(FileNotFoundError,
+                     match=r'only_a\.zip:data has trainA/ but no trainB/ folder'):
     data.create_dataset(folder_config(tmp_path / 'only_a.zip'), seed=0)
 
 
@@ -624,6 +625,28 @@ def test_tfds_source_reads_a_prepared_array_record_dataset(folder_root, tmp_path
         assert batch[domain].shape == (2, 32, 32, 3)
         np.testing.assert_array_equal(batch[domain], expected[domain])
   assert 'tensorflow' not in sys.modules
+
+
+def test_training_and_prepare_tfds_find_the_same_splits_two_levels_down_a_zip(
+    folder_root, tmp_path_factory):
+  """One layout finder: the splits of an odd zip (downloads/horse2zebra/trainA/...) are found
+  alike by the folder source and by prepare_tfds, with the same images in each split."""
+  zip_path = tmp_path_factory.mktemp('odd') / 'odd.zip'
+  with zipfile.ZipFile(zip_path, 'w') as archive:
+    for file in sorted(folder_root.rglob('*')):
+      if file.is_file():
+        archive.write(file, f'downloads/horse2zebra/{file.relative_to(folder_root).as_posix()}')
+  from_zip = data.create_dataset(folder_config(zip_path), seed=0)
+  data_dir = tmp_path_factory.mktemp('tfds')
+  prepare_tfds.prepare('horse2zebra', zip_path, data_dir)
+  from_tfds = data.create_dataset(tfds_config(data_dir), seed=0)
+  assert (from_zip.num_A, from_zip.num_B) == (from_tfds.num_A, from_tfds.num_B) == (6, 3)
+  for domain in preprocess.DOMAINS:
+    assert from_zip.num_test(domain) == from_tfds.num_test(domain)
+    images = [{
+        dataset._training_image(domain, i).tobytes() for i in range(len(dataset.sources[domain]))
+    } for dataset in (from_zip, from_tfds)]
+    assert images[0] == images[1]
 
 
 def test_tfds_source_errors_say_how_to_prepare(tmp_path, folder_root):

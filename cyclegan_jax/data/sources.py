@@ -4,17 +4,15 @@
    `config.data.tfds_data_dir`, read in array_record format without TensorFlow; splits trainA,
    trainB, testA, testB.
  - 'folder': `config.data.root` is a directory, or a zip file such as the official
-   horse2zebra.zip read in place, holding trainA/ and trainB/ (testA/ and testB/ optional; in a
-   zip they may sit under one top-level folder). Splits are searched recursively for
-   jpg/jpeg/png/bmp/ppm/tif/tiff/webp files (case-insensitive; hidden files, `__MACOSX` and other
-   files ignored), in sorted path order.
+   horse2zebra.zip read in place, holding trainA/ and trainB/ (testA/ and testB/ optional)
+   where `layout.find_layout` finds them.
 """
 
-import collections
 from collections.abc import Sequence
 import dataclasses
 import os
 import pathlib
+import posixpath
 import threading
 from typing import Protocol
 import zipfile
@@ -22,15 +20,10 @@ import zipfile
 import numpy as np
 
 from cyclegan_jax import errors
-from cyclegan_jax.data.image_io import IMAGE_EXTENSIONS
-from cyclegan_jax.data.image_io import is_hidden
-from cyclegan_jax.data.image_io import is_image_name
-from cyclegan_jax.data.image_io import list_images
-from cyclegan_jax.data.image_io import report_ignored
+from cyclegan_jax.data import layout
 from cyclegan_jax.data.image_io import UnreadableImageError
 from cyclegan_jax.data.preprocess import DOMAINS
 
-SPLITS = ('trainA', 'trainB', 'testA', 'testB')
 _FOLDER_LAYOUT = (
     'expected a folder or .zip holding trainA/ and trainB/ (optionally testA/, testB/) with '
     'images, the layout of the CycleGAN datasets (e.g. horse2zebra.zip)')
@@ -157,14 +150,35 @@ class TfdsSource:
 
 
 def folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
+  """The splits of the folder or zip `config.root` (`layout.find_layout`)."""
   if not config.root:
     raise errors.InvalidValueError(
         f'config.data.root is empty; source "folder" needs it: {_FOLDER_LAYOUT}')
   root = pathlib.Path(config.root).expanduser()
-  if root.is_file():
-    sources = _zip_sources(root)
-  elif root.is_dir():
-    sources = _directory_sources(root)
+  context = f' (config.data.root={config.root!r}): {_FOLDER_LAYOUT}'
+  if root.is_dir():
+    found = layout.find_layout(layout.FolderTree(root), context)
+    sources = {
+        split:
+            FileSource(root / posixpath.join(found.root, split),
+                       tuple(root / path for path in layout.split_paths(found, split)))
+        for split in layout.SPLITS
+    }
+  elif root.is_file():
+    try:
+      archive = zipfile.ZipFile(root)
+    except (zipfile.BadZipFile, OSError) as error:
+      raise errors.InvalidValueError(
+          f'config.data.root={config.root!r} is neither a folder nor a readable zip ({error}); '
+          f'{_FOLDER_LAYOUT}') from error
+    with archive:
+      found = layout.find_layout(layout.ZipTree(archive, root), context)
+    sources = {
+        split:
+            ZipSource(root,
+                      posixpath.join(found.root, split) + '/', layout.split_paths(found, split))
+        for split in layout.SPLITS
+    }
   else:
     raise errors.PathNotFoundError(
         f'config.data.root={config.root!r}: {root} does not exist; {_FOLDER_LAYOUT}')
@@ -173,73 +187,6 @@ def folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
 
 def _by_domain(sources: dict[str, Source], prefix: str) -> dict[str, Source]:
   return {domain: sources[prefix + domain] for domain in DOMAINS}
-
-
-def _no_images(where: str, root: pathlib.Path) -> errors.InvalidValueError:
-  return errors.InvalidValueError(
-      f'{where} holds no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} images '
-      f'(config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
-
-
-def _directory_sources(root: pathlib.Path) -> dict[str, Source]:
-  sources = {}
-  for split in SPLITS:
-    folder = root / split
-    if not folder.is_dir():
-      if split.startswith('train'):
-        raise errors.PathNotFoundError(
-            f'{folder} not found (config.data.root={str(root)!r}): {_FOLDER_LAYOUT}')
-      sources[split] = FileSource(folder, ())
-      continue
-    sources[split] = FileSource(folder, tuple(list_images(folder)))
-    if split.startswith('train') and not sources[split].paths:
-      raise _no_images(str(folder), root)
-  return sources
-
-
-def _zip_sources(zip_path: pathlib.Path) -> dict[str, Source]:
-  """The splits of a zip in the CycleGAN layout, at its root or under one top-level folder."""
-  try:
-    with zipfile.ZipFile(zip_path) as archive:
-      names = [info.filename for info in archive.infolist() if not info.is_dir()]
-  except (zipfile.BadZipFile, OSError) as error:
-    raise errors.InvalidValueError(
-        f'config.data.root={str(zip_path)!r} is neither a folder nor a readable zip '
-        f'({error}); {_FOLDER_LAYOUT}') from error
-  by_prefix = collections.defaultdict(lambda: collections.defaultdict(list))
-  ignored = collections.defaultdict(list)
-  for name in names:
-    if is_hidden(name):
-      continue
-    parts = name.split('/')
-    for depth, part in enumerate(parts[:-1]):
-      if part in SPLITS:
-        prefix = '/'.join(parts[:depth])
-        if is_image_name(name):
-          by_prefix[prefix][part].append(name)
-        else:
-          ignored[(prefix, part)].append('/'.join(parts[depth + 1:]))
-        break
-  candidates = sorted(
-      prefix for prefix, splits in by_prefix.items() if 'trainA' in splits and 'trainB' in splits)
-  if not candidates:
-    found = sorted(
-        {f'{prefix}/{split}'.lstrip('/') for prefix in by_prefix for split in by_prefix[prefix]})
-    raise errors.InvalidValueError(
-        f'{zip_path} has no trainA/ and trainB/ folders with images (found: '
-        f'{", ".join(found) or "no image folders"}); {_FOLDER_LAYOUT}')
-  if len(candidates) > 1:
-    raise errors.InvalidValueError(
-        f'{zip_path} holds several datasets ({", ".join(candidates)}); unpack the '
-        'one you want and point config.data.root at its folder')
-  prefix = candidates[0]
-  for split in SPLITS:
-    report_ignored(sorted(ignored[(prefix, split)]),
-                   f'{zip_path}:{prefix}/{split}'.replace(':/', ':'))
-  return {
-      split: ZipSource(zip_path, f'{prefix}/{split}/'.lstrip('/'), sorted(by_prefix[prefix][split]))
-      for split in SPLITS
-  }
 
 
 def tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
@@ -263,7 +210,7 @@ def tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
         f'TFDS dataset {name} in {builder.data_dir} is stored as {file_format.value}, and '
         'reading it without TensorFlow needs array_record. Prepare it again with '
         f'--file_format=array_record. {help_text}')
-  missing = [split for split in SPLITS if split not in builder.info.splits]
+  missing = [split for split in layout.SPLITS if split not in builder.info.splits]
   if any(split.startswith('train') for split in missing):
     raise errors.InvalidValueError(
         f'TFDS dataset {name} lacks the splits {missing}; it needs trainA and '
@@ -271,7 +218,7 @@ def tfds_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
   sources = {
       split:
           TfdsSource(builder, split) if split not in missing else ArraySource(
-              np.zeros((0, 1, 1, 3), np.uint8), split) for split in SPLITS
+              np.zeros((0, 1, 1, 3), np.uint8), split) for split in layout.SPLITS
   }
   for split in ('trainA', 'trainB'):
     if not len(sources[split]):
