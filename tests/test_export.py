@@ -18,6 +18,7 @@ import pytest
 from cyclegan_jax import export
 from cyclegan_jax import inference
 from cyclegan_jax import models
+from cyclegan_jax.models import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT_PACKAGES = ('flatbuffers', 'onnx', 'onnxruntime', 'tensorflow', 'ai_edge_litert')
@@ -118,7 +119,7 @@ def test_fixed_input_shape(generator, batches, tmp_path):
   partly = export.export_onnx(module, params, tmp_path / 'f.onnx', input_shape=(-1, 32, 32))
   np.testing.assert_allclose(export.load_artifact(partly)(x), expected, atol=FLOAT32_TOLERANCE)
   with pytest.raises(ValueError, match='height 4 is too small'):
-    export.input_dims((1, 4, 16))
+    export.input_dims((1, 4, 16), min_side=8)
 
 
 def test_onnx_batch_norm_uses_batch_statistics(tmp_path):
@@ -238,3 +239,40 @@ def test_cli_exports_an_official_checkpoint(tmp_path):
   assert again.returncode == 2 and 'pass --overwrite' in again.stderr
   unknown = run_cli(f'--torch_checkpoint={TORCH_PTH}', '--format=pb', f'--output={output}')
   assert unknown.returncode == 2 and '<stablehlo|onnx|tflite>' in unknown.stderr
+
+
+def test_a_new_architecture_exports_from_its_layout_alone(tmp_path):
+  """A toy generator written only as a layout (a 4x4 transposed conv, leaky ReLU, batch norm, a
+  residual block: nothing the ResNet has in this form) exports to ONNX and StableHLO, and the
+  artifacts match the Flax network: the exporters walk the layout, not one architecture."""
+  layers = (
+      layout.Conv('stem', 6, 3, reflect=1, norm='instance', activation='relu'),
+      layout.Conv('down',
+                  8,
+                  4,
+                  stride=2,
+                  padding=1,
+                  norm='batch',
+                  bias=False,
+                  activation='leaky_relu'),
+      layout.Residual('block', (
+          layout.Conv('a', 8, 3, reflect=1, norm='instance', activation='relu'),
+          layout.Conv('b', 8, 3, reflect=1, norm='instance'),
+      )),
+      layout.Conv('up', 6, 4, stride=2, padding=1, transpose=True, activation='relu'),
+      layout.Conv('head', 3, 3, reflect=1, activation='tanh'),
+  )
+  module = layout.LayoutNetwork(layers, fast_convs=False, architecture='toy')
+  generator = inference.Generator(module, random_params(module, (1, 16, 16, 3), seed=3), 3, 3,
+                                  'a toy layout')
+  assert generator.min_side == 4  # Reflection by 1 after one downsampling needs 2 x 2 maps.
+  x = np.random.default_rng(4).uniform(-1, 1, (2, 21, 18, 3)).astype(np.float32)
+  expected = inference.translate_any_size(generator, x)
+  for fmt in ('onnx', 'stablehlo'):
+    path = export.export(generator,
+                         fmt,
+                         tmp_path / f'toy{export.SUFFIXES[fmt]}',
+                         platforms=('cpu',))
+    np.testing.assert_allclose(export.load_artifact(path)(x), expected, atol=FLOAT32_TOLERANCE)
+    described = json.loads(export.sidecar_path(path).read_text())
+    assert described['generator']['architecture'] == 'toy' and described['min_height_width'] == 4

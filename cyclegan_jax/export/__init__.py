@@ -42,9 +42,9 @@ import numpy as np
 from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import models
-from cyclegan_jax.export.common import _CONTRACT
 from cyclegan_jax.export.common import check_format
 from cyclegan_jax.export.common import check_output
+from cyclegan_jax.export.common import contract
 from cyclegan_jax.export.common import DEFAULT_PLATFORMS
 from cyclegan_jax.export.common import DIM_NAMES
 from cyclegan_jax.export.common import FORMATS
@@ -52,7 +52,6 @@ from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import input_dims
 from cyclegan_jax.export.common import INPUT_NAME
 from cyclegan_jax.export.common import InputShape
-from cyclegan_jax.export.common import MIN_SIDE
 from cyclegan_jax.export.common import MissingPackageError
 from cyclegan_jax.export.common import OUTPUT_NAME
 from cyclegan_jax.export.common import QUANTIZE
@@ -109,7 +108,8 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
              platforms: tuple[str, ...], input_shape: InputShape = None) -> dict[str, Any]:
   """The sidecar JSON: what the artifact is, how to call it and what made it."""
   module, channels = generator.module, generator.in_channels
-  dims = input_dims(input_shape)
+  dims = input_dims(input_shape, generator.min_side)
+  terms = contract(generator.min_side)
   runtimes = {
       'stablehlo': 'jax.export.deserialize(open(path, "rb").read()).call(x)',
       'onnx': f'onnxruntime.InferenceSession(path).run(["{OUTPUT_NAME}"], {{"{INPUT_NAME}": x}})',
@@ -117,15 +117,22 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
                 'allocate_tensors(), set_tensor, invoke, get_tensor',
   }
   description = {
-      'format': fmt,
-      'quantize': quantize,
-      'file': path.name,
-      'bytes': path.stat().st_size,
-      'source': generator.description,
+      'format':
+          fmt,
+      'quantize':
+          quantize,
+      'file':
+          path.name,
+      'bytes':
+          path.stat().st_size,
+      'source':
+          generator.description,
       'generator': {
-          'architecture': f'resnet_{module.num_blocks}blocks',
-          'ngf': module.ngf,
-          'norm': module.norm,
+          'architecture': getattr(module, 'architecture',
+                                  type(module).__name__),
+          **{
+              field: getattr(module, field) for field in ('ngf', 'norm') if hasattr(module, field)
+          },
           'params': models.count_params(generator.params),
       },
       'input': {
@@ -143,12 +150,17 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
           'shape': [*dims, generator.out_channels],
       },
       'dynamic_dims': [d for d in dims if isinstance(d, str)],
-      'min_height_width': MIN_SIDE,
-      'contract': _CONTRACT if dims == list(DIM_NAMES) else
-                  f'{_CONTRACT}; this file takes only [batch, height, width] = {dims}',
-      'run_with': runtimes[fmt],
-      'exported_with': _versions(fmt),
-      'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'min_height_width':
+          generator.min_side,
+      'contract':
+          terms if dims == list(DIM_NAMES) else
+          f'{terms}; this file takes only [batch, height, width] = {dims}',
+      'run_with':
+          runtimes[fmt],
+      'exported_with':
+          _versions(fmt),
+      'exported_at':
+          datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
   if fmt == 'stablehlo':
     description['platforms'] = list(platforms)
@@ -164,14 +176,14 @@ def export(generator: inference.Generator,
            input_shape: InputShape = None) -> Path:
   """Writes `generator` in `fmt` to `path` and its description to `<path>.json`."""
   check_format(fmt, quantize)
-  input_dims(input_shape)
+  input_dims(input_shape, generator.min_side)
   path = check_output(path, overwrite)
   require_packages(fmt)
-  if input_channels(generator.params) != generator.in_channels:
-    raise errors.InvalidValueError(
-        f'The generator takes {input_channels(generator.params)} channels, not '
-        f'{generator.in_channels}')
   module, params = generator.module, generator.params
+  if input_channels(module, params) != generator.in_channels:
+    raise errors.InvalidValueError(
+        f'The generator takes {input_channels(module, params)} channels, not '
+        f'{generator.in_channels}')
   if fmt == 'stablehlo':
     export_stablehlo(module, params, path, platforms, input_shape, overwrite=True)
   elif fmt == 'onnx':

@@ -24,7 +24,7 @@ def main(argv):
     except ValueError:
       raise errors.InvalidValueError(f'--input_shape={FLAGS.input_shape}: expected '
                                      'BATCH,HEIGHT,WIDTH integers, -1 for dynamic') from None
-    export.input_dims(input_shape)
+    export.input_dims(input_shape, min_side=1)  # The form; export() checks the sizes.
   export.check_format(FLAGS.format, FLAGS.quantize)
   export.check_output(FLAGS.output, FLAGS.overwrite)
   export.require_packages(FLAGS.format)
@@ -34,8 +34,8 @@ def main(argv):
                                        FLAGS.step,
                                        fast_convs=False)
   logging.info('Exporting %s as %s.', generator.description, FLAGS.format)
-  path = export.export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite, platforms,
-                input_shape)
+  path = export.export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite,
+                       platforms, input_shape)
   print(f'export: format={FLAGS.format} quantize={FLAGS.quantize} bytes={path.stat().st_size} '
         f'output={path} description={export.sidecar_path(path)}',
         flush=True)

@@ -3,8 +3,10 @@
 Contract of every artifact: one input, a float32 NHWC batch in [-1, 1] with the generator's input
 channels; one output, the translated float32 NHWC batch in [-1, 1] of the same batch, height and
 width with the generator's output channels. Batch, height and width are all dynamic unless an
-`input_shape` fixes them; sides are reflection-padded to multiples of 4 inside the artifact and
-cropped back, so any height and width of at least 8 works.
+`input_shape` fixes them; sides are reflection-padded inside the artifact to the multiples the
+network needs and cropped back (`inference.apply_any_size`), so any height and width from the
+network's minimum on works (8 for the ResNet generators). What the network is comes from its
+layout (`models.layout`), so any generator with a layout exports.
 """
 
 import contextlib
@@ -18,14 +20,13 @@ import jax.numpy as jnp
 
 from cyclegan_jax import errors
 from cyclegan_jax import inference
-from cyclegan_jax import models
 from cyclegan_jax.models import fast_convs
 from cyclegan_jax.models import layers
+from cyclegan_jax.models import layout as layout_lib
 
 FORMATS = ('stablehlo', 'onnx', 'tflite')
 QUANTIZE = ('none', 'float16', 'int8')
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
-MIN_SIDE = inference.MIN_SIDE  # Height and width of at least 8 pixels.
 INPUT_NAME, OUTPUT_NAME = 'image', 'translated'
 # The optional packages each format needs (module -> pip distribution), to export and to run.
 FORMAT_PACKAGES = {
@@ -81,30 +82,25 @@ def sidecar_path(path: str | Path) -> Path:
   return Path(f'{path}.json')
 
 
-def _export_module(module: models.ResnetGenerator) -> models.ResnetGenerator:
+def _export_module(module: nn.Module) -> nn.Module:
   """The same generator with plain lax convolutions, computed in float32."""
-  if not isinstance(module, models.ResnetGenerator):
-    raise TypeError(f'Expected a models.ResnetGenerator, got {type(module).__name__}')
+  if not callable(getattr(module, 'layout', None)):
+    raise TypeError(f'{type(module).__name__} has no layout(in_channels): it cannot be exported')
   return module.clone(fast_convs=False, dtype=jnp.float32)
 
 
-def input_channels(params: dict[str, Any]) -> int:
-  return int(params['stem']['conv']['kernel'].shape[2])
+def input_channels(module: nn.Module, params: dict[str, Any]) -> int:
+  """The channels the generator's first conv takes, from its kernel."""
+  path, conv = next(layout_lib.walk(module.layout(0)))
+  kernel = params
+  for name in (*path, 'conv', 'kernel'):
+    kernel = kernel[name]
+  return int(kernel.shape[3 if conv.transpose else 2])
 
 
-def _pad_to_multiple(x: jax.Array) -> jax.Array:
-  """Reflection padding at the bottom and right to multiples of 4, for symbolic sizes too.
-
-  Padding by 3 and keeping the first 4 * ceil(size / 4) rows equals padding by the rows missing
-  (`inference.pad_to_multiple`): reflection padding by fewer rows is a prefix of it.
-  """
-  height, width = x.shape[1:3]
-  padded_height = inference.SIZE_MULTIPLE * ((height + 3) // inference.SIZE_MULTIPLE)
-  padded_width = inference.SIZE_MULTIPLE * ((width + 3) // inference.SIZE_MULTIPLE)
-  if isinstance(height, int) and isinstance(width, int):
-    return inference.pad_to_multiple(x)
-  x = jnp.pad(x, ((0, 0), (0, 3), (0, 3), (0, 0)), mode='reflect')
-  return jax.lax.slice(x, (0, 0, 0, 0), (x.shape[0], padded_height, padded_width, x.shape[3]))
+def min_side(module: nn.Module, params: dict[str, Any]) -> int:
+  """The smallest height and width the generator takes."""
+  return layout_lib.min_side(module.layout(input_channels(module, params)))
 
 
 def _subpixel_transposed_convs(next_fun, args, kwargs, context):
@@ -127,23 +123,19 @@ def _subpixel_transposed_convs(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
-def translate_function(module: models.ResnetGenerator,
+def translate_function(module: nn.Module,
                        params: dict[str, Any],
                        subpixel: bool = False) -> Callable[[jax.Array], jax.Array]:
-  """x -> G(x) for float32 NHWC batches of any size (at least 8 x 8), parameters as constants.
-
-  Sides are reflection-padded to multiples of 4 and cropped back, as `inference.apply_any_size`.
-  """
+  """x -> G(x) for float32 NHWC batches of any size from the network's minimum, parameters as
+  constants: `inference.apply_any_size`."""
   module = _export_module(module)
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
 
   def translate(x: jax.Array) -> jax.Array:
-    height, width = x.shape[1:3]
     intercept = (nn.intercept_methods(_subpixel_transposed_convs)
                  if subpixel else contextlib.nullcontext())
     with intercept:
-      y = module.apply({'params': params}, _pad_to_multiple(x.astype(jnp.float32)))
-    return jax.lax.slice(y, (0, 0, 0, 0), (y.shape[0], height, width, y.shape[3]))
+      return inference.apply_any_size(module, params, x.astype(jnp.float32))
 
   return translate
 
@@ -152,7 +144,7 @@ DIM_NAMES = ('batch', 'height', 'width')
 InputShape = tuple[int, int, int] | None  # (batch, height, width); -1 or None: dynamic.
 
 
-def input_dims(input_shape: InputShape = None) -> list[str | int]:
+def input_dims(input_shape: InputShape, min_side: int) -> list[str | int]:
   """[batch, height, width]: a fixed size, or the dimension's name where it is dynamic."""
   if input_shape is None:
     return list(DIM_NAMES)
@@ -162,27 +154,28 @@ def input_dims(input_shape: InputShape = None) -> list[str | int]:
   for name, size in zip(DIM_NAMES, input_shape):
     if size is None or size == -1:
       dims.append(name)
-    elif int(size) < (1 if name == 'batch' else MIN_SIDE):
+    elif int(size) < (1 if name == 'batch' else min_side):
       raise errors.InvalidValueError(f'{name} {size} is too small: the minimum is '
-                                     f'{1 if name == "batch" else MIN_SIDE} (or -1 for dynamic)')
+                                     f'{1 if name == "batch" else min_side} (or -1 for dynamic)')
     else:
       dims.append(int(size))
   return dims
 
 
-def _shape_spec(input_shape: InputShape) -> tuple[str, tuple[str, ...]]:
+def _shape_spec(input_shape: InputShape, min_side: int) -> tuple[str, tuple[str, ...]]:
   """A jax.export shape string for the batch, height and width, and its constraints."""
-  dims = input_dims(input_shape)
-  constraints = tuple(f'{d} >= {MIN_SIDE}' for d in dims[1:] if isinstance(d, str))
+  dims = input_dims(input_shape, min_side)
+  constraints = tuple(f'{d} >= {min_side}' for d in dims[1:] if isinstance(d, str))
   return ', '.join(map(str, dims)), constraints
 
 
-def _input_spec(channels: int, input_shape: InputShape = None) -> jax.ShapeDtypeStruct:
-  spec, constraints = _shape_spec(input_shape)
+def _input_spec(channels: int, input_shape: InputShape, min_side: int) -> jax.ShapeDtypeStruct:
+  spec, constraints = _shape_spec(input_shape, min_side)
   shape = jax.export.symbolic_shape(f'{spec}, {channels}', constraints=constraints)
   return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-_CONTRACT = (f'input "{INPUT_NAME}": float32 NHWC in [-1, 1], dynamic batch, height and width '
-             f'(at least {MIN_SIDE}); output "{OUTPUT_NAME}": the translated float32 NHWC batch '
-             'in [-1, 1] of the same batch, height and width')
+def contract(min_side: int) -> str:
+  return (f'input "{INPUT_NAME}": float32 NHWC in [-1, 1], dynamic batch, height and width '
+          f'(at least {min_side}); output "{OUTPUT_NAME}": the translated float32 NHWC batch '
+          'in [-1, 1] of the same batch, height and width')

@@ -3,13 +3,12 @@
 from pathlib import Path
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 
 from cyclegan_jax import errors
-from cyclegan_jax import inference
-from cyclegan_jax import models
-from cyclegan_jax.export.common import _CONTRACT
 from cyclegan_jax.export.common import check_output
+from cyclegan_jax.export.common import contract
 from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import input_dims
 from cyclegan_jax.export.common import INPUT_NAME
@@ -17,6 +16,7 @@ from cyclegan_jax.export.common import InputShape
 from cyclegan_jax.export.common import OUTPUT_NAME
 from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.models import layers
+from cyclegan_jax.models import layout as layout_lib
 
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # Read by ONNX Runtime 1.14 and newer.
@@ -48,7 +48,7 @@ class _OnnxGraph:
     return output
 
 
-def _onnx_norm(graph: _OnnxGraph, x: str, norm: str, layer: dict[str, Any], channels: int,
+def _onnx_norm(graph: _OnnxGraph, x: str, norm: str, params: dict[str, Any], channels: int,
                name: str) -> str:
   if norm == 'instance':  # Biased variance, eps 1e-5, no affine: layers.instance_norm.
     return graph.op('InstanceNormalization',
@@ -63,8 +63,8 @@ def _onnx_norm(graph: _OnnxGraph, x: str, norm: str, layer: dict[str, Any], chan
     var = graph.op('ReduceMean', graph.op('Mul', centered, centered), axes=[0, 2, 3], keepdims=1)
     inv_std = graph.op('Reciprocal',
                        graph.op('Sqrt', graph.op('Add', var, graph.const(layers.NORM_EPS))))
-    scale = np.asarray(layer['norm']['scale'], np.float32).reshape(1, -1, 1, 1)
-    bias = np.asarray(layer['norm']['bias'], np.float32).reshape(1, -1, 1, 1)
+    scale = np.asarray(params['norm']['scale'], np.float32).reshape(1, -1, 1, 1)
+    bias = np.asarray(params['norm']['bias'], np.float32).reshape(1, -1, 1, 1)
     scaled = graph.op('Mul', centered, graph.op('Mul', inv_std, graph.const(scale)))
     return graph.op('Add', scaled, graph.const(bias), name=name)
   return x
@@ -75,87 +75,91 @@ def _onnx_reflect_pad(graph: _OnnxGraph, x: str, pad: int) -> str:
   return graph.op('Pad', x, pads, mode='reflect')
 
 
-def _onnx_conv_layer(graph: _OnnxGraph, x: str, layer: dict[str, Any], name: str, *, stride: int,
-                     pads: tuple[int, int, int, int], norm: str, relu: bool,
-                     transpose: bool = False) -> str:
-  """ConvNormAct in NCHW: the flax kernel (HWIO, or (kH, kW, out, in) for transposed convs, as
-  PyTorch's ConvTranspose2d weight) becomes ONNX's OIHW (or IOHW for ConvTranspose)."""
-  kernel = np.asarray(layer['conv']['kernel'], np.float32)
+def _onnx_conv(graph: _OnnxGraph, x: str, conv: layout_lib.Conv, params: dict[str, Any],
+               name: str) -> str:
+  """One layout `Conv` in NCHW: the flax kernel (HWIO, or (kH, kW, out, in) for transposed convs,
+  as PyTorch's ConvTranspose2d weight) becomes ONNX's OIHW (or IOHW for ConvTranspose)."""
+  if conv.reflect:
+    x = _onnx_reflect_pad(graph, x, conv.reflect)
+  kernel = np.asarray(params['conv']['kernel'], np.float32)
   inputs = [x, graph.const(kernel.transpose(3, 2, 0, 1), name=f'{name}/kernel')]
-  if 'bias' in layer['conv']:
-    inputs.append(graph.const(layer['conv']['bias'], name=f'{name}/bias'))
-  size = list(kernel.shape[:2])
-  if transpose:  # PyTorch's ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1).
-    y = graph.op('ConvTranspose', *inputs, kernel_shape=size, strides=[stride, stride],
-                 pads=list(pads), output_padding=[1, 1], name=f'{name}/conv')
-    channels = kernel.shape[2]
+  if 'bias' in params['conv']:
+    inputs.append(graph.const(params['conv']['bias'], name=f'{name}/bias'))
+  attributes = dict(kernel_shape=[conv.kernel] * 2,
+                    strides=[conv.stride] * 2,
+                    pads=[conv.padding] * 4)
+  if conv.transpose:
+    y = graph.op('ConvTranspose',
+                 *inputs,
+                 output_padding=[conv.output_padding] * 2,
+                 name=f'{name}/conv',
+                 **attributes)
   else:
-    y = graph.op('Conv', *inputs, kernel_shape=size, strides=[stride, stride], pads=list(pads),
-                 name=f'{name}/conv')
-    channels = kernel.shape[3]
-  y = _onnx_norm(graph, y, norm, layer, channels, f'{name}/norm')
-  return graph.op('Relu', y, name=f'{name}/relu') if relu else y
+    y = graph.op('Conv', *inputs, name=f'{name}/conv', **attributes)
+  y = _onnx_norm(graph, y, conv.norm, params, conv.features, f'{name}/norm')
+  if conv.activation == 'relu':
+    return graph.op('Relu', y, name=f'{name}/relu')
+  if conv.activation == 'leaky_relu':
+    return graph.op('LeakyRelu', y, alpha=0.2, name=f'{name}/leaky_relu')
+  if conv.activation == 'tanh':
+    return graph.op('Tanh', y, name=f'{name}/tanh')
+  return y
 
 
-def _check_generator_params(module: models.ResnetGenerator, params: dict[str, Any]) -> None:
-  expected = {'stem', 'down_0', 'down_1', 'up_0', 'up_1', 'head'}
-  expected |= {f'block_{i}' for i in range(module.num_blocks)}
+def _onnx_layers(graph: _OnnxGraph,
+                 x: str,
+                 layers: layout_lib.Layout,
+                 params: dict[str, Any],
+                 prefix: str = '') -> str:
+  """The layout's layers, in order, on NCHW `x`."""
+  for layer in layers:
+    name = prefix + layer.name
+    if isinstance(layer, layout_lib.Residual):
+      y = _onnx_layers(graph, x, layer.body, params[layer.name], name + '/')
+      x = graph.op('Add', x, y, name=f'{name}/add')
+    else:
+      x = _onnx_conv(graph, x, layer, params[layer.name], name)
+  return x
+
+
+def _check_params(layers: layout_lib.Layout, params: dict[str, Any]) -> None:
+  expected = {layer.name for layer in layers}
   if set(params) != expected:
-    raise errors.InvalidValueError(
-        f'Parameters do not match a ResnetGenerator with {module.num_blocks} blocks: '
-        f'got {sorted(params)}')
-  if module.norm not in layers.NORM_TYPES:
-    raise errors.InvalidValueError(f'norm must be one of {layers.NORM_TYPES}, got {module.norm!r}')
+    raise errors.InvalidValueError(f'The parameters ({", ".join(sorted(params))}) do not match the '
+                                   f'network\'s layers ({", ".join(sorted(expected))})')
 
 
-def onnx_model(module: models.ResnetGenerator,
+def onnx_model(module: nn.Module,
                params: dict[str, Any],
                description: str = '',
                input_shape: InputShape = None):
-  """The generator as an `onnx.ModelProto`: NHWC in and out, batch, height and width dynamic
-  unless `input_shape` fixes them."""
+  """The generator as an `onnx.ModelProto` (walking its layout): NHWC in and out, batch, height and
+  width dynamic unless `input_shape` fixes them."""
   import onnx  # pylint: disable=g-import-not-at-top
-  _check_generator_params(module, params)
-  graph, norm = _OnnxGraph(), module.norm
+  in_channels = input_channels(module, params)
+  layers = module.layout(in_channels)
+  _check_params(layers, params)
+  smallest = layout_lib.min_side(layers)
+  graph = _OnnxGraph()
   x = graph.op('Transpose', INPUT_NAME, perm=[0, 3, 1, 2], name='to_nchw')
-  # Reflection padding at the bottom and right to multiples of 4 (cropped back at the end).
+  # Reflection padding at the bottom and right to the multiples the network needs (cropped back
+  # at the end), as inference.pad_to_multiple.
   size = graph.op('Slice', graph.op('Shape', x), graph.const([2], np.int64),
                   graph.const([4], np.int64), name='height_width')
-  four = graph.const([inference.SIZE_MULTIPLE], np.int64)
-  padded = graph.op('Mul', graph.op('Div', graph.op('Add', size, graph.const([3], np.int64)), four),
-                    four)
+  multiple = layout_lib.size_multiple(layers)
+  factor = graph.const([multiple], np.int64)
+  rounded_up = graph.op('Add', size, graph.const([multiple - 1], np.int64))
+  padded = graph.op('Mul', graph.op('Div', rounded_up, factor), factor)
   pads = graph.op('Concat', graph.const([0] * 6, np.int64), graph.op('Sub', padded, size), axis=0)
-  x = graph.op('Pad', x, pads, mode='reflect', name='pad_to_multiple_of_4')
-
-  x = _onnx_reflect_pad(graph, x, 3)
-  x = _onnx_conv_layer(graph, x, params['stem'], 'stem', stride=1, pads=(0, 0, 0, 0), norm=norm,
-                       relu=True)
-  for i in range(2):
-    x = _onnx_conv_layer(graph, x, params[f'down_{i}'], f'down_{i}', stride=2, pads=(1, 1, 1, 1),
-                         norm=norm, relu=True)
-  for i in range(module.num_blocks):
-    block = params[f'block_{i}']
-    y = _onnx_reflect_pad(graph, x, 1)
-    y = _onnx_conv_layer(graph, y, block['conv_0'], f'block_{i}/conv_0', stride=1,
-                         pads=(0, 0, 0, 0), norm=norm, relu=True)
-    y = _onnx_reflect_pad(graph, y, 1)
-    y = _onnx_conv_layer(graph, y, block['conv_1'], f'block_{i}/conv_1', stride=1,
-                         pads=(0, 0, 0, 0), norm=norm, relu=False)
-    x = graph.op('Add', x, y, name=f'block_{i}/add')
-  for i in range(2):
-    x = _onnx_conv_layer(graph, x, params[f'up_{i}'], f'up_{i}', stride=2, pads=(1, 1, 1, 1),
-                         norm=norm, relu=True, transpose=True)
-  x = _onnx_reflect_pad(graph, x, 3)
-  x = _onnx_conv_layer(graph, x, params['head'], 'head', stride=1, pads=(0, 0, 0, 0), norm='none',
-                       relu=False)
-  x = graph.op('Tanh', x, name='tanh')
+  x = graph.op('Pad', x, pads, mode='reflect', name='pad_to_multiple')
+  x = _onnx_layers(graph, x, layers, params)
   x = graph.op('Slice', x, graph.const([0, 0], np.int64), size, graph.const([2, 3], np.int64),
                name='crop')
   graph.nodes.append(
       onnx.helper.make_node('Transpose', [x], [OUTPUT_NAME], name='to_nhwc', perm=[0, 2, 3, 1]))
 
-  in_channels, out_channels = input_channels(params), module.output_nc
-  dims = input_dims(input_shape)
+  out_channels = next(conv for _, conv in reversed(list(layout_lib.walk(layers)))).features
+  dims = input_dims(input_shape, smallest)
   inputs = [
       onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, [*dims, in_channels])
   ]
@@ -168,14 +172,14 @@ def onnx_model(module: models.ResnetGenerator,
   model = onnx.helper.make_model(onnx_graph,
                                  opset_imports=[onnx.helper.make_opsetid('', ONNX_OPSET)],
                                  producer_name='cyclegan_jax.export',
-                                 doc_string=description or 'CycleGAN ResnetGenerator')
+                                 doc_string=description or 'CycleGAN generator')
   model.ir_version = ONNX_IR_VERSION
-  onnx.helper.set_model_props(model, {'contract': _CONTRACT})
+  onnx.helper.set_model_props(model, {'contract': contract(smallest)})
   onnx.checker.check_model(model, full_check=True)
   return model
 
 
-def export_onnx(module: models.ResnetGenerator,
+def export_onnx(module: nn.Module,
                 params: dict[str, Any],
                 path: str | Path,
                 description: str = '',

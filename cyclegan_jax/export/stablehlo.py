@@ -5,18 +5,20 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 
-from cyclegan_jax import models
 from cyclegan_jax.export.common import _input_spec
 from cyclegan_jax.export.common import check_output
 from cyclegan_jax.export.common import DEFAULT_PLATFORMS
 from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import InputShape
+from cyclegan_jax.export.common import min_side
 from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.export.common import translate_function
 
-def export_stablehlo(module: models.ResnetGenerator,
+
+def export_stablehlo(module: nn.Module,
                      params: dict[str, Any],
                      path: str | Path,
                      platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
@@ -27,8 +29,8 @@ def export_stablehlo(module: models.ResnetGenerator,
   path = check_output(path, overwrite)
   require_packages('stablehlo')
   translate = translate_function(module, params)
-  exported = jax.export.export(jax.jit(translate), platforms=tuple(platforms))(
-      _input_spec(input_channels(params), input_shape))
+  exported = jax.export.export(jax.jit(translate), platforms=tuple(platforms))(_input_spec(
+      input_channels(module, params), input_shape, min_side(module, params)))
   path.write_bytes(exported.serialize())
   return path
 

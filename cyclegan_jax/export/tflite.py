@@ -4,9 +4,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 
-from cyclegan_jax import models
 from cyclegan_jax.export.common import _shape_spec
 from cyclegan_jax.export.common import check_format
 from cyclegan_jax.export.common import check_output
@@ -14,6 +14,7 @@ from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import input_dims
 from cyclegan_jax.export.common import INPUT_NAME
 from cyclegan_jax.export.common import InputShape
+from cyclegan_jax.export.common import min_side
 from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.export.common import translate_function
 
@@ -23,7 +24,7 @@ def _import_tensorflow():
   return tf
 
 
-def tflite_model(module: models.ResnetGenerator,
+def tflite_model(module: nn.Module,
                  params: dict[str, Any],
                  quantize: str = 'none',
                  input_shape: InputShape = None) -> bytes:
@@ -32,14 +33,14 @@ def tflite_model(module: models.ResnetGenerator,
   check_format('tflite', quantize)
   tf = _import_tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
-  channels = input_channels(params)
-  spec, constraints = _shape_spec(input_shape)
+  channels, smallest = input_channels(module, params), min_side(module, params)
+  spec, constraints = _shape_spec(input_shape, smallest)
   translate = jax2tf.convert(translate_function(module, params, subpixel=True),
                              polymorphic_shapes=[f'{spec}, {channels}'],
                              polymorphic_constraints=constraints,
                              with_gradient=False,
                              native_serialization_platforms=('cpu',))
-  signature = [d if isinstance(d, int) else None for d in input_dims(input_shape)]
+  signature = [d if isinstance(d, int) else None for d in input_dims(input_shape, smallest)]
   function = tf.function(
       translate,
       autograph=False,
@@ -54,7 +55,7 @@ def tflite_model(module: models.ResnetGenerator,
   return converter.convert()
 
 
-def export_tflite(module: models.ResnetGenerator,
+def export_tflite(module: nn.Module,
                   params: dict[str, Any],
                   path: str | Path,
                   quantize: str = 'none',

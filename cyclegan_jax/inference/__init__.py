@@ -21,20 +21,28 @@ import numpy as np
 from cyclegan_jax import checkpointing
 from cyclegan_jax import errors
 from cyclegan_jax import models
+from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.torch_io import pth
 from cyclegan_jax.torch_io import mapping
 
 DIRECTIONS = {'AtoB': 'G', 'BtoA': 'F'}
-SIZE_MULTIPLE = 4  # Two stride-2 downsamplings and two upsamplings.
-MIN_SIDE = 8  # The residual blocks' reflection padding needs at least 2x2 maps.
 
 
 class Generator(NamedTuple):
-  module: models.ResnetGenerator
+  module: nn.Module  # A network with a `layout(in_channels)`, e.g. models.ResnetGenerator.
   params: dict[str, Any]  # For module.apply({'params': params}, x).
   in_channels: int
   out_channels: int
   description: str  # Where it came from, for logs and file metadata.
+
+  @property
+  def layout(self) -> layout_lib.Layout:
+    return self.module.layout(self.in_channels)
+
+  @property
+  def min_side(self) -> int:
+    """The smallest height and width it translates (any size from there on: see apply_any_size)."""
+    return layout_lib.min_side(self.layout)
 
 
 def _build(config: ml_collections.ConfigDict, out_channels: int,
@@ -102,35 +110,45 @@ def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator
                    f'{arch["norm"]} norm)')
 
 
-def padding_for(size: int) -> int:
-  """Rows (or columns) of reflection padding that make `size` a multiple of SIZE_MULTIPLE."""
-  return -size % SIZE_MULTIPLE
-
-
-def check_size(height: int, width: int, name: str = 'image') -> None:
-  if min(height, width) < MIN_SIDE:
+def check_size(height: int, width: int, min_side: int, name: str = 'image') -> None:
+  if min(height, width) < min_side:
     raise errors.InvalidValueError(
         f'{name} is {width}x{height} pixels; the generator needs at least '
-        f'{MIN_SIDE} pixels on each side')
+        f'{min_side} pixels on each side')
 
 
-def pad_to_multiple(x: jax.Array) -> jax.Array:
-  """Reflection-pads NHWC `x` at the bottom and right to multiples of SIZE_MULTIPLE."""
-  pad_h, pad_w = padding_for(x.shape[1]), padding_for(x.shape[2])
-  if pad_h == pad_w == 0:
-    return x
-  return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """Reflection-pads NHWC `x` at the bottom and right to multiples of `multiple`; also for the
+  symbolic sizes of an export (needs sides of at least `multiple`).
+
+  With symbolic sizes the padding is by `multiple - 1` and the first `multiple * ceil(size /
+  multiple)` rows are kept: reflection padding by fewer rows is a prefix of it.
+  """
+  height, width = x.shape[1:3]
+  if isinstance(height, int) and isinstance(width, int):
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == pad_w == 0:
+      return x
+    return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
+  padded_height = multiple * ((height + multiple - 1) // multiple)
+  padded_width = multiple * ((width + multiple - 1) // multiple)
+  x = jnp.pad(x, ((0, 0), (0, multiple - 1), (0, multiple - 1), (0, 0)), mode='reflect')
+  return jax.lax.slice(x, (0, 0, 0, 0), (x.shape[0], padded_height, padded_width, x.shape[3]))
 
 
 def apply_any_size(module: nn.Module, params: dict[str, Any], x: jax.Array) -> jax.Array:
-  """G(x) for any height and width: padded to multiples of 4, translated, cropped back."""
+  """G(x) for any height and width (at least the layout's min_side): reflection-padded at the
+  bottom and right to multiples of what the layout needs, translated, cropped back."""
+  layers = module.layout(x.shape[-1])
   height, width = x.shape[1:3]
-  check_size(height, width)
-  return module.apply({'params': params}, pad_to_multiple(x))[:, :height, :width]
+  if isinstance(height, int) and isinstance(width, int):
+    check_size(height, width, layout_lib.min_side(layers))
+  y = module.apply({'params': params}, pad_to_multiple(x, layout_lib.size_multiple(layers)))
+  return jax.lax.slice(y, (0, 0, 0, 0), (y.shape[0], height, width, y.shape[3]))
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_apply(module: models.ResnetGenerator):
+def _jitted_apply(module: nn.Module):
   return jax.jit(functools.partial(apply_any_size, module))
 
 

@@ -77,12 +77,13 @@ def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) ->
         'replace them or choose another --output.')
 
 
-def read_images(jobs: list[Job], channels: int) -> Iterator[tuple[Job, np.ndarray | None, str]]:
+def read_images(jobs: list[Job], channels: int,
+                min_side: int) -> Iterator[tuple[Job, np.ndarray | None, str]]:
   """(job, uint8 HWC image or None, error message) in input order; bad files do not stop it."""
   for job in jobs:
     try:
       image = image_io.as_hwc(image_io.load_image(job.source, channels))
-      inference.check_size(image.shape[0], image.shape[1], str(job.source))
+      inference.check_size(image.shape[0], image.shape[1], min_side, str(job.source))
     except (image_io.UnreadableImageError, ValueError) as error:
       yield job, None, str(error)
     else:
@@ -143,7 +144,7 @@ def translate_files(generator: inference.Generator,
   errors: list[str] = []
 
   def readable():
-    for job, image, error in read_images(jobs, generator.in_channels):
+    for job, image, error in read_images(jobs, generator.in_channels, generator.min_side):
       if image is None:
         logging.warning('Skipping %s (%d skipped so far).', error, len(errors) + 1)
         errors.append(error)

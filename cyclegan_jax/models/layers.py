@@ -5,7 +5,6 @@ a PyTorch ConvTranspose2d weight transposed) and, where the official network has
 with norm='batch' a sibling `norm` holds `scale` and `bias`.
 """
 
-from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -131,13 +130,3 @@ class ConvNormAct(nn.Module):
     if self.activation is not None:
       x = self.activation(x)
     return x
-
-
-def _normed_layer(norm: str, init_type: str, init_gain: float, dtype: Dtype) -> Callable:
-  """ConvNormAct for convs followed by a norm layer.
-
-  Official rule: `use_bias = norm_layer is InstanceNorm2d`. So with 'batch' and also with 'none'
-  (the official code inserts an Identity there) these convs have no bias.
-  """
-  return partial(ConvNormAct, norm=norm, use_bias=norm == 'instance', init_type=init_type,
-                 init_gain=init_gain, dtype=dtype)

@@ -1,7 +1,7 @@
 """The PatchGAN discriminator, as the official `NLayerDiscriminator` (Flax linen, NHWC).
 
 Parameter tree: layer_0/conv ... layer_<n_layers>/conv, head/conv (and `norm` beside the normed
-convs with norm='batch').
+convs with norm='batch'); `patchgan_layout` lists them with their state_dict names.
 """
 
 from functools import partial
@@ -10,11 +10,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax.models.layers import ConvNormAct
+from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.models.layers import Dtype
-from cyclegan_jax.models.layers import leaky_relu
-from cyclegan_jax.models.layers import ZERO_PAD_1
-from cyclegan_jax.models.layers import _normed_layer
+from cyclegan_jax.models.layout import Conv
+
+
+def patchgan_layout(ndf: int, n_layers: int, norm: str) -> layout_lib.Layout:
+  """C(ndf) without norm, then conv + norm + LeakyReLU(0.2) layers with channel multiplier
+  min(2^n, 8), the last at stride 1, then a conv to 1 channel; 4x4 convs with zero padding 1.
+  Official index of the n-th normed conv: 2 + 3 (n - 1) (each is followed by norm and LeakyReLU)."""
+  layers = [Conv('layer_0', ndf, 4, stride=2, padding=1, activation='leaky_relu', torch='model.0')]
+  for n in range(1, n_layers + 1):
+    index = 2 + 3 * (n - 1)
+    layers.append(
+        Conv(f'layer_{n}',
+             ndf * min(2**n, 8),
+             4,
+             stride=2 if n < n_layers else 1,
+             padding=1,
+             norm=norm,
+             bias=norm == 'instance',
+             activation='leaky_relu',
+             torch=f'model.{index}',
+             torch_norm=f'model.{index + 1}'))
+  layers.append(Conv('head', 1, 4, padding=1, torch=f'model.{3 * n_layers + 2}'))
+  return tuple(layers)
+
 
 class NLayerDiscriminator(nn.Module):
   """PatchGAN: 4x4 convs, zero pad 1; C(ndf) without norm, then norm + LeakyReLU(0.2) layers
@@ -27,21 +48,21 @@ class NLayerDiscriminator(nn.Module):
   init_gain: float = 0.02
   dtype: Dtype = jnp.float32
 
+  def layout(self, in_channels: int) -> layout_lib.Layout:
+    del in_channels  # The first conv takes whatever comes.
+    return patchgan_layout(self.ndf, self.n_layers, self.norm)
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.n_layers < 1:
       raise ValueError(f'n_layers must be >= 1, got {self.n_layers}')
-    layer = _normed_layer(self.norm, self.init_type, self.init_gain, self.dtype)
-    plain = partial(ConvNormAct, kernel_size=4, padding=ZERO_PAD_1, norm='none', use_bias=True,
-                    init_type=self.init_type, init_gain=self.init_gain, dtype=self.dtype)
-    x = x.astype(self.dtype)
-    x = plain(self.ndf, strides=2, activation=leaky_relu, name='layer_0')(x)
-    for n in range(1, self.n_layers + 1):
-      stride = 2 if n < self.n_layers else 1
-      x = layer(self.ndf * min(2**n, 8), 4, strides=stride, padding=ZERO_PAD_1,
-                activation=leaky_relu, name=f'layer_{n}')(x)
-    x = plain(1, strides=1, name='head')(x)
-    return x.astype(jnp.float32)
+    y = layout_lib.apply_layout(self.layout(x.shape[-1]),
+                                x.astype(self.dtype),
+                                init_type=self.init_type,
+                                init_gain=self.init_gain,
+                                dtype=self.dtype,
+                                fast_convs=True)
+    return y.astype(jnp.float32)
 
 
 PatchGANDiscriminator = partial(NLayerDiscriminator, n_layers=3)

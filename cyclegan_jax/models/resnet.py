@@ -1,12 +1,13 @@
 """The ResNet generator of Johnson et al., as the official `ResnetGenerator` (Flax linen, NHWC).
 
-Parameter tree (B = num_blocks):
+`c7s1-ngf, d2ngf, d4ngf, R4ngf x num_blocks, u2ngf, ungf, c7s1-output_nc, tanh`
+(`resnet_layout`). Parameter tree (B = num_blocks):
 
     stem/conv            reflect-pad 3, 7x7 conv, norm, ReLU
     down_0/conv, down_1/conv   3x3 stride-2 convs, norm, ReLU
     block_<i>/conv_0/conv, block_<i>/conv_1/conv   residual blocks, i < B
     up_0/conv, up_1/conv       3x3 stride-2 transposed convs, norm, ReLU
-    head/conv            reflect-pad 3, 7x7 conv to output_nc (tanh applied after)
+    head/conv            reflect-pad 3, 7x7 conv to output_nc, tanh
 """
 
 from functools import partial
@@ -16,28 +17,78 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cyclegan_jax.models.layers import ConvNormAct
+from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.models.layers import Dtype
-from cyclegan_jax.models.layers import TRANSPOSED_PAD
-from cyclegan_jax.models.layers import ZERO_PAD_1
-from cyclegan_jax.models.layers import _normed_layer
+from cyclegan_jax.models.layout import Conv
+from cyclegan_jax.models.layout import Residual
 
-class ResnetBlock(nn.Module):
-  """x + [reflect pad 1, conv3x3, norm, ReLU, reflect pad 1, conv3x3, norm], no activation after."""
-  norm: str = 'instance'
-  init_type: str = 'normal'
-  init_gain: float = 0.02
-  dtype: Dtype = jnp.float32
-  fast_convs: bool = True
+FIRST_BLOCK_INDEX = 10  # In the official Sequential: pad, conv, norm, relu, 2 x (conv, norm, relu).
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    layer = partial(_normed_layer(self.norm, self.init_type, self.init_gain, self.dtype),
-                    fast_convs=self.fast_convs)
-    features = x.shape[-1]
-    y = layer(features, 3, reflect_pad=1, activation=nn.relu, name='conv_0')(x)
-    y = layer(features, 3, reflect_pad=1, name='conv_1')(y)
-    return x + y
+
+def resnet_layout(output_nc: int, ngf: int, num_blocks: int, norm: str) -> layout_lib.Layout:
+  """The official ResnetGenerator's layers, with their state_dict names. Convs followed by a norm
+  have a bias only with instance norm (the official `use_bias` rule; with norm='none' the
+  official code puts an Identity there)."""
+  normed = dict(norm=norm, bias=norm == 'instance')
+  layers = [
+      Conv('stem',
+           ngf,
+           7,
+           reflect=3,
+           activation='relu',
+           torch='model.1',
+           torch_norm='model.2',
+           **normed)
+  ]
+  for i in range(2):
+    index = 4 + 3 * i
+    layers.append(
+        Conv(f'down_{i}',
+             ngf * 2**(i + 1),
+             3,
+             stride=2,
+             padding=1,
+             activation='relu',
+             torch=f'model.{index}',
+             torch_norm=f'model.{index + 1}',
+             **normed))
+  for i in range(num_blocks):
+    block = f'model.{FIRST_BLOCK_INDEX + i}.conv_block'
+    layers.append(
+        Residual(f'block_{i}', (
+            Conv('conv_0',
+                 4 * ngf,
+                 3,
+                 reflect=1,
+                 activation='relu',
+                 torch=f'{block}.1',
+                 torch_norm=f'{block}.2',
+                 **normed),
+            Conv('conv_1',
+                 4 * ngf,
+                 3,
+                 reflect=1,
+                 torch=f'{block}.5',
+                 torch_norm=f'{block}.6',
+                 **normed),
+        )))
+  up = FIRST_BLOCK_INDEX + num_blocks
+  for i in range(2):
+    index = up + 3 * i
+    layers.append(
+        Conv(f'up_{i}',
+             ngf * 2**(1 - i),
+             3,
+             stride=2,
+             padding=1,
+             output_padding=1,
+             transpose=True,
+             activation='relu',
+             torch=f'model.{index}',
+             torch_norm=f'model.{index + 1}',
+             **normed))
+  layers.append(Conv('head', output_nc, 7, reflect=3, activation='tanh', torch=f'model.{up + 7}'))
+  return tuple(layers)
 
 
 class ResnetGenerator(nn.Module):
@@ -52,28 +103,28 @@ class ResnetGenerator(nn.Module):
   dtype: Dtype = jnp.float32
   fast_convs: bool = True
 
+  @property
+  def architecture(self) -> str:
+    return f'resnet_{self.num_blocks}blocks'
+
+  def layout(self, in_channels: int) -> layout_lib.Layout:
+    del in_channels  # The first conv takes whatever comes.
+    return resnet_layout(self.output_nc, self.ngf, self.num_blocks, self.norm)
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    layers = self.layout(x.shape[-1])
     height, width = x.shape[1:3]
-    if height % 4 or width % 4:
-      raise ValueError(f'ResnetGenerator needs H and W divisible by 4, got {height}x{width}')
-    layer = _normed_layer(self.norm, self.init_type, self.init_gain, self.dtype)
-    x = x.astype(self.dtype)
-    x = layer(self.ngf, 7, reflect_pad=3, activation=nn.relu, fast_convs=self.fast_convs,
-              name='stem')(x)
-    for i in range(2):
-      x = layer(self.ngf * 2**(i + 1), 3, strides=2, padding=ZERO_PAD_1, activation=nn.relu,
-                name=f'down_{i}')(x)
-    for i in range(self.num_blocks):
-      x = ResnetBlock(self.norm, self.init_type, self.init_gain, self.dtype, self.fast_convs,
-                      name=f'block_{i}')(x)
-    for i in range(2):
-      x = layer(self.ngf * 2**(1 - i), 3, strides=2, padding=TRANSPOSED_PAD, transpose=True,
-                activation=nn.relu, fast_convs=self.fast_convs, name=f'up_{i}')(x)
-    x = ConvNormAct(self.output_nc, 7, reflect_pad=3, init_type=self.init_type,
-                    init_gain=self.init_gain, dtype=self.dtype, fast_convs=self.fast_convs,
-                    name='head')(x)
-    return jnp.tanh(x.astype(jnp.float32))
+    multiple = layout_lib.size_multiple(layers)
+    if height % multiple or width % multiple:
+      raise ValueError(f'ResnetGenerator needs H and W divisible by {multiple}, got '
+                       f'{height}x{width}')
+    return layout_lib.apply_layout(layers,
+                                   x.astype(self.dtype),
+                                   init_type=self.init_type,
+                                   init_gain=self.init_gain,
+                                   dtype=self.dtype,
+                                   fast_convs=self.fast_convs)
 
 
 ResnetGenerator9 = partial(ResnetGenerator, num_blocks=9)

@@ -9,52 +9,42 @@ the `module.` prefix that DataParallel adds. The converters return the inner par
     ResnetGenerator(output_nc=arch['output_nc'], ngf=arch['ngf'], num_blocks=arch['num_blocks'],
                     norm=arch['norm']).apply({'params': params}, x)
 
-Architecture and norm type are inferred from the keys and shapes: convs followed by a norm have a
-bias only with InstanceNorm, and BatchNorm layers have their own weight/bias. Norm buffers
+Architecture and norm type are inferred from the keys and shapes; the keys and shapes expected
+then are those of the network's layout (`models.layout`), walked by `params_from_state_dict`. Norm buffers
 (`running_mean`, `running_var`, `num_batches_tracked`, e.g. the InstanceNorm statistics saved by
 PyTorch < 0.4) are ignored; every other key must be used, and every expected key must be present.
 """
 
-from typing import Mapping, NamedTuple, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from cyclegan_jax import errors
+from cyclegan_jax.models import layout as layout_lib
+from cyclegan_jax.models import patchgan
+from cyclegan_jax.models import resnet
 
 NORM_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 DATA_PARALLEL_PREFIX = 'module.'
-FIRST_BLOCK_INDEX = 10  # pad, conv, norm, relu, then two (conv, norm, relu) downsamplings
 
 
 def strip_data_parallel_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
 
 
-class _Layer(NamedTuple):
-  """One official conv and the norm slot after it (None: no norm layer follows)."""
-  torch_conv: str
-  norm_slot: Optional[str]
-  flax_path: tuple[str, ...]
-  weight_shape: tuple[int, ...]  # PyTorch layout
-  transposed: bool = False  # ConvTranspose2d weights are (in, out, kH, kW)
-
-  @property
-  def out_channels(self) -> int:
-    return self.weight_shape[1] if self.transposed else self.weight_shape[0]
-
-
-def _expected_entries(layer: _Layer, norm: str) -> dict:
-  """Expected torch key -> (flax path, torch shape) for one conv and the norm that follows it.
-
-  Convs followed by a norm slot have a bias only with instance norm (official `use_bias` rule).
-  """
-  path, channels = layer.flax_path, (layer.out_channels,)
-  entries = {f'{layer.torch_conv}.weight': ((*path, 'conv', 'kernel'), layer.weight_shape)}
-  if layer.norm_slot is None or norm == 'instance':
-    entries[f'{layer.torch_conv}.bias'] = ((*path, 'conv', 'bias'), channels)
-  if layer.norm_slot is not None and norm == 'batch':
-    entries[f'{layer.norm_slot}.weight'] = ((*path, 'norm', 'scale'), channels)
-    entries[f'{layer.norm_slot}.bias'] = ((*path, 'norm', 'bias'), channels)
+def _expected_entries(layers: layout_lib.Layout, in_channels: int) -> dict:
+  """Expected torch key -> (flax path, torch shape) of every conv of `layers` and the norm after
+  it, for an input of `in_channels`. Conv weights are (out, in, kH, kW), transposed convs'
+  (in, out, kH, kW)."""
+  entries = {}
+  for path, conv, channels in layout_lib.conv_channels(layers, in_channels):
+    pair = (channels, conv.features) if conv.transpose else (conv.features, channels)
+    entries[f'{conv.torch}.weight'] = ((*path, 'conv', 'kernel'), (*pair, conv.kernel, conv.kernel))
+    if conv.bias:
+      entries[f'{conv.torch}.bias'] = ((*path, 'conv', 'bias'), (conv.features,))
+    if conv.norm == 'batch':
+      entries[f'{conv.torch_norm}.weight'] = ((*path, 'norm', 'scale'), (conv.features,))
+      entries[f'{conv.torch_norm}.bias'] = ((*path, 'norm', 'bias'), (conv.features,))
   return entries
 
 
@@ -84,12 +74,11 @@ def _layer_index(key: str) -> Optional[int]:
   return None
 
 
-def _convert(state_dict: Mapping, layers: list[_Layer], norm: str, what: str) -> dict:
-  """Checks keys and shapes against `layers`, then builds the nested Flax param dict."""
-  expected = {}
-  for layer in layers:
-    expected.update(_expected_entries(layer, norm))
-  norm_slots = [layer.norm_slot for layer in layers if layer.norm_slot is not None]
+def params_from_state_dict(state_dict: Mapping, layers: layout_lib.Layout, in_channels: int,
+                           what: str) -> dict:
+  """The Flax params of `layers` from an official state_dict: every expected key must be there
+  with its shape, and every other key must be a norm buffer (ignored)."""
+  expected = _expected_entries(layers, in_channels)
   for key, (_, shape) in expected.items():
     if key not in state_dict:
       raise errors.InvalidValueError(
@@ -98,6 +87,7 @@ def _convert(state_dict: Mapping, layers: list[_Layer], norm: str, what: str) ->
     if actual != shape:
       raise errors.InvalidValueError(
           f'{what} state_dict key {key!r} has shape {actual}, expected {shape}')
+  norm_slots = [conv.torch_norm for _, conv in layout_lib.walk(layers) if conv.torch_norm]
   ignorable = {f'{slot}.{buffer}' for slot in norm_slots for buffer in NORM_BUFFERS}
   unexpected = sorted(set(state_dict) - set(expected) - ignorable)
   if unexpected:
@@ -129,29 +119,14 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
   if not block_indices:
     raise errors.InvalidValueError('Generator state_dict has no residual blocks '
                                    '(no key model.<i>.conv_block.1.weight)')
-  num_blocks = block_indices[-1] - FIRST_BLOCK_INDEX + 1
-  up_0 = FIRST_BLOCK_INDEX + num_blocks  # then norm, relu; up_1; norm, relu; pad; head conv
+  num_blocks = block_indices[-1] - resnet.FIRST_BLOCK_INDEX + 1
+  up_0 = resnet.FIRST_BLOCK_INDEX + num_blocks  # then norm, relu; up_1; norm, relu; pad; head conv
   ngf, input_nc = _require(state_dict, 'model.1.weight', 4, 'Generator')[:2]
   output_nc = _require(state_dict, f'model.{up_0 + 7}.weight', 4, 'Generator')[0]
   norm = _infer_norm(state_dict, 'model.2', 'model.1')
 
-  layers = [
-      _Layer('model.1', 'model.2', ('stem',), (ngf, input_nc, 7, 7)),
-      _Layer('model.4', 'model.5', ('down_0',), (2 * ngf, ngf, 3, 3)),
-      _Layer('model.7', 'model.8', ('down_1',), (4 * ngf, 2 * ngf, 3, 3)),
-  ]
-  for i in range(num_blocks):
-    block = f'model.{FIRST_BLOCK_INDEX + i}.conv_block'
-    layers += [
-        _Layer(f'{block}.1', f'{block}.2', (f'block_{i}', 'conv_0'), (4 * ngf, 4 * ngf, 3, 3)),
-        _Layer(f'{block}.5', f'{block}.6', (f'block_{i}', 'conv_1'), (4 * ngf, 4 * ngf, 3, 3)),
-    ]
-  layers += [
-      _Layer(f'model.{up_0}', f'model.{up_0 + 1}', ('up_0',), (4 * ngf, 2 * ngf, 3, 3), True),
-      _Layer(f'model.{up_0 + 3}', f'model.{up_0 + 4}', ('up_1',), (2 * ngf, ngf, 3, 3), True),
-      _Layer(f'model.{up_0 + 7}', None, ('head',), (output_nc, ngf, 7, 7)),
-  ]
-  params = _convert(state_dict, layers, norm, 'Generator')
+  layers = resnet.resnet_layout(output_nc, ngf, num_blocks, norm)
+  params = params_from_state_dict(state_dict, layers, input_nc, 'Generator')
   arch = dict(ngf=ngf, num_blocks=num_blocks, input_nc=input_nc, output_nc=output_nc, norm=norm)
   return params, arch
 
@@ -176,15 +151,6 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
   ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
   norm = _infer_norm(state_dict, 'model.3', 'model.2')
 
-  layers = [_Layer('model.0', None, ('layer_0',), (ndf, input_nc, 4, 4))]
-  channels = ndf
-  for n in range(1, n_layers + 1):
-    conv = 2 + 3 * (n - 1)
-    out_channels = ndf * min(2**n, 8)
-    layers.append(
-        _Layer(f'model.{conv}', f'model.{conv + 1}', (f'layer_{n}',),
-               (out_channels, channels, 4, 4)))
-    channels = out_channels
-  layers.append(_Layer(f'model.{3 * n_layers + 2}', None, ('head',), (1, channels, 4, 4)))
-  params = _convert(state_dict, layers, norm, 'Discriminator')
+  layers = patchgan.patchgan_layout(ndf, n_layers, norm)
+  params = params_from_state_dict(state_dict, layers, input_nc, 'Discriminator')
   return params, dict(ndf=ndf, n_layers=n_layers, input_nc=input_nc, norm=norm)
