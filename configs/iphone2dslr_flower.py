@@ -1,14 +1,7 @@
-"""CycleGAN on iphone2dslr_flower: iPhone flower photos (A) <-> DSLR shallow depth of field (B).
+"""iphone2dslr_flower: iPhone flower photos (A) <-> DSLR shallow depth of field (B).
+The paper's recipe and data (`config_lib.paper_dataset_config`); prepare the data once:
 
-The paper's recipe: 256 px crops of 286 px images, resnet_9blocks generators, 70x70 PatchGAN
-discriminators, LSGAN + cycle (lambda 10) + identity (0.5), pool 50, Adam 2e-4, 100 + 100 epochs,
-batch 1.
-
-Data: TFDS `cycle_gan/iphone2dslr_flower`, prepared once (README, "Data"), e.g. without TensorFlow
-`python -m cyclegan_jax.prepare_tfds --name=iphone2dslr_flower --source=/path/to/iphone2dslr_flower.zip`; or read
-the official zip (or its unpacked folder) directly with `--config.data.source=folder
---config.data.root=/path/to/iphone2dslr_flower.zip`.
-
+    python -m cyclegan_jax.prepare_tfds --name=iphone2dslr_flower --source=/path/to/iphone2dslr_flower.zip
     python -m cyclegan_jax.main --config=configs/iphone2dslr_flower.py --workdir=runs/iphone2dslr_flower
 """
 

@@ -1,14 +1,7 @@
-"""CycleGAN on maps: Google Maps aerial photos (A) <-> map renderings (B).
+"""maps: Google Maps aerial photos (A) <-> map renderings (B).
+The paper's recipe and data (`config_lib.paper_dataset_config`); prepare the data once:
 
-The paper's recipe: 256 px crops of 286 px images, resnet_9blocks generators, 70x70 PatchGAN
-discriminators, LSGAN + cycle (lambda 10) + identity (0.5), pool 50, Adam 2e-4, 100 + 100 epochs,
-batch 1.
-
-Data: TFDS `cycle_gan/maps`, prepared once (README, "Data"), e.g. without TensorFlow
-`python -m cyclegan_jax.prepare_tfds --name=maps --source=/path/to/maps.zip`; or read
-the official zip (or its unpacked folder) directly with `--config.data.source=folder
---config.data.root=/path/to/maps.zip`.
-
+    python -m cyclegan_jax.prepare_tfds --name=maps --source=/path/to/maps.zip
     python -m cyclegan_jax.main --config=configs/maps.py --workdir=runs/maps
 """
 
@@ -16,8 +9,4 @@ from cyclegan_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_dataset_config('maps')
-  # Its test images come in aligned pairs (testA/<n>_A.jpg shows the scene of testB/<n>_B.jpg):
-  # evaluation adds MAE, PSNR and SSIM against them.
-  config.data.paired_test = True
-  return config
+  return config_lib.paper_dataset_config('maps', paired_test=True)

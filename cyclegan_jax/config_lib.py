@@ -14,8 +14,8 @@ import ml_collections
 from cyclegan_jax import errors
 
 GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
-DISCRIMINATORS = ('basic', 'n_layers')
-NORMS = ('instance', 'batch', 'none')
+DISCRIMINATOR_TYPES = ('basic', 'n_layers')
+NORM_TYPES = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
 GAN_MODES = ('lsgan', 'vanilla')
 LR_POLICIES = ('linear', 'step', 'cosine')
@@ -130,15 +130,25 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def paper_dataset_config(name: str) -> ml_collections.ConfigDict:
+def paper_dataset_config(name: str, paired_test: bool = False) -> ml_collections.ConfigDict:
   """The paper's recipe on one of the official datasets: TFDS `cycle_gan/<name>`.
 
-  `--config.data.source=folder` reads `datasets/<name>` (the unpacked official zip) instead, or
-  whatever folder or zip `--config.data.root` names.
+  The recipe (`base_config`): 256 px crops of 286 px images, resnet_9blocks generators, 70x70
+  PatchGAN discriminators, LSGAN + cycle (lambda 10) + identity (0.5), pools of 50, Adam 2e-4,
+  100 + 100 epochs, batch 1.
+
+  The data: TFDS `cycle_gan/<name>`, prepared once (README, "Data"), e.g. without TensorFlow
+  `python -m cyclegan_jax.prepare_tfds --name=<name> --source=/path/to/<name>.zip`; or read the
+  official zip (or its unpacked folder) directly with `--config.data.source=folder
+  --config.data.root=/path/to/<name>.zip` (the default root is `datasets/<name>`).
+
+  `paired_test`: the dataset's test images come in aligned pairs (facades and maps: testA/<n>_A.jpg
+  shows the scene of testB/<n>_B.jpg), so evaluation adds MAE, PSNR and SSIM against them.
   """
   config = base_config()
   config.data.tfds_name = f'cycle_gan/{name}'
   config.data.root = f'datasets/{name}'
+  config.data.paired_test = paired_test
   return config
 
 
@@ -228,11 +238,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       int(GENERATOR_PATTERN.match(model.generator).group(1)) < 1:
     _fail('model.generator', model.generator,
           "expected 'resnet_<n>blocks' with n >= 1, e.g. 'resnet_9blocks' or 'resnet_6blocks'")
-  _require_choice(config, 'model.discriminator', DISCRIMINATORS)
+  _require_choice(config, 'model.discriminator', DISCRIMINATOR_TYPES)
   _require_int(config, 'model.n_layers_D', 1)
   _require_int(config, 'model.ngf', 1)
   _require_int(config, 'model.ndf', 1)
-  _require_choice(config, 'model.norm', NORMS)
+  _require_choice(config, 'model.norm', NORM_TYPES)
   _require_choice(config, 'model.init_type', INIT_TYPES)
   _require_number(config, 'model.init_gain', 0.0, strictly_greater=True)
   _require_choice(config, 'model.channels_A', (1, 3))

@@ -7,7 +7,8 @@ Discriminator outputs are raw patch scores (no sigmoid): LSGAN compares them wit
 import jax.numpy as jnp
 import optax
 
-GAN_MODES = ('lsgan', 'vanilla')
+from cyclegan_jax import config_lib
+
 
 
 def gan_loss(scores: jnp.ndarray, target_is_real: bool, mode: str = 'lsgan') -> jnp.ndarray:
@@ -18,7 +19,7 @@ def gan_loss(scores: jnp.ndarray, target_is_real: bool, mode: str = 'lsgan') -> 
     return jnp.mean(jnp.square(scores - target))
   if mode == 'vanilla':
     return jnp.mean(optax.sigmoid_binary_cross_entropy(scores, target))
-  raise ValueError(f'Unknown GAN loss mode {mode!r}; expected one of {GAN_MODES}.')
+  raise ValueError(f'Unknown GAN loss mode {mode!r}; expected one of {config_lib.GAN_MODES}.')
 
 
 def generator_gan_loss(fake_scores: jnp.ndarray, mode: str = 'lsgan') -> jnp.ndarray:

@@ -19,8 +19,9 @@ import optax
 from cyclegan_jax import image_pool
 from cyclegan_jax import models
 
-GENERATORS = ('G', 'F')
-DISCRIMINATORS = ('D_X', 'D_Y')
+# The networks of the train state (config_lib.DISCRIMINATOR_TYPES are architectures).
+GENERATOR_NAMES = ('G', 'F')  # G: A -> B, F: B -> A.
+DISCRIMINATOR_NAMES = ('D_X', 'D_Y')  # D_X judges domain A, D_Y domain B.
 ImageShape = tuple[int, int, int]  # (height, width, channels)
 
 
@@ -105,8 +106,8 @@ def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
       'D_X': networks.D_X.init(key_DX, x)['params'],
       'D_Y': networks.D_Y.init(key_DY, y)['params'],
   }
-  generator_params = {k: params[k] for k in GENERATORS}
-  discriminator_params = {k: params[k] for k in DISCRIMINATORS}
+  generator_params = {k: params[k] for k in GENERATOR_NAMES}
+  discriminator_params = {k: params[k] for k in DISCRIMINATOR_NAMES}
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,

@@ -95,7 +95,7 @@ def train_step(
                 jnp.zeros((), jnp.float32))
     return total, (terms, fake_A, fake_B)
 
-  generator_params = {k: params[k] for k in state_lib.GENERATORS}
+  generator_params = {k: params[k] for k in state_lib.GENERATOR_NAMES}
   grads, (generator_terms, fake_A, fake_B) = jax.grad(
       generator_objective, has_aux=True)(generator_params)
   updates, opt_state_generators = optimizer.update(
@@ -121,7 +121,7 @@ def train_step(
                  if DISCRIMINATOR_TERM_OF[name] not in switched_off), jnp.zeros((), jnp.float32))
     return total, (terms, mean_scores)
 
-  discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATORS}
+  discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATOR_NAMES}
   grads, (discriminator_terms, mean_scores) = jax.grad(
       discriminator_objective, has_aux=True)(discriminator_params)
   updates, opt_state_discriminators = optimizer.update(

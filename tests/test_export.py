@@ -82,7 +82,7 @@ def max_and_mean_error(run, pairs):
 
 def test_stablehlo_runs_without_the_model_code(generator, batches, tmp_path):
   module, params = generator
-  path = export.export_stablehlo(module, params, tmp_path / 'g.stablehlo')
+  path = export.write(module, params, 'stablehlo', tmp_path / 'g.stablehlo')
   exported = jax.export.deserialize(bytearray(path.read_bytes()))
   batch, height, width, channels = exported.in_avals[0].shape
   assert [str(d) for d in (batch, height, width)] == ['batch', 'height', 'width']
@@ -97,7 +97,7 @@ def test_stablehlo_runs_without_the_model_code(generator, batches, tmp_path):
 def test_onnx_matches_jax(generator, batches, tmp_path):
   import onnx  # pylint: disable=g-import-not-at-top
   module, params = generator
-  path = export.export_onnx(module, params, tmp_path / 'g.onnx', description='tiny test')
+  path = export.write(module, params, 'onnx', tmp_path / 'g.onnx', description='tiny test')
   model = onnx.load(str(path))
   dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
   assert dims == ['batch', 'height', 'width', 3]
@@ -111,12 +111,15 @@ def test_fixed_input_shape(generator, batches, tmp_path):
   """--input_shape fixes some or all of batch, height and width."""
   module, params = generator
   (x, expected), _ = batches
-  fixed = export.export_stablehlo(module, params, tmp_path / 'f.stablehlo',
-                                  input_shape=x.shape[:3])
+  fixed = export.write(module,
+                       params,
+                       'stablehlo',
+                       tmp_path / 'f.stablehlo',
+                       input_shape=x.shape[:3])
   exported = jax.export.deserialize(bytearray(fixed.read_bytes()))
   assert exported.in_avals[0].shape == x.shape
   np.testing.assert_allclose(exported.call(x), expected, atol=FLOAT32_TOLERANCE)
-  partly = export.export_onnx(module, params, tmp_path / 'f.onnx', input_shape=(-1, 32, 32))
+  partly = export.write(module, params, 'onnx', tmp_path / 'f.onnx', input_shape=(-1, 32, 32))
   np.testing.assert_allclose(export.load_artifact(partly)(x), expected, atol=FLOAT32_TOLERANCE)
   with pytest.raises(ValueError, match='height 4 is too small'):
     export.input_dims((1, 4, 16), min_side=8)
@@ -126,7 +129,7 @@ def test_onnx_batch_norm_uses_batch_statistics(tmp_path):
   module = models.ResnetGenerator(output_nc=1, ngf=4, num_blocks=1, norm='batch', fast_convs=False)
   params = random_params(module, (1, 16, 16, 2), seed=2)
   x = np.random.default_rng(1).uniform(-1, 1, (3, 20, 16, 2)).astype(np.float32)
-  run = export.load_artifact(export.export_onnx(module, params, tmp_path / 'b.onnx'))
+  run = export.load_artifact(export.write(module, params, 'onnx', tmp_path / 'b.onnx'))
   expected = jax.jit(module.apply)({'params': params}, x)
   np.testing.assert_allclose(run(x), expected, atol=FLOAT32_TOLERANCE)
 
@@ -139,7 +142,7 @@ from cyclegan_jax import export, models
 fields, params, variants = pickle.loads(open(sys.argv[1], 'rb').read())
 module = models.ResnetGenerator(**fields)
 for path, quantize, input_shape in variants:
-  export.export_tflite(module, params, path, quantize, input_shape)
+  export.write(module, params, 'tflite', path, quantize=quantize, input_shape=input_shape)
 """
 
 
@@ -201,16 +204,16 @@ def test_errors(generator, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match='--quantize=int8 is for --format=tflite only'):
     export.check_format('onnx', 'int8')
   with pytest.raises(FileNotFoundError, match='output folder .*missing does not exist'):
-    export.export_onnx(module, params, tmp_path / 'missing' / 'g.onnx')
+    export.write(module, params, 'onnx', tmp_path / 'missing' / 'g.onnx')
   existing = tmp_path / 'g.onnx'
   existing.write_bytes(b'keep')
   with pytest.raises(FileExistsError, match='pass --overwrite'):
-    export.export_onnx(module, params, existing)
+    export.write(module, params, 'onnx', existing)
   assert existing.read_bytes() == b'keep'
   monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # As if not installed.
   with pytest.raises(export.MissingPackageError,
                      match=r'needs onnxruntime.*pip install -r requirements-export.txt'):
-    export.export_onnx(module, params, existing, overwrite=True)
+    export.write(module, params, 'onnx', existing, overwrite=True)
 
 
 def run_cli(*args):
@@ -262,7 +265,7 @@ def test_a_new_architecture_exports_from_its_layout_alone(tmp_path):
       layout.Conv('up', 6, 4, stride=2, padding=1, transpose=True, activation='relu'),
       layout.Conv('head', 3, 3, reflect=1, activation='tanh'),
   )
-  module = layout.LayoutNetwork(layers, fast_convs=False, architecture='toy')
+  module = layout.LayoutNetwork(layers=layers, fast_convs=False, architecture='toy')
   generator = inference.Generator(module, random_params(module, (1, 16, 16, 3), seed=3), 3, 3,
                                   'a toy layout')
   assert generator.min_side == 4  # Reflection by 1 after one downsampling needs 2 x 2 maps.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import load_npz_state_dict
+from cyclegan_jax import config_lib
 from cyclegan_jax import models
 from cyclegan_jax.models import fast_convs
 from cyclegan_jax.models import layers
@@ -299,7 +300,7 @@ def init_generator(**kwargs):
   return generator.init(INIT_KEY, SMALL_BATCH)['params']
 
 
-@pytest.mark.parametrize('init_type', layers.INIT_TYPES)
+@pytest.mark.parametrize('init_type', config_lib.INIT_TYPES)
 def test_init_types_match_official_statistics(init_type):
   params = init_generator(init_type=init_type)
   kernel = np.asarray(params['block_0']['conv_0']['conv']['kernel'])  # (3, 3, 32, 32)

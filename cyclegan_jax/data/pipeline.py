@@ -87,9 +87,7 @@ class Dataset:
       heldout_uint8: dict[str, np.ndarray] | None = None,
       summary: str = '',
   ):
-    if seed < 0:
-      raise ValueError(f'seed must be >= 0, got {seed}')
-    self.seed = seed
+    self.seed = seed  # config_lib.validate checks it (>= 0), as every other field.
     self.sources = train
     self.test_sources = test
     self.channels = channels

@@ -37,6 +37,7 @@ from pathlib import Path
 import sys
 from typing import Any, Callable
 
+import flax.linen as nn
 import numpy as np
 
 from cyclegan_jax import errors
@@ -57,12 +58,10 @@ from cyclegan_jax.export.common import OUTPUT_NAME
 from cyclegan_jax.export.common import QUANTIZE
 from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.export.common import sidecar_path
-from cyclegan_jax.export.onnx import export_onnx
 from cyclegan_jax.export.onnx import load_onnx
 from cyclegan_jax.export.onnx import onnx_model
-from cyclegan_jax.export.stablehlo import export_stablehlo
+from cyclegan_jax.export.stablehlo import stablehlo_bytes
 from cyclegan_jax.export.stablehlo import load_stablehlo
-from cyclegan_jax.export.tflite import export_tflite
 from cyclegan_jax.export.tflite import load_tflite
 from cyclegan_jax.export.tflite import tflite_model
 
@@ -167,6 +166,30 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
   return description
 
 
+def write(module: nn.Module,
+          params: dict[str, Any],
+          fmt: str,
+          path: str | Path,
+          *,
+          quantize: str = 'none',
+          platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+          input_shape: InputShape = None,
+          description: str = '',
+          overwrite: bool = False) -> Path:
+  """Writes the network (any module with a layout) as `fmt` to `path`, without a sidecar."""
+  check_format(fmt, quantize)
+  path = check_output(path, overwrite)
+  require_packages(fmt)
+  if fmt == 'stablehlo':
+    data = stablehlo_bytes(module, params, platforms, input_shape)
+  elif fmt == 'onnx':
+    data = onnx_model(module, params, description, input_shape).SerializeToString()
+  else:
+    data = tflite_model(module, params, quantize, input_shape)
+  path.write_bytes(data)
+  return path
+
+
 def export(generator: inference.Generator,
            fmt: str,
            path: str | Path,
@@ -184,12 +207,15 @@ def export(generator: inference.Generator,
     raise errors.InvalidValueError(
         f'The generator takes {input_channels(module, params)} channels, not '
         f'{generator.in_channels}')
-  if fmt == 'stablehlo':
-    export_stablehlo(module, params, path, platforms, input_shape, overwrite=True)
-  elif fmt == 'onnx':
-    export_onnx(module, params, path, generator.description, input_shape, overwrite=True)
-  else:
-    export_tflite(module, params, path, quantize, input_shape, overwrite=True)
+  write(module,
+        params,
+        fmt,
+        path,
+        quantize=quantize,
+        platforms=platforms,
+        input_shape=input_shape,
+        description=generator.description,
+        overwrite=True)
   description = describe(generator, fmt, quantize, path, platforms, input_shape)
   sidecar_path(path).write_text(json.dumps(description, indent=2) + '\n')
   return path

@@ -7,14 +7,12 @@ import flax.linen as nn
 import numpy as np
 
 from cyclegan_jax import errors
-from cyclegan_jax.export.common import check_output
 from cyclegan_jax.export.common import contract
 from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import input_dims
 from cyclegan_jax.export.common import INPUT_NAME
 from cyclegan_jax.export.common import InputShape
 from cyclegan_jax.export.common import OUTPUT_NAME
-from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.models import layers
 from cyclegan_jax.models import layout as layout_lib
 
@@ -177,19 +175,6 @@ def onnx_model(module: nn.Module,
   onnx.helper.set_model_props(model, {'contract': contract(smallest)})
   onnx.checker.check_model(model, full_check=True)
   return model
-
-
-def export_onnx(module: nn.Module,
-                params: dict[str, Any],
-                path: str | Path,
-                description: str = '',
-                input_shape: InputShape = None,
-                overwrite: bool = False) -> Path:
-  """Writes the generator as an ONNX model (see `onnx_model`)."""
-  path = check_output(path, overwrite)
-  require_packages('onnx')
-  path.write_bytes(onnx_model(module, params, description, input_shape).SerializeToString())
-  return path
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,13 +9,11 @@ import numpy as np
 
 from cyclegan_jax.export.common import _shape_spec
 from cyclegan_jax.export.common import check_format
-from cyclegan_jax.export.common import check_output
 from cyclegan_jax.export.common import input_channels
 from cyclegan_jax.export.common import input_dims
 from cyclegan_jax.export.common import INPUT_NAME
 from cyclegan_jax.export.common import InputShape
 from cyclegan_jax.export.common import min_side
-from cyclegan_jax.export.common import require_packages
 from cyclegan_jax.export.common import translate_function
 
 def _import_tensorflow():
@@ -53,20 +51,6 @@ def tflite_model(module: nn.Module,
   if quantize == 'float16':
     converter.target_spec.supported_types = [tf.float16]
   return converter.convert()
-
-
-def export_tflite(module: nn.Module,
-                  params: dict[str, Any],
-                  path: str | Path,
-                  quantize: str = 'none',
-                  input_shape: InputShape = None,
-                  overwrite: bool = False) -> Path:
-  """Writes the generator as a TFLite model: float32, float16 weights or dynamic-range int8."""
-  check_format('tflite', quantize)
-  path = check_output(path, overwrite)
-  require_packages('tflite')
-  path.write_bytes(tflite_model(module, params, quantize, input_shape))
-  return path
 
 
 def load_tflite(path: str | Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:

@@ -11,10 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cyclegan_jax import config_lib
 from cyclegan_jax.models.fast_convs import ReformulatedConv
 
-NORM_TYPES = ('instance', 'batch', 'none')
-INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
 NORM_EPS = 1e-5
 Dtype = Any
 Padding = Sequence[tuple[int, int]]
@@ -39,7 +38,7 @@ def kernel_initializer(init_type: str, init_gain: float) -> Callable:
     return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
   if init_type == 'orthogonal':
     return nn.initializers.orthogonal(scale=init_gain)
-  raise ValueError(f'init_type must be one of {INIT_TYPES}, got {init_type!r}')
+  raise ValueError(f'init_type must be one of {config_lib.INIT_TYPES}, got {init_type!r}')
 
 
 def instance_norm(x: jax.Array) -> jax.Array:
@@ -95,8 +94,8 @@ class ConvNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.norm not in NORM_TYPES:
-      raise ValueError(f'norm must be one of {NORM_TYPES}, got {self.norm!r}')
+    if self.norm not in config_lib.NORM_TYPES:
+      raise ValueError(f'norm must be one of {config_lib.NORM_TYPES}, got {self.norm!r}')
     if self.reflect_pad:
       x = reflect_pad(x, self.reflect_pad)
     conv_args = dict(

@@ -116,13 +116,41 @@ def min_side(layers: Layout) -> int:
   return -(-side // multiple) * multiple
 
 
-class ResidualBlock(nn.Module):
-  """A `Residual` layer as a Flax module (its body's parameters under its name)."""
-  body: tuple[Any, ...]
+class LayoutModule(nn.Module):
+  """A network that runs a layout (`layout`, defined by each subclass) on a float input cast to
+  `dtype`; returns float32. The settings every layer of the network shares are its fields."""
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Dtype = jnp.float32
   fast_convs: bool = True
+
+  def layout(self, in_channels: int) -> Layout:
+    """The layers this network runs on an input of `in_channels` channels."""
+    return ()
+
+  def check_input(self, x: jax.Array, layers: Layout) -> None:
+    """Raises ValueError for an input the network does not take (nothing to check by default)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    layers = self.layout(x.shape[-1])
+    self.check_input(x, layers)
+    y = apply_layout(layers,
+                     x.astype(self.dtype),
+                     init_type=self.init_type,
+                     init_gain=self.init_gain,
+                     dtype=self.dtype,
+                     fast_convs=self.fast_convs)
+    return y.astype(jnp.float32)
+
+
+class ResidualBlock(LayoutModule):
+  """A `Residual` layer: x + body(x), its body's parameters under its name."""
+  body: tuple[Any, ...] = ()
+
+  def layout(self, in_channels: int) -> Layout:
+    del in_channels
+    return self.body
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -135,7 +163,12 @@ def apply_layout(layers: Layout, x: jax.Array, *, init_type: str, init_gain: flo
   """Runs `layers` on `x`; call it inside a compact method (the layers become submodules)."""
   for layer in layers:
     if isinstance(layer, Residual):
-      x = ResidualBlock(layer.body, init_type, init_gain, dtype, fast_convs, name=layer.name)(x)
+      x = ResidualBlock(body=layer.body,
+                        init_type=init_type,
+                        init_gain=init_gain,
+                        dtype=dtype,
+                        fast_convs=fast_convs,
+                        name=layer.name)(x)
       continue
     x = ConvNormAct(layer.features,
                     layer.kernel,
@@ -156,21 +189,11 @@ def apply_layout(layers: Layout, x: jax.Array, *, init_type: str, init_gain: flo
   return x
 
 
-class LayoutNetwork(nn.Module):
-  """Any layout as a network: float input cast to `dtype`, float32 output."""
-  layers: tuple[Any, ...]
-  init_type: str = 'normal'
-  init_gain: float = 0.02
-  dtype: Dtype = jnp.float32
-  fast_convs: bool = True
+class LayoutNetwork(LayoutModule):
+  """Any layout as a network (e.g. a new architecture, written as its layers)."""
+  layers: tuple[Any, ...] = ()
   architecture: str = 'custom'
 
   def layout(self, in_channels: int) -> Layout:
     del in_channels  # Fixed when the layers were written.
     return self.layers
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = apply_layout(self.layers, x.astype(self.dtype), init_type=self.init_type,
-                     init_gain=self.init_gain, dtype=self.dtype, fast_convs=self.fast_convs)
-    return y.astype(jnp.float32)

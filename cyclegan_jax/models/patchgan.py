@@ -6,12 +6,7 @@ convs with norm='batch'); `patchgan_layout` lists them with their state_dict nam
 
 from functools import partial
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
 from cyclegan_jax.models import layout as layout_lib
-from cyclegan_jax.models.layers import Dtype
 from cyclegan_jax.models.layout import Conv
 
 
@@ -37,32 +32,19 @@ def patchgan_layout(ndf: int, n_layers: int, norm: str) -> layout_lib.Layout:
   return tuple(layers)
 
 
-class NLayerDiscriminator(nn.Module):
+class NLayerDiscriminator(layout_lib.LayoutModule):
   """PatchGAN: 4x4 convs, zero pad 1; C(ndf) without norm, then norm + LeakyReLU(0.2) layers
   with channel multiplier min(2^n, 8), the last at stride 1; a final conv to 1 channel.
-  Returns raw float32 scores (no sigmoid)."""
+  Returns raw float32 scores (no sigmoid); takes any input size."""
   ndf: int = 64
   n_layers: int = 3
   norm: str = 'instance'
-  init_type: str = 'normal'
-  init_gain: float = 0.02
-  dtype: Dtype = jnp.float32
 
   def layout(self, in_channels: int) -> layout_lib.Layout:
     del in_channels  # The first conv takes whatever comes.
-    return patchgan_layout(self.ndf, self.n_layers, self.norm)
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
     if self.n_layers < 1:
       raise ValueError(f'n_layers must be >= 1, got {self.n_layers}')
-    y = layout_lib.apply_layout(self.layout(x.shape[-1]),
-                                x.astype(self.dtype),
-                                init_type=self.init_type,
-                                init_gain=self.init_gain,
-                                dtype=self.dtype,
-                                fast_convs=True)
-    return y.astype(jnp.float32)
+    return patchgan_layout(self.ndf, self.n_layers, self.norm)
 
 
 PatchGANDiscriminator = partial(NLayerDiscriminator, n_layers=3)

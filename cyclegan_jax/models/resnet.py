@@ -13,12 +13,9 @@
 from functools import partial
 import re
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cyclegan_jax.models import layout as layout_lib
-from cyclegan_jax.models.layers import Dtype
 from cyclegan_jax.models.layout import Conv
 from cyclegan_jax.models.layout import Residual
 
@@ -91,17 +88,13 @@ def resnet_layout(output_nc: int, ngf: int, num_blocks: int, norm: str) -> layou
   return tuple(layers)
 
 
-class ResnetGenerator(nn.Module):
+class ResnetGenerator(layout_lib.LayoutModule):
   """Johnson et al. ResNet generator: c7s1-ngf, d2ngf, d4ngf, R4ngf x num_blocks, u2ngf, ungf,
   c7s1-output_nc, tanh. Input H, W must be multiples of 4; output is float32 in [-1, 1]."""
   output_nc: int = 3
   ngf: int = 64
   num_blocks: int = 9
   norm: str = 'instance'
-  init_type: str = 'normal'
-  init_gain: float = 0.02
-  dtype: Dtype = jnp.float32
-  fast_convs: bool = True
 
   @property
   def architecture(self) -> str:
@@ -111,20 +104,12 @@ class ResnetGenerator(nn.Module):
     del in_channels  # The first conv takes whatever comes.
     return resnet_layout(self.output_nc, self.ngf, self.num_blocks, self.norm)
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    layers = self.layout(x.shape[-1])
+  def check_input(self, x: jax.Array, layers: layout_lib.Layout) -> None:
     height, width = x.shape[1:3]
     multiple = layout_lib.size_multiple(layers)
     if height % multiple or width % multiple:
       raise ValueError(f'ResnetGenerator needs H and W divisible by {multiple}, got '
                        f'{height}x{width}')
-    return layout_lib.apply_layout(layers,
-                                   x.astype(self.dtype),
-                                   init_type=self.init_type,
-                                   init_gain=self.init_gain,
-                                   dtype=self.dtype,
-                                   fast_convs=self.fast_convs)
 
 
 ResnetGenerator9 = partial(ResnetGenerator, num_blocks=9)

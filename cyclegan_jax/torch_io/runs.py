@@ -38,6 +38,15 @@ def official_run_files(torch_dir: str | Path, epoch: str) -> dict[str, Path]:
   return files
 
 
+def _shared(arches: dict[str, dict], names: tuple[str, ...], fields: tuple[str, ...]) -> tuple:
+  """The values of `fields` that the converted networks among `names` share; () for none."""
+  values = {tuple(arches[name][field] for field in fields) for name in names if name in arches}
+  if len(values) > 1:
+    raise errors.InvalidValueError(f'{" and ".join(names)} differ in ({", ".join(fields)}): '
+                                   f'{sorted(values)}; one run has one architecture for both')
+  return values.pop() if values else ()
+
+
 def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collections.ConfigDict]:
   """{network: PyTorch state_dict} -> ({network: Flax params}, the config they fit)."""
   config = config_lib.base_config()
@@ -72,19 +81,13 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
   config.model.channels_A = channels.get('A', {3}).pop()
   config.model.channels_B = channels.get('B', {3}).pop()
 
-  generator_arches = [arches[name] for name in ('G', 'F') if name in arches]
-  if generator_arches:
-    shapes = {(arch['ngf'], arch['num_blocks']) for arch in generator_arches}
-    if len(shapes) > 1:
-      raise errors.InvalidValueError(f'G and F differ in (ngf, residual blocks): {sorted(shapes)}')
-    config.model.ngf, blocks = shapes.pop()
+  generator_shape = _shared(arches, state_lib.GENERATOR_NAMES, ('ngf', 'num_blocks'))
+  if generator_shape:
+    config.model.ngf, blocks = generator_shape
     config.model.generator = f'resnet_{blocks}blocks'
-  discriminator_arches = [arches[name] for name in ('D_X', 'D_Y') if name in arches]
-  if discriminator_arches:
-    shapes = {(arch['ndf'], arch['n_layers']) for arch in discriminator_arches}
-    if len(shapes) > 1:
-      raise errors.InvalidValueError(f'D_X and D_Y differ in (ndf, layers): {sorted(shapes)}')
-    config.model.ndf, n_layers = shapes.pop()
+  discriminator_shape = _shared(arches, state_lib.DISCRIMINATOR_NAMES, ('ndf', 'n_layers'))
+  if discriminator_shape:
+    config.model.ndf, n_layers = discriminator_shape
     config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
     config.model.n_layers_D = n_layers
   if config.lambda_identity > 0 and config.model.channels_A != config.model.channels_B:
