@@ -25,6 +25,10 @@ PREPROCESS_MODES = ('resize_and_crop', 'crop', 'scale_width', 'scale_width_and_c
 UNCROPPED_MODES = ('scale_width', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 INIT_PARTS = ('G', 'F', 'D_X', 'D_Y', 'optimizer', 'pools')  # See checkpointing.merge.
+# Fields that may differ between the members of an ensemble (no array shape depends on them).
+ENSEMBLE_MEMBER_FIELDS = ('seed', 'learning_rate', 'beta1', 'beta2', 'lambda_cycle',
+                          'lambda_identity', 'use_gan_G', 'use_gan_F', 'use_cycle_forward',
+                          'use_cycle_backward')
 LOSS_SWITCHES = ('use_gan_G', 'use_gan_F', 'use_cycle_forward', 'use_cycle_backward')
 
 # Fields that fix the shapes of the saved train state: a workdir whose saved config
@@ -112,6 +116,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.paired_test = False
   config.data.num_workers = 0  # Decoding threads (0 = one per CPU core).
   config.data.prefetch = 4  # Batches prepared ahead of the train step (0 = no background work).
+
+  # Ensembles (README, "Ensembles"; cyclegan_jax/ensemble.py): several runs in one program, each
+  # in <workdir>/<name>. A member field holds comma-separated values, one per member (or one for
+  # all): '0,1,2,3'. Empty everywhere: a single run.
+  config.ensemble = ml_collections.ConfigDict()
+  for field in ENSEMBLE_MEMBER_FIELDS:
+    config.ensemble[field] = ''
+  config.ensemble.names = ''  # The members' folder names (default: from their values).
+  # Members vectorized together inside the step (0: 1 on CPU, all of a device's on GPU/TPU).
+  config.ensemble.members_per_call = 0
+  config.ensemble.fail_fast = False  # A member's non-finite loss stops all (default: only it).
 
   # Warm start (checkpointing.py): a new run takes these parts of another run's state.
   config.init_from = ''  # A workdir (latest checkpoint) or <workdir>/checkpoints/<step>.
@@ -271,6 +286,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_int(config, 'eval_every_steps', 0)
   if config.init_from:
     parse_init_parts(config.init_parts)
+  for field in (*ENSEMBLE_MEMBER_FIELDS, 'names'):
+    if not isinstance(config.ensemble[field], str):
+      _fail(f'ensemble.{field}', config.ensemble[field],
+            'expected comma-separated values in a string, e.g. "0,1,2,3"')
+  _require_int(config, 'ensemble.members_per_call', 0)
+  if not isinstance(config.ensemble.fail_fast, bool):
+    _fail('ensemble.fail_fast', config.ensemble.fail_fast, 'expected True or False')
 
 
 def validate_data(data: ml_collections.ConfigDict) -> None:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cyclegan_jax import config_lib
 from cyclegan_jax import image_pool
 from cyclegan_jax import models
 
@@ -57,14 +58,27 @@ def steps_per_epoch(epoch_size: int, batch_size: int) -> int:
   return max(1, math.ceil(epoch_size / batch_size))
 
 
+# Hyperparameters that may differ between the members of one compiled program (an ensemble):
+# they change no array shape. The loss switches are weights of 1 or 0.
+HYPERPARAMETERS = tuple(field for field in config_lib.ENSEMBLE_MEMBER_FIELDS if field != 'seed')
+Hyperparams = dict[str, Any]  # name -> a Python float (the same for every member) or an array.
+
+
+def hyperparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The config's HYPERPARAMETERS as floats (the switches as 1.0 / 0.0)."""
+  return {name: float(config[name]) for name in HYPERPARAMETERS}
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           epoch_steps: int) -> optax.Schedule:
-  """Learning rate as a function of the step, per `config.lr_policy`.
+                           epoch_steps: int,
+                           base: float | jax.Array | None = None) -> optax.Schedule:
+  """Learning rate as a function of the step, per `config.lr_policy`, from `base` (default
+  config.learning_rate; an array for an ensemble's members).
 
   'linear' is the official rule, applied per epoch: during 0-based epoch e the rate
   is lr · (1 − max(0, e + 1 − num_epochs) / (num_epochs_decay + 1)).
   """
-  base = config.learning_rate
+  base = config.learning_rate if base is None else base
   total_epochs = config.num_epochs + config.num_epochs_decay
 
   def epoch_of(step):
@@ -78,25 +92,37 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
     def schedule(step):
       return base * 0.1 ** jnp.floor(epoch_of(step) / config.lr_decay_epochs)
   elif config.lr_policy == 'cosine':
-    schedule = optax.cosine_decay_schedule(base, max(1, total_epochs * epoch_steps))
+    decay = optax.cosine_decay_schedule(1.0, max(1, total_epochs * epoch_steps))
+
+    def schedule(step):
+      return base * decay(step)
   else:
     raise ValueError(f'Unknown config.lr_policy {config.lr_policy!r}.')
   return schedule
 
 
-def adam(config: ml_collections.ConfigDict, schedule: optax.Schedule):
-  return optax.adam(schedule, b1=config.beta1, b2=config.beta2)
+def adam(config: ml_collections.ConfigDict,
+         schedule: optax.Schedule,
+         hyper: Hyperparams | None = None) -> optax.GradientTransformation:
+  """Adam with the config's betas, or those of `hyper` (floats or an ensemble member's arrays:
+  the optimizer state has the same structure either way)."""
+  hyper = hyperparams(config) if hyper is None else hyper
+  return optax.adam(schedule, b1=hyper['beta1'], b2=hyper['beta2'])
 
 
-def init_train_state(config: ml_collections.ConfigDict, networks: Networks,
+def init_train_state(config: ml_collections.ConfigDict,
+                     networks: Networks,
                      optimizer: optax.GradientTransformation,
                      image_shape_A: tuple[int, int, int],
-                     image_shape_B: tuple[int, int, int]) -> TrainState:
-  """A fresh train state (pure; jit it with out_shardings to create it on device)."""
-  rng = jax.random.PRNGKey(config.seed)
+                     image_shape_B: tuple[int, int, int],
+                     seed: int | jax.Array | None = None) -> TrainState:
+  """A fresh train state (pure; jit it with out_shardings to create it on device), from
+  config.seed or `seed` (an ensemble member's, traced)."""
+  seed = config.seed if seed is None else seed
+  rng = jax.random.PRNGKey(seed)
   # Parameter init draws from XLA's RngBitGenerator: it compiles several times faster than
   # threefry for the many kernel shapes (the draws may differ across backends).
-  init_key = jax.random.key(config.seed, impl='rbg')
+  init_key = jax.random.key(seed, impl='rbg')
   key_G, key_F, key_DX, key_DY = jax.random.split(init_key, 4)
   x = jnp.zeros((1, *image_shape_A), jnp.float32)
   y = jnp.zeros((1, *image_shape_B), jnp.float32)

@@ -5,6 +5,7 @@ D_X judges real a against F(b).
 """
 
 import contextlib
+import dataclasses
 import functools
 import math
 import signal
@@ -26,38 +27,46 @@ from cyclegan_jax import errors
 from cyclegan_jax import evaluation
 from cyclegan_jax import image_pool
 from cyclegan_jax import data
+from cyclegan_jax import ensemble
 from cyclegan_jax import losses
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import workdir as workdir_lib
 
-# Config switch -> the generator loss term it controls (names as in the train step's metrics).
-SWITCHABLE_TERMS = {
+# The loss switches (state.HYPERPARAMETERS, weights 1 or 0) -> the generator loss term each weighs
+# (names as in the train step's metrics).
+SWITCHED_TERMS = {
     'use_gan_G': 'gan_G',
     'use_gan_F': 'gan_F',
     'use_cycle_forward': 'cycle_A',
     'use_cycle_backward': 'cycle_B',
 }
 # Each discriminator trains only while the GAN term it judges for is on.
-DISCRIMINATOR_TERM_OF = {'D_Y': 'gan_G', 'D_X': 'gan_F'}
+DISCRIMINATOR_SWITCH = {'D_Y': 'use_gan_G', 'D_X': 'use_gan_F'}
 
 
-def switched_off_terms(config: ml_collections.ConfigDict) -> frozenset[str]:
-  return frozenset(term for switch, term in SWITCHABLE_TERMS.items() if not config[switch])
+def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, Any]) -> jax.Array:
+  """sum(weight * term): a weight known to be 0 drops its term from the program (no gradient is
+  computed for it), one known to be 1 adds it as is; an ensemble's traced weights multiply."""
+  total = jnp.zeros((), jnp.float32)
+  for name, value in terms.items():
+    weight = weights.get(name, 1.0)
+    if isinstance(weight, (int, float)):
+      if weight:
+        total = total + (value if weight == 1 else weight * value)
+    else:
+      total = total + weight * value
+  return total
 
 
-def train_step(
-    state: state_lib.TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    networks: state_lib.Networks,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    gan_mode: str,
-    lambda_cycle: float,
-    lambda_identity: float,
-    switched_off: frozenset[str] = frozenset()
-) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+def train_step(state: state_lib.TrainState,
+               batch: dict[str, jax.Array],
+               varying: state_lib.Hyperparams | None = None,
+               *,
+               config: ml_collections.ConfigDict,
+               networks: state_lib.Networks,
+               epoch_steps: int,
+               fixed: state_lib.Hyperparams) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One CycleGAN iteration in the official order.
 
   1. G and F: one joint Adam step on the GAN + cycle + identity objective, the
@@ -66,9 +75,18 @@ def train_step(
      through the image pools.
   3. D_X and D_Y: one joint Adam step, each on its real batch and the pool's fakes.
 
-  `switched_off` names loss terms (see `SWITCHABLE_TERMS`) that are computed and reported but
-  left out of the objectives; a discriminator whose GAN term is off gets no gradient.
+  The hyperparameters (state.HYPERPARAMETERS) are `fixed` floats, compiled in, or `varying`
+  arrays (an ensemble member's own values, traced). A loss term switched off is computed and
+  reported but weighs 0 in the objective; a discriminator whose GAN term is off gets no gradient.
   """
+  hyper = {**fixed, **(varying or {})}
+  gan_mode = config.gan_mode
+  schedule = state_lib.learning_rate_schedule(config, epoch_steps, hyper['learning_rate'])
+  optimizer = state_lib.adam(config, schedule, hyper)
+  term_weights = {term: hyper[switch] for switch, term in SWITCHED_TERMS.items()}
+  # The identity terms are in the program if any member can have them (lambda_identity > 0).
+  with_identity = (not isinstance(hyper['lambda_identity'], (int, float)) or
+                   hyper['lambda_identity'] > 0)
   real_A, real_B = batch['A'], batch['B']
   rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
   params = state.params
@@ -82,18 +100,17 @@ def train_step(
     rec_A = F(fake_B)
     fake_A = F(real_B)
     rec_B = G(fake_A)
+    lambda_cycle, lambda_identity = hyper['lambda_cycle'], hyper['lambda_identity']
     terms = {
         'gan_G': losses.generator_gan_loss(D_Y(fake_B), gan_mode),
         'gan_F': losses.generator_gan_loss(D_X(fake_A), gan_mode),
         'cycle_A': losses.cycle_loss(rec_A, real_A, lambda_cycle),
         'cycle_B': losses.cycle_loss(rec_B, real_B, lambda_cycle),
     }
-    if lambda_identity > 0:
+    if with_identity:
       terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
       terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
-    total = sum((value for name, value in terms.items() if name not in switched_off),
-                jnp.zeros((), jnp.float32))
-    return total, (terms, fake_A, fake_B)
+    return weighted_sum(terms, term_weights), (terms, fake_A, fake_B)
 
   generator_params = {k: params[k] for k in state_lib.GENERATOR_NAMES}
   grads, (generator_terms, fake_A, fake_B) = jax.grad(
@@ -117,9 +134,8 @@ def train_step(
         'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),
     }
     mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
-    total = sum((value for name, value in terms.items()
-                 if DISCRIMINATOR_TERM_OF[name] not in switched_off), jnp.zeros((), jnp.float32))
-    return total, (terms, mean_scores)
+    weights = {name: hyper[switch] for name, switch in DISCRIMINATOR_SWITCH.items()}
+    return weighted_sum(terms, weights), (terms, mean_scores)
 
   discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATOR_NAMES}
   grads, (discriminator_terms, mean_scores) = jax.grad(
@@ -129,9 +145,7 @@ def train_step(
   discriminator_params = optax.apply_updates(discriminator_params, updates)
 
   metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
-  metrics['loss/generators'] = sum(
-      (value for name, value in generator_terms.items() if name not in switched_off),
-      jnp.zeros((), jnp.float32))
+  metrics['loss/generators'] = weighted_sum(generator_terms, term_weights)
   metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
   metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
   metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -156,7 +170,10 @@ def translate_all(networks: state_lib.Networks, params: dict[str, Any], real_A: 
 
 
 class Trainer(NamedTuple):
-  """The compiled pieces of a run, built once from the config."""
+  """The compiled pieces of a run (or of an ensemble's members), built once from the config.
+
+  For an ensemble the state, the batch (`[members, batch, H, W, C]`) and the metrics carry a
+  leading member axis; `translate*` take one member's (host) parameters."""
   networks: state_lib.Networks
   schedule: optax.Schedule
   state_sharding: jax.sharding.NamedSharding
@@ -166,6 +183,7 @@ class Trainer(NamedTuple):
   translate: Any  # (params, real_A, real_B) -> dict of images for grids, jitted
   translate_AtoB: Any  # (params, real_A) -> G(real_A) as numpy, jitted
   translate_BtoA: Any  # (params, real_B) -> F(real_B) as numpy, jitted
+  num_members: int = 1  # 1: a single run, no member axis.
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -174,31 +192,71 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def build_trainer(config: ml_collections.ConfigDict, epoch_steps: int,
-                  mesh: jax.sharding.Mesh | None = None) -> Trainer:
-  mesh = make_mesh() if mesh is None else mesh
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+def build_trainer(config: ml_collections.ConfigDict,
+                  epoch_steps: int,
+                  mesh: jax.sharding.Mesh | None = None,
+                  members: list[ensemble.Member] | None = None) -> Trainer:
+  """The trainer of a single run of `config`, or of the `members` of an ensemble (two or more:
+  `ensemble.members`), whose shared fields are those of `config`."""
   networks = state_lib.build_networks(config)
   schedule = state_lib.learning_rate_schedule(config, epoch_steps)
-  optimizer = state_lib.adam(config, schedule)
-  init = jax.jit(state_lib.train_state_initializer(config, optimizer), out_shardings=replicated)
-  step = jax.jit(
-      functools.partial(train_step, networks=networks, optimizer=optimizer, schedule=schedule,
-                        gan_mode=config.gan_mode, lambda_cycle=float(config.lambda_cycle),
-                        lambda_identity=float(config.lambda_identity),
-                        switched_off=switched_off_terms(config)),
-      in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
-  return Trainer(
-      networks, schedule, replicated, batch_sharding, init, step,
-      translate=jax.jit(functools.partial(translate_all, networks), out_shardings=replicated),
-      translate_AtoB=_on_host(
-          jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x),
-                  out_shardings=replicated)),
-      translate_BtoA=_on_host(
-          jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y),
-                  out_shardings=replicated)))
+  step_fn = functools.partial(train_step, config=config, networks=networks, epoch_steps=epoch_steps)
+  if members is None or len(members) == 1:
+    config = members[0].config if members else config
+    mesh = make_mesh() if mesh is None else mesh
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    init = jax.jit(state_lib.train_state_initializer(config), out_shardings=replicated)
+    step = jax.jit(functools.partial(step_fn, fixed=state_lib.hyperparams(config)),
+                   in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+    translate_sharding, num_members = replicated, 1
+  else:
+    mesh = ensemble.member_mesh(len(members), config.batch_size) if mesh is None else mesh
+    spec = jax.sharding.PartitionSpec
+    per_member = jax.sharding.NamedSharding(mesh, spec('member'))
+    batch_sharding = jax.sharding.NamedSharding(mesh, spec('member', 'data'))
+    fixed, varying = ensemble.split_hyperparams(members)
+    local_members = len(members) // mesh.shape['member']
+    chunk = ensemble.members_per_call(config, local_members)
+    initializer = state_lib.train_state_initializer(config)
+    seeds = np.asarray([member.config.seed for member in members], np.int32)
+    init = jax.jit(lambda: jax.lax.map(lambda seed: initializer(seed=seed), seeds),
+                   out_shardings=per_member)
+    member_step = functools.partial(step_fn, fixed=fixed)
+
+    def local_step(state, batch, varying):
+      return jax.lax.map(lambda args: member_step(*args), (state, batch, varying), batch_size=chunk)
+
+    mapped = jax.shard_map(local_step,
+                           mesh=mesh,
+                           in_specs=spec('member'),
+                           out_specs=spec('member'),
+                           axis_names=frozenset({'member'}))
+    varying_on_device = jax.device_put(varying, per_member)
+    jitted = jax.jit(mapped,
+                     in_shardings=(per_member, batch_sharding, per_member),
+                     out_shardings=(per_member, per_member),
+                     donate_argnums=0)
+    step = lambda state, batch: jitted(state, batch, varying_on_device)
+    replicated = per_member
+    translate_sharding, num_members = None, len(members)
+  translate_kwargs = {} if translate_sharding is None else {'out_shardings': translate_sharding}
+  return Trainer(networks,
+                 schedule,
+                 replicated,
+                 batch_sharding,
+                 init,
+                 step,
+                 translate=jax.jit(functools.partial(translate_all, networks), **translate_kwargs),
+                 translate_AtoB=_on_host(
+                     jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x),
+                             **translate_kwargs)),
+                 translate_BtoA=_on_host(
+                     jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y),
+                             **translate_kwargs)),
+                 num_members=num_members)
 
 
 def _on_host(fn: Callable[..., jax.Array]) -> Callable[..., np.ndarray]:
@@ -239,13 +297,25 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _check_finite(step: int, metrics: dict[str, float], workdir: Path) -> None:
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    raise errors.DivergedError(
-        f'Non-finite {", ".join(bad)} at step {step}. The checkpoints in '
-        f'{workdir_lib.checkpoint_dir(workdir)} are untouched; lower the learning rate or '
-        'check the data.')
+def _check_finite(step: int, run: '_Member', fail_fast: bool) -> None:
+  """Stops the run (fail_fast: the program) on a non-finite loss; its checkpoints stay."""
+  bad = [k for k, v in run.last_metrics.items() if not math.isfinite(v)]
+  if not bad:
+    return
+  message = (f'Non-finite {", ".join(bad)} at step {step}. The checkpoints in '
+             f'{workdir_lib.checkpoint_dir(run.workdir)} are untouched; lower the learning rate '
+             'or check the data.')
+  if fail_fast:
+    raise errors.DivergedError(message)
+  run.failure = f'{run.name}: {message}'
+  logging.error('Member %s stopped (the others go on). %s', run.name, message)
+  if jax.process_index() == 0:
+    latest = run.manager.latest_step()
+    workdir_lib.write_json(run.workdir / workdir_lib.FAILURE_FILE, {
+        'step': step,
+        'error': message,
+        'last_checkpoint': latest
+    })
 
 
 def _plot(workdir: Path) -> None:
@@ -277,120 +347,220 @@ def _set_aside_damaged(manager, workdir: Path, damaged: list[int], keep: int):
 
 
 @contextlib.contextmanager
-def exclusive_workdir(workdir: Path):
-  """Holds the workdir's lock (`workdir.WorkdirLock`) for the run, on process 0 of all the run's
-  processes, which share the workdir; every process raises WorkdirBusyError if it is taken."""
-  lock = workdir_lib.WorkdirLock(workdir)
+def exclusive_workdirs(workdirs: list[Path]):
+  """Holds the workdirs' locks (`workdir.WorkdirLock`) for the run, on process 0 of all the run's
+  processes, which share them; every process raises WorkdirBusyError if one is taken."""
+  locks = [workdir_lib.WorkdirLock(workdir) for workdir in workdirs]
   busy = None
   if jax.process_index() == 0:
     try:
-      lock.acquire()
+      for lock in locks:
+        lock.acquire()
     except errors.WorkdirBusyError as error:
       busy = error
+      for lock in locks:
+        lock.release()
   if jax.process_count() > 1:
     free = bool(multihost_utils.broadcast_one_to_all(np.int32(busy is None)))
     if not free and busy is None:
-      busy = errors.WorkdirBusyError(f'{workdir} is in use by another run (process 0 says which).')
+      busy = errors.WorkdirBusyError(
+          f'{workdirs[0]} is in use by another run (process 0 says which).')
   if busy is not None:
     raise busy
   try:
     yield
   finally:
-    lock.release()
+    for lock in locks:
+      lock.release()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final summary.
+@dataclasses.dataclass
+class _Member:
+  """What the loop keeps for one run: a single run, or one member of an ensemble."""
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: Path
+  dataset: data.Dataset
+  manager: Any = None
+  writer: Any = None
+  batches: Any = None
+  last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  failure: str = ''  # Why it stopped before the others (a non-finite loss); '' while it trains.
 
-  Nothing is written into the workdir unless the config is valid, the dataset is found, and no
-  other live run holds the workdir.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the final summary. With ensemble fields
+  set (`ensemble`), trains the members in `<workdir>/<name>` and returns {name: summary}.
+
+  Nothing is written into a workdir unless the config is valid, the dataset is found, and no
+  other live run holds it.
   """
   workdir = Path(workdir)
-  config_lib.validate(config, num_devices=jax.device_count())
+  if ensemble.is_ensemble(config):
+    config_lib.validate(config, num_devices=1)  # The member layout checks the devices.
+    member_list = ensemble.members(config)
+    if len(member_list) > 1:
+      ensemble.member_mesh(len(member_list), config.batch_size)
+  else:
+    config_lib.validate(config, num_devices=jax.device_count())
+    member_list = [ensemble.Member('', config, {})]
   dataset = data.create_dataset(config.data,
-                                seed=config.seed,
+                                seed=member_list[0].config.seed,
                                 channels_A=config.model.channels_A,
                                 channels_B=config.model.channels_B)
-  with exclusive_workdir(workdir):
-    return _train_and_evaluate(config, workdir, dataset)
+  runs = [
+      _Member(member.name, member.config, workdir / member.name if member.name else workdir,
+              dataset.reseeded(member.config.seed)) for member in member_list
+  ]
+  with exclusive_workdirs([workdir] + [run.workdir for run in runs if run.name]):
+    finals = _train_and_evaluate(config, runs, member_list)
+  return finals[''] if not runs[0].name else finals
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        dataset: data.Dataset) -> dict[str, float]:
+def _restore(runs: list[_Member], trainer: Trainer) -> tuple[Any, int]:
+  """(the state to start from, its step): the members' newest step that all have intact, or a
+  fresh state (warm-started where config.init_from says)."""
+  # A single run restores straight into its (possibly multi-process) sharding; members are
+  # restored on one device and stacked.
+  sharding = (trainer.state_sharding if trainer.num_members == 1 else
+              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  abstract = state_lib.abstract_like(
+      jax.eval_shape(state_lib.train_state_initializer(runs[0].config)), sharding)
+  newest = [run.manager.latest_step() for run in runs]
+  if any(step is None for step in newest):
+    states, data_states, step = None, None, 0
+  else:
+    restored = [checkpointing.restore_intact(run.manager, abstract) for run in runs]
+    step = min(r.step for r in restored)
+    for run, r in zip(runs, restored):
+      if r.damaged:
+        run.manager = _set_aside_damaged(run.manager, run.workdir, r.damaged,
+                                         run.config.keep_checkpoints)
+    restored = [
+        r if r.step == step else checkpointing.restore_intact(run.manager, abstract, step)
+        for run, r in zip(runs, restored)
+    ]
+    states, data_states = [r.state for r in restored], [r.data_state for r in restored]
+    logging.info('Resumed from step %d in %s.', step,
+                 ', '.join(str(run.manager.directory) for run in runs))
+    if runs[0].config.init_from:
+      logging.info('Resuming this run; config.init_from (%s) only applies to a new run.',
+                   runs[0].config.init_from)
+  if trainer.num_members == 1:
+    if states is not None:
+      state = states[0]
+    else:
+      state = trainer.init()
+      if runs[0].config.init_from:
+        state = checkpointing.warm_started(state, runs[0].config, trainer.state_sharding)
+  else:
+    if states is None:
+      state = trainer.init()
+      if runs[0].config.init_from:
+        fresh = state_lib.to_host(state)
+        states = [
+            checkpointing.warm_started(ensemble.member_slice(fresh, k), run.config, None)
+            for k, run in enumerate(runs)
+        ]
+    if states is not None:
+      state = jax.device_put(ensemble.stack(jax.device_get(states)), trainer.state_sharding)
+  for k, run in enumerate(runs):
+    start_example = step * run.config.batch_size
+    if data_states is not None and data_states[k] is not None:
+      start_example = run.dataset.resume_example(data_states[k])
+    run.batches = run.dataset.train_iterator(run.config.batch_size, start_example,
+                                             jax.process_index(), jax.process_count())
+  return state, step
+
+
+def _member_state(trainer: Trainer, state: Any, k: int) -> Any:
+  return state if trainer.num_members == 1 else ensemble.member_slice(state, k)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
+                        member_list: list[ensemble.Member]) -> dict[str, dict[str, Any]]:
   is_chief = jax.process_index() == 0
-  checkpointing.check_and_save_config(workdir, config, write=is_chief)
+  dataset = runs[0].dataset
+  if len(runs) == 1:  # The run's own config (an ensemble of one member has its own values).
+    config = runs[0].config
+  for run in runs:
+    checkpointing.check_and_save_config(run.workdir, run.config, write=is_chief)
   logging.info('Data: %s.', dataset.summary)
 
   epoch_steps = state_lib.steps_per_epoch(dataset.epoch_size, config.batch_size)
   num_steps = state_lib.total_train_steps(config, epoch_steps)
-  trainer = build_trainer(config, epoch_steps)
+  trainer = build_trainer(config, epoch_steps, members=member_list if len(runs) > 1 else None)
   logging.info(
-      'Training %d steps (%d per epoch of %d examples), global batch %d over %d devices: %d per '
-      'device, %d per process of %d.', num_steps, epoch_steps, dataset.epoch_size,
-      config.batch_size, jax.device_count(), config.batch_size // jax.device_count(),
-      config.batch_size // jax.process_count(), jax.process_count())
+      'Training %d steps (%d per epoch of %d examples) of %d run(s), global batch %d over %d '
+      'devices: %d per device, %d per process of %d.', num_steps, epoch_steps, dataset.epoch_size,
+      len(runs), config.batch_size, jax.device_count(),
+      config.batch_size * len(runs) // jax.device_count(), config.batch_size // jax.process_count(),
+      jax.process_count())
+  if len(runs) > 1:
+    logging.info('Ensemble of %d members in one program: %s.', len(runs),
+                 '; '.join(run.name for run in runs))
 
-  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  data_state = None
-  if manager.latest_step() is not None:
-    abstract = state_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)
-    restored = checkpointing.restore_intact(manager, abstract)
-    state, data_state = restored.state, restored.data_state
-    if restored.damaged:
-      manager = _set_aside_damaged(manager, workdir, restored.damaged, config.keep_checkpoints)
-    logging.info('Resumed from step %d in %s.', restored.step, manager.directory)
-    if config.init_from:
-      logging.info('Resuming this run; config.init_from (%s) only applies to a new run.',
-                   config.init_from)
-  else:
-    state = trainer.init()
-    if config.init_from:
-      state = checkpointing.warm_started(state, config, trainer.state_sharding)
-  start_step = int(state_lib.to_host(state.step))
-  start_example = (dataset.resume_example(data_state)
-                   if data_state is not None else start_step * config.batch_size)
-
-  writer = summaries.SummaryWriter(workdir)
+  for run in runs:
+    run.manager = checkpointing.create_manager(run.workdir, run.config.keep_checkpoints)
+    run.writer = summaries.SummaryWriter(run.workdir)
+  state, start_step = _restore(runs, trainer)
   samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
   has_test_data = min(dataset.num_test('A'), dataset.num_test('B')) > 0
   test_sets, paired = (evaluation.load_test_sets(dataset, config.data.paired_test)
                        if has_test_data else ({}, False))
   features = evaluation.inception_features(config.inception_weights)
 
-  def evaluate(state, step) -> dict[str, float]:
+  def member_params(k):
+    params = _member_state(trainer, state, k).params
+    return params if trainer.num_members == 1 else state_lib.to_host(params)
+
+  def evaluate(run, k, step) -> dict[str, float]:
     if not has_test_data:
       return {}
-    results = evaluation.evaluate(
-        functools.partial(trainer.translate_AtoB, state.params),
-        functools.partial(trainer.translate_BtoA, state.params), test_sets, paired, features)
-    writer.scalars(step, {workdir_lib.eval_scalar(k): v for k, v in results.items()})
+    params = member_params(k)
+    results = evaluation.evaluate(functools.partial(trainer.translate_AtoB, params),
+                                  functools.partial(trainer.translate_BtoA, params), test_sets,
+                                  paired, features)
+    run.writer.scalars(step, {workdir_lib.eval_scalar(k): v for k, v in results.items()})
     if is_chief:
       evaluation.log_summary(step, results)
-      workdir_lib.write_json(workdir_lib.eval_file(workdir, step), {'step': step, **results})
+      workdir_lib.write_json(workdir_lib.eval_file(run.workdir, step), {'step': step, **results})
     return results
 
-  def save_samples(state, step):
+  def save_samples(run, k, step):
     if samples is None:
       return
     # Every process runs the computation (it spans all devices); process 0 writes the grid.
-    images = state_lib.to_host(trainer.translate(state.params, samples['A'], samples['B']))
+    images = state_lib.to_host(trainer.translate(member_params(k), samples['A'], samples['B']))
     if not is_chief:
       return
     grid = summaries.translation_grid(images)
-    summaries.save_png(workdir_lib.sample_file(workdir, step), grid)
-    writer.image(step, 'samples/real_fake_rec', grid)
+    summaries.save_png(workdir_lib.sample_file(run.workdir, step), grid)
+    run.writer.image(step, 'samples/real_fake_rec', grid)
+
+  def save_checkpoints(step):
+    for k, run in enumerate(runs):
+      if not run.failure and step not in run.manager.all_steps():
+        checkpointing.save(run.manager, _member_state(trainer, state, k), run.config,
+                           run.batches.state())
+
+  def next_batch():
+    rows = [next(run.batches) for run in runs]
+    if trainer.num_members > 1:
+      rows = [{domain: np.stack([row[domain] for row in rows]) for domain in rows[0]}]
+    return global_batch(rows[0], trainer.batch_sharding)
 
   progress = summaries.Progress(start_step, num_steps)
   start_time = time.perf_counter()
-  metric_sums, metric_count, last_metrics = None, 0, {}
+  metric_sums, metric_count = None, 0
   step = start_step
   # Whatever ends the loop (a non-finite loss included), pending checkpoint writes complete.
-  batches = dataset.train_iterator(config.batch_size, start_example, jax.process_index(),
-                                   jax.process_count())
-  with _StopRequest() as stop, batches, contextlib.closing(manager):
+  with _StopRequest() as stop, contextlib.ExitStack() as cleanup:
+    for run in runs:
+      cleanup.enter_context(run.batches)
+      cleanup.enter_context(contextlib.closing(run.manager))
     while step < num_steps and not stop.requested:
-      batch = global_batch(next(batches), trainer.batch_sharding)
-      state, metrics = trainer.step(state, batch)
+      state, metrics = trainer.step(state, next_batch())
       step += 1
       metric_sums = metrics if metric_sums is None else jax.tree.map(
           jnp.add, metric_sums, metrics)
@@ -398,46 +568,69 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
 
       last = step == num_steps or stop.requested
       if step % config.log_every_steps == 0 or last:
-        last_metrics = {
-            k: float(v) / metric_count for k, v in state_lib.to_host(metric_sums).items()
+        averages = {
+            k: np.asarray(v) / metric_count for k, v in state_lib.to_host(metric_sums).items()
         }
         metric_sums, metric_count = None, 0
-        _check_finite(step, last_metrics, workdir)
         steps_per_s, eta_s = progress.report(step)
-        writer.scalars(step, {**last_metrics, 'steps_per_s': steps_per_s})
-        if is_chief:
-          logging.info(
-              'step %d/%d  epoch %.2f  G %.3f  F %.3f  cycle %.3f/%.3f  D_X %.3f  D_Y %.3f  '
-              'lr %.2e  %.2f steps/s  ETA %s', step, num_steps, step / epoch_steps,
-              last_metrics['loss/gan_G'], last_metrics['loss/gan_F'],
-              last_metrics['loss/cycle_A'], last_metrics['loss/cycle_B'],
-              last_metrics['loss/D_X'], last_metrics['loss/D_Y'], last_metrics['lr'],
-              steps_per_s, summaries.format_duration(eta_s))
+        for k, run in enumerate(runs):
+          if run.failure:
+            continue
+          run.last_metrics = {
+              name: float(np.reshape(value, -1)[k]) for name, value in averages.items()
+          }
+          _check_finite(step, run, len(runs) == 1 or config.ensemble.fail_fast)
+          if run.failure:
+            continue
+          run.writer.scalars(step, {**run.last_metrics, 'steps_per_s': steps_per_s})
+          if is_chief:
+            m = run.last_metrics
+            logging.info(
+                '%sstep %d/%d  epoch %.2f  G %.3f  F %.3f  cycle %.3f/%.3f  D_X %.3f  D_Y %.3f  '
+                'lr %.2e  %.2f steps/s  ETA %s', f'{run.name}: ' if run.name else '', step,
+                num_steps, step / epoch_steps, m['loss/gan_G'], m['loss/gan_F'], m['loss/cycle_A'],
+                m['loss/cycle_B'], m['loss/D_X'], m['loss/D_Y'], m['lr'], steps_per_s,
+                summaries.format_duration(eta_s))
+        if all(run.failure for run in runs):
+          raise errors.DivergedError('Every member stopped on a non-finite loss: ' +
+                                     '; '.join(run.failure for run in runs))
+      alive = [(k, run) for k, run in enumerate(runs) if not run.failure]
       if step % config.sample_every_steps == 0 or last:
-        save_samples(state, step)
+        for k, run in alive:
+          save_samples(run, k, step)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
-        evaluate(state, step)
+        for k, run in alive:
+          evaluate(run, k, step)
       if step % config.checkpoint_every_steps == 0:
-        checkpointing.save(manager, state, config, batches.state())
+        save_checkpoints(step)
     # The run's end, or a stop signal that may have come after this step's checks.
-    if step > start_step and manager.latest_step() != step:
-      checkpointing.save(manager, state, config, batches.state())
+    if step > start_step:
+      save_checkpoints(step)
 
   wall_time = time.perf_counter() - start_time
-  final = {'step': step, 'wall_time_s': wall_time,
-           'steps_per_s': (step - start_step) / max(wall_time, 1e-9)}
-  final.update({workdir_lib.flat_name(k): v for k, v in last_metrics.items()})
-  final.update(evaluate(state, step))
-  writer.flush()
-  writer.close()
-  if is_chief:
-    status = 'stopped early by a signal; rerun the same command to resume' if stop.requested \
-        else 'done'
-    logging.info('Run %s. Workdir %s: checkpoints/, samples/, tensorboard/, config.json.',
-                 status, workdir)
-    if step == num_steps:
-      workdir_lib.write_json(workdir / workdir_lib.FINAL_FILE, final)
-    if config.plot_at_end:
-      _plot(workdir)
-    print('final: ' + summaries.key_values(final), flush=True)
-  return final
+  finals = {}
+  for k, run in enumerate(runs):
+    if run.failure:
+      continue
+    final = {
+        'step': step,
+        'wall_time_s': wall_time,
+        'steps_per_s': (step - start_step) / max(wall_time, 1e-9)
+    }
+    final.update({workdir_lib.flat_name(name): v for name, v in run.last_metrics.items()})
+    final.update(evaluate(run, k, step))
+    run.writer.flush()
+    run.writer.close()
+    finals[run.name] = final
+    if is_chief:
+      status = ('stopped early by a signal; rerun the same command to resume'
+                if stop.requested else 'done')
+      logging.info('Run %s. Workdir %s: checkpoints/, samples/, tensorboard/, config.json.', status,
+                   run.workdir)
+      if step == num_steps:
+        workdir_lib.write_json(run.workdir / workdir_lib.FINAL_FILE, final)
+      if run.config.plot_at_end:
+        _plot(run.workdir)
+      prefix = f'name={run.name} ' if run.name else ''
+      print('final: ' + prefix + summaries.key_values(final), flush=True)
+  return finals

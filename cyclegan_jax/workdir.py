@@ -12,6 +12,7 @@ Standard library only, so that every module (training, evaluation, plots, sweeps
       tensorboard/         TENSORBOARD_DIR: event files
       metrics.jsonl        METRICS_FILE: every logged scalar, one JSON line per log step
       final.json           FINAL_FILE: the final summary, once the run has finished
+      failure.json         FAILURE_FILE: why an ensemble member stopped early (the others went on)
       plots/               PLOTS_DIR: losses.png, metrics.png
       run.lock             LOCK_FILE: who holds the workdir while a run trains
 
@@ -47,6 +48,7 @@ EVAL_DIR = 'eval'
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
 FINAL_FILE = 'final.json'
+FAILURE_FILE = 'failure.json'  # An ensemble member stopped on a non-finite loss: why, when.
 PLOTS_DIR = 'plots'
 LOCK_FILE = 'run.lock'
 EVAL_PREFIX = 'eval/'

@@ -15,6 +15,7 @@ running count, the example taking the next readable image of its split, or raise
 import collections
 from collections.abc import Callable, Iterator
 import concurrent.futures
+import copy
 import hashlib
 import io
 import logging
@@ -169,6 +170,15 @@ class Dataset:
 
   def describe_example(self, example: int, domain: str) -> str:
     return self.sources[domain].describe(self.example_indices(example)[DOMAINS.index(domain)])
+
+  def reseeded(self, seed: int) -> 'Dataset':
+    """The same images with another seed (another data order and augmentation); what the two
+    learn about the files (unreadable ones, sizes) stays shared."""
+    if seed == self.seed:
+      return self
+    other = copy.copy(self)
+    other.seed = seed
+    return other
 
   def train_iterator(self,
                      batch_size: int,

@@ -1,0 +1,143 @@
+"""Ensembles: members trained by one program equal their own runs, resume exactly, and fail alone."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config
+from conftest import relative_difference
+from conftest import train_batch
+from conftest import updated
+from cyclegan_jax import checkpointing
+from cyclegan_jax import data
+from cyclegan_jax import ensemble
+from cyclegan_jax import errors
+from cyclegan_jax import state as state_lib
+from cyclegan_jax import train
+from cyclegan_jax import workdir as workdir_lib
+
+
+def ensemble_config(**fields):
+  return updated(load_config('tiny'), **fields)
+
+
+def test_members_take_their_own_values_and_share_the_rest():
+  config = ensemble_config(ensemble__seed='0,1,2', ensemble__lambda_cycle='5.0',
+                           ensemble__use_gan_F='true,false,true')
+  members = ensemble.members(config)
+  assert [m.name for m in members] == ['seed=0,use_gan_F=True', 'seed=1,use_gan_F=False',
+                                       'seed=2,use_gan_F=True']
+  assert [m.config.seed for m in members] == [0, 1, 2]
+  assert all(m.config.lambda_cycle == 5.0 and m.config.batch_size == 2 for m in members)
+  assert not any(ensemble.is_ensemble(m.config) for m in members)  # Each is a plain run.
+  fixed, varying = ensemble.split_hyperparams(members)
+  assert fixed['lambda_cycle'] == 5.0 and fixed['learning_rate'] == config.learning_rate
+  np.testing.assert_array_equal(varying['use_gan_F'], [1.0, 0.0, 1.0])
+  named = ensemble.members(updated(config, ensemble__names='a,b,c'))
+  assert [m.name for m in named] == ['a', 'b', 'c']
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(ensemble__seed='0,1', ensemble__lambda_cycle='1.0,2.0,3.0'),
+     r'config\.ensemble\.lambda_cycle: 3 values for 3 members|ensemble\.seed: 2 values'),
+    (dict(ensemble__seed='0,x'), r"config\.ensemble\.seed = '0,x': 'x' is not a int"),
+    (dict(ensemble__seed='0,1', ensemble__names='a,a'), 'two members would share a folder'),
+    (dict(ensemble__seed='0,1', ensemble__names='a,../b'), 'is not a folder name'),
+    (dict(ensemble__lambda_cycle='1.0,-2.0'), r'config\.lambda_cycle = -2\.0'),
+])
+def test_members_that_do_not_fit_are_explained(fields, message):
+  with pytest.raises(errors.InvalidValueError, match=message):
+    ensemble.members(ensemble_config(**fields))
+
+
+def member_batches(members, dataset, step, batch_size):
+  rows = [train_batch(dataset.reseeded(m.config.seed), step, batch_size) for m in members]
+  return {domain: np.stack([row[domain] for row in rows]) for domain in rows[0]}
+
+
+def test_a_member_equals_its_own_run(tiny_config):
+  """Three steps of two members (other seeds, cycle weights and switches) against each member's
+  own run: the same losses, Adam moments and pools, to float rounding (the two are different
+  compiled programs, so XLA may order sums differently)."""
+  config = updated(tiny_config, ensemble__seed='0,1', ensemble__lambda_cycle='10.0,5.0',
+                   ensemble__use_cycle_backward='true,false', ensemble__beta1='0.5,0.9')
+  members = ensemble.members(config)
+  dataset = data.create_dataset(config.data, seed=0)
+  trainer = train.build_trainer(config, 1000, members=members)
+  state = trainer.init()
+  for step in range(3):
+    batch = jax.device_put(member_batches(members, dataset, step, 2), trainer.batch_sharding)
+    state, metrics = trainer.step(state, batch)
+  state, metrics = state_lib.to_host((state, metrics))
+  for k, member in enumerate(members):
+    own = train.build_trainer(member.config, 1000)
+    own_state = own.init()
+    member_dataset = dataset.reseeded(member.config.seed)
+    for step in range(3):
+      own_state, own_metrics = own.step(
+          own_state, jax.device_put(train_batch(member_dataset, step, 2), own.batch_sharding))
+    own_state, own_metrics = state_lib.to_host((own_state, own_metrics))
+    mine = ensemble.member_slice(state, k)
+    assert relative_difference(own_metrics, ensemble.member_slice(metrics, k)) < 1e-5, k
+    for ours, theirs in ((mine.opt_state_generators[0], own_state.opt_state_generators[0]),
+                         (mine.opt_state_discriminators[0],
+                          own_state.opt_state_discriminators[0])):
+      assert relative_difference(theirs.mu, ours.mu) < 1e-4, k
+      assert relative_difference(theirs.nu, ours.nu) < 1e-4, k
+    assert int(mine.pool_A.count) == int(own_state.pool_A.count) == 4
+    # A pool slot filled from another image would differ by O(1).
+    np.testing.assert_allclose(mine.pool_B.images, own_state.pool_B.images, atol=1e-4)
+  # The switch: member 1's backward cycle is reported but weighs nothing.
+  generators = ensemble.member_slice(metrics, 1)
+  np.testing.assert_allclose(generators['loss/generators'],
+                             generators['loss/gan_G'] + generators['loss/gan_F'] +
+                             generators['loss/cycle_A'], rtol=1e-6)
+
+
+def restored_states(root, names):
+  states = {}
+  for name in names:
+    manager = checkpointing.create_manager(root / name, keep=3)
+    states[name] = (manager.latest_step(), manager.restore(manager.latest_step())['state'])
+    manager.close()
+  return states
+
+
+def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
+  config = ensemble_config(ensemble__seed='0,1', num_train_steps=6, checkpoint_every_steps=2,
+                           sample_every_steps=6)
+  names = [m.name for m in ensemble.members(config)]
+  finals = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  assert sorted(finals) == names and all(f['step'] == 6 for f in finals.values())
+  interrupted = tmp_path / 'interrupted'
+  train.train_and_evaluate(updated(config, num_train_steps=4), str(interrupted))
+  # As a kill between the members' saves leaves it: one member's newest checkpoint is missing.
+  shutil.rmtree(interrupted / names[1] / 'checkpoints' / '4')
+  train.train_and_evaluate(config, str(interrupted))
+  straight, resumed = restored_states(tmp_path / 'straight', names), restored_states(
+      interrupted, names)
+  for name in names:
+    assert straight[name][0] == resumed[name][0] == 6
+    # Bitwise: the same program on the same shapes and data, resumed from the common step 2.
+    for a, b in zip(jax.tree.leaves(straight[name][1]), jax.tree.leaves(resumed[name][1])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    saved = json.loads((interrupted / name / workdir_lib.CONFIG_FILE).read_text())
+    assert saved['seed'] == int(name.split('=')[1]) and saved['ensemble']['seed'] == ''
+    # Every tool reads a member's folder as a run of its own.
+    assert checkpointing.restore_train_state(interrupted / name)[1] == 6
+
+
+def test_a_diverging_member_stops_alone(tmp_path):
+  config = ensemble_config(ensemble__learning_rate='2e-4,1e30', ensemble__names='stable,wild',
+                           log_every_steps=1)
+  finals = train.train_and_evaluate(config, str(tmp_path))
+  assert list(finals) == ['stable']
+  assert (tmp_path / 'stable' / workdir_lib.FINAL_FILE).exists()
+  assert not (tmp_path / 'wild' / workdir_lib.FINAL_FILE).exists()
+  failure = json.loads((tmp_path / 'wild' / workdir_lib.FAILURE_FILE).read_text())
+  assert 'Non-finite' in failure['error'] and failure['step'] >= 1
+  with pytest.raises(errors.DivergedError, match='Non-finite'):
+    train.train_and_evaluate(updated(config, ensemble__fail_fast=True), str(tmp_path / 'fast'))
