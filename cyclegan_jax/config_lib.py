@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.ensemble = ml_collections.ConfigDict()
   for field in ENSEMBLE_MEMBER_FIELDS:
     config.ensemble[field] = ''
-  config.ensemble.names = ''  # The members' folder names (default: from their values).
+  config.ensemble.names = ''  # The members' folder names, ':'-separated (default: their values).
   # Members vectorized together inside the step (0: 1 on CPU, all of a device's on GPU/TPU).
   config.ensemble.members_per_call = 0
   config.ensemble.fail_fast = False  # A member's non-finite loss stops all (default: only it).

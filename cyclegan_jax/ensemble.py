@@ -9,8 +9,8 @@ value for all (every list given has the member count's length). Everything else 
 crop, batch, GAN mode, pool size, schedule lengths) is shared: those change array shapes or the
 program. Member k trains in `<workdir>/<name k>` exactly as `python -m cyclegan_jax.main` would
 with the member's values (its config.json holds them), so every command reads a member's folder as
-a run of its own; names come from `config.ensemble.names` or from the member's values
-(`seed=1,lambda_cycle=5.0`).
+a run of its own; names come from `config.ensemble.names` (separated by ':', as a name may hold
+commas) or from the member's values (`seed=1,lambda_cycle=5.0`).
 
 The train state of the members is stacked on a leading member axis. The step runs the member's
 train step over that axis with `jax.lax.map`, `members_per_call` members vectorized at a time
@@ -78,8 +78,8 @@ def members(config: ml_collections.ConfigDict) -> list[Member]:
     text = str(config.ensemble[field]).strip()
     if text:
       lists[field] = _parse(field, text, type(config[field]))
-  names = [n.strip() for n in str(config.ensemble.names).split(',')] if str(
-      config.ensemble.names).strip() else []
+  names_text = str(config.ensemble.names).strip()
+  names = [name.strip() for name in names_text.split(':')] if names_text else []
   count = max([len(values) for values in lists.values()] + [len(names), 1])
   for field, values in lists.items():
     if len(values) not in (1, count):

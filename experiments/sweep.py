@@ -58,7 +58,8 @@ def run_sweep(config: str,
               evaluate: bool = False,
               plot: bool = False,
               force: bool = False,
-              stream: bool = False) -> int:
+              stream: bool = False,
+              vectorize: bool = False) -> int:
   """Runs (or with `dry_run` prints) the sweep; its exit status (1: some run failed).
 
   Raises SweepError for a sweep that cannot start (bad sweep file, names, root).
@@ -70,20 +71,35 @@ def run_sweep(config: str,
   sweep = load_sweep_file(sweep_path)
   planned = plan(sweep)
   runner.check_root(root, config, sweep_path, planned, force)
+  groups = None
+  if vectorize:
+    base = spec.load_config_file(config)
+    base.update_from_flattened_dict(dict(sweep.fixed))
+    groups = spec.group_runs(planned, base)
+    print(spec.describe_groups(groups), flush=True)
 
   if dry_run:
     launched = 0
-    for run in planned:
-      workdir = run.workdir(root)
-      final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
+    for group in groups or [spec.Group((run,), dict(run.overrides), {}) for run in planned]:
+      todo = [
+          run for run in group.runs
+          if workdir_lib.read_json(run.workdir(root) / workdir_lib.FINAL_FILE) is None
+      ]
       commands = []
-      if final is None:
-        commands.append(runner.train_command(config, workdir, run.overrides, 'python'))
-      if evaluate and runner.has_evaluate_module() and runner.needs_evaluation(workdir, final):
-        commands.append(runner.evaluate_command(workdir, 'python'))
+      if len(todo) == 1:
+        commands.append(
+            runner.train_command(config, todo[0].workdir(root), todo[0].overrides, 'python'))
+      elif todo:
+        commands.append(runner.ensemble_command(config, root, group, todo, 'python'))
+      if evaluate and runner.has_evaluate_module():
+        for run in group.runs:
+          workdir = run.workdir(root)
+          final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
+          if runner.needs_evaluation(workdir, final):
+            commands.append(runner.evaluate_command(workdir, 'python'))
       if commands:
         print(' && '.join(shlex.join(command) for command in commands), flush=True)
-        launched += 1
+        launched += len(todo)
     sys.stderr.write(f'Dry run: {launched} of {len(planned)} runs to launch, from '
                      f'{os.getcwd()}; nothing was run or written.\n')
     return 0
@@ -94,7 +110,7 @@ def run_sweep(config: str,
         flush=True)
   if evaluate and not runner.has_evaluate_module():
     print('--evaluate: there is no cyclegan_jax.evaluate module here; skipping evaluation.')
-  statuses, failures, stopped = runner.execute(config, root, planned, evaluate, stream)
+  statuses, failures, stopped = runner.execute(config, root, planned, evaluate, stream, groups)
 
   rows = report.collect_results(root, planned, statuses)
   report.write_csv(root / spec.RESULTS_CSV, rows)
@@ -139,6 +155,10 @@ def define_flags():
   flags.DEFINE_bool('plot', False, 'Also draw the sweep plots (and missing run plots).')
   flags.DEFINE_bool('force', False, 'Use a --root made for another config or sweep file.')
   flags.DEFINE_bool('stream', False, "Also copy the runs' output to the console.")
+  flags.DEFINE_bool(
+      'vectorize', False, 'Train runs that differ only in ensemble member fields (seed, learning '
+      'rate, betas, cycle and identity weights, loss switches) as one program each: an ensemble '
+      '(README, "Ensembles"). Results are those of the runs trained one by one.')
   flags.mark_flags_as_required(['config', 'sweep', 'root'])
 
 
@@ -152,7 +172,8 @@ def main(argv):
                 evaluate=FLAGS.evaluate,
                 plot=FLAGS.plot,
                 force=FLAGS.force,
-                stream=FLAGS.stream))
+                stream=FLAGS.stream,
+                vectorize=FLAGS.vectorize))
 
 
 if __name__ == '__main__':

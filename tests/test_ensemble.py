@@ -36,7 +36,7 @@ def test_members_take_their_own_values_and_share_the_rest():
   fixed, varying = ensemble.split_hyperparams(members)
   assert fixed['lambda_cycle'] == 5.0 and fixed['learning_rate'] == config.learning_rate
   np.testing.assert_array_equal(varying['use_gan_F'], [1.0, 0.0, 1.0])
-  named = ensemble.members(updated(config, ensemble__names='a,b,c'))
+  named = ensemble.members(updated(config, ensemble__names='a:b:c'))
   assert [m.name for m in named] == ['a', 'b', 'c']
 
 
@@ -44,8 +44,8 @@ def test_members_take_their_own_values_and_share_the_rest():
     (dict(ensemble__seed='0,1', ensemble__lambda_cycle='1.0,2.0,3.0'),
      r'config\.ensemble\.lambda_cycle: 3 values for 3 members|ensemble\.seed: 2 values'),
     (dict(ensemble__seed='0,x'), r"config\.ensemble\.seed = '0,x': 'x' is not a int"),
-    (dict(ensemble__seed='0,1', ensemble__names='a,a'), 'two members would share a folder'),
-    (dict(ensemble__seed='0,1', ensemble__names='a,../b'), 'is not a folder name'),
+    (dict(ensemble__seed='0,1', ensemble__names='a:a'), 'two members would share a folder'),
+    (dict(ensemble__seed='0,1', ensemble__names='a:../b'), 'is not a folder name'),
     (dict(ensemble__lambda_cycle='1.0,-2.0'), r'config\.lambda_cycle = -2\.0'),
 ])
 def test_members_that_do_not_fit_are_explained(fields, message):
@@ -131,7 +131,8 @@ def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
 
 
 def test_a_diverging_member_stops_alone(tmp_path):
-  config = ensemble_config(ensemble__learning_rate='2e-4,1e30', ensemble__names='stable,wild',
+  config = ensemble_config(ensemble__learning_rate='2e-4,1e30',
+                           ensemble__names='stable:wild',
                            log_every_steps=1)
   finals = train.train_and_evaluate(config, str(tmp_path))
   assert list(finals) == ['stable']

@@ -355,3 +355,39 @@ def test_results_average_seeds_and_keep_the_latest_evaluation(tmp_path):
   report.write_csv(tmp_path / 'results.csv', rows)
   read = read_csv(tmp_path / 'results.csv')
   assert read[0]['heldout_mae_AtoB'] == '1.0' and read[3]['heldout_mae_AtoB'] == ''
+
+
+def test_vectorized_sweep_trains_compatible_runs_in_one_program(tmp_path, finished_tiny_run):
+  sweep_file = write_sweep_file(
+      tmp_path / 'vectorized.py', f"""
+      def get_sweep():
+        runs = sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1]))
+        return sweep.Sweep(runs + sweep.runs({{'name': 'small_d', 'model.ndf': 4}}),
+                           fixed={SHORT!r})
+      """)
+  root = tmp_path / 'sweep'
+  args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize')
+  dry = run_cli(*args, '--dry_run')
+  assert dry.returncode == 0, dry.stdout + dry.stderr
+  assert '3 runs in 2 programs' in dry.stdout and 'they differ in seed' in dry.stdout
+  assert '--config.ensemble.seed=0,1 --config.ensemble.names=tiny,seed=0:tiny,seed=1' in dry.stdout
+  assert not root.exists()
+
+  result = run_cli(*args, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert '2 runs in one program' in result.stdout
+  for name in ('tiny,seed=0', 'tiny,seed=1'):
+    assert '--config.ensemble.names=tiny,seed=0:tiny,seed=1' in (root / name /
+                                                                 'log.txt').read_text()
+  rows = read_csv(root / 'results.csv')
+  assert [row['name'] for row in rows] == ['tiny,seed=0', 'tiny,seed=1', 'small_d']
+  assert [row['status'] for row in rows] == ['done'] * 3
+  assert [row['seed'] for row in rows] == ['0', '1', '']
+  # A member's run folder holds what a run trained alone holds: the same results columns.
+  single_final = set(json.loads((finished_tiny_run[0] / 'final.json').read_text()))
+  for row in rows:
+    assert single_final <= set(k for k, v in row.items() if v != ''), row['name']
+    assert row['eval_step'] == '2'
+  assert rows[0]['heldout_mae_AtoB'] != rows[1]['heldout_mae_AtoB']
+  saved = json.loads((root / 'tiny,seed=1' / 'config.json').read_text())
+  assert saved['seed'] == 1 and saved['num_train_steps'] == 2

@@ -33,6 +33,8 @@ def collect_results(root: Path,
     final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
     if final is not None:
       status = 'done'
+    elif (workdir / workdir_lib.FAILURE_FILE).exists():
+      status = 'failed'  # An ensemble member stopped on a non-finite loss.
     else:
       status = statuses.get(run.name) or ('unfinished' if workdir.exists() else 'pending')
     row = {'name': run.name, 'group': run.group, 'status': status, **run.overrides}

@@ -1,6 +1,8 @@
 """Running a sweep's runs one after another, each resumable, with its output in its own log."""
 
+import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -127,14 +129,17 @@ class _Stop:
       signal.signal(sig, handler)
 
 
-def _run_logged(command: Sequence[str], log_path: Path, stream: bool, stop: _Stop) -> int:
-  """Runs `command`, appending its stdout and stderr to `log_path`; its exit status."""
+def _run_logged(command: Sequence[str], log_paths: Sequence[Path], stream: bool,
+                stop: _Stop) -> int:
+  """Runs `command`, appending its stdout and stderr to each of `log_paths`; its exit status."""
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env['PYTHONPATH'] = os.pathsep.join(
       path for path in (str(REPO_ROOT), env.get('PYTHONPATH', '')) if path)
-  with open(log_path, 'a', encoding='utf-8') as log:
-    log.write(f'=== {time.strftime("%Y-%m-%d %H:%M:%S")} $ {shlex.join(command)}\n')
-    log.flush()
+  with contextlib.ExitStack() as logs:
+    files = [logs.enter_context(open(path, 'a', encoding='utf-8')) for path in log_paths]
+    for log in files:
+      log.write(f'=== {time.strftime("%Y-%m-%d %H:%M:%S")} $ {shlex.join(command)}\n')
+      log.flush()
     # Its own session: a Ctrl-C reaches the sweep, which passes it on once (see _Stop).
     process = subprocess.Popen(command,
                                stdout=subprocess.PIPE,
@@ -146,8 +151,9 @@ def _run_logged(command: Sequence[str], log_path: Path, stream: bool, stop: _Sto
     stop.process = process
     try:
       for line in process.stdout:
-        log.write(line)
-        log.flush()
+        for log in files:
+          log.write(line)
+          log.flush()
         if stream:
           sys.stdout.write(line)
           sys.stdout.flush()
@@ -187,52 +193,127 @@ def needs_evaluation(workdir: Path, final: Mapping[str, Any] | None) -> bool:
   return not workdir_lib.eval_file(workdir, step).exists()
 
 
-def execute(config: str, root: Path, planned: Sequence[PlannedRun], evaluate: bool,
-            stream: bool) -> tuple[dict[str, str], list[Failure], bool]:
-  """Runs the unfinished runs in order: ({name: status}, failures, whether it was stopped)."""
+def ensemble_command(config: str,
+                     root: Path,
+                     group: spec.Group,
+                     runs: Sequence[PlannedRun],
+                     python: str = sys.executable) -> list[str]:
+  """The command that trains `runs` (of `group`) as one program, members in `root/<name>`."""
+  indices = [group.runs.index(run) for run in runs]
+  command = [
+      python, '-m', 'cyclegan_jax.main', f'--config={config}', f'--workdir={root}',
+      *(f'--config.{field}={spec.flag_value(value)}' for field, value in group.shared.items())
+  ]
+  for field, values in group.members.items():
+    command.append(f'--config.ensemble.{field}=' +
+                   ','.join(spec.flag_value(values[i]) for i in indices))
+  command.append('--config.ensemble.names=' + ':'.join(run.name for run in runs))
+  return command
+
+
+def _finished(root: Path, run: PlannedRun) -> bool:
+  return (run.workdir(root) / workdir_lib.FINAL_FILE).exists()
+
+
+def execute(
+    config: str,
+    root: Path,
+    planned: Sequence[PlannedRun],
+    evaluate: bool,
+    stream: bool,
+    groups: Sequence[spec.Group] | None = None) -> tuple[dict[str, str], list[Failure], bool]:
+  """Trains the unfinished runs in order, each alone or, with `groups`, each group's runs in one
+  program: ({name: status}, failures, whether it was stopped)."""
   statuses: dict[str, str] = {}
   failures: list[Failure] = []
   evaluate = evaluate and has_evaluate_module()
+  groups = groups or [spec.Group((run,), dict(run.overrides), {}) for run in planned]
+  done_runs = 0
   with _Stop() as stop:
-    for index, run in enumerate(planned, start=1):
+    for group in groups:
       if stop.requested:
         break
-      prefix = f'[{index}/{len(planned)}] {run.name}:'
-      workdir = run.workdir(root)
-      log_path = workdir / LOG_FILE
-      if (workdir / workdir_lib.FINAL_FILE).exists():
-        statuses[run.name] = 'done'
-        print(f'{prefix} skipped, finished earlier ({workdir / workdir_lib.FINAL_FILE} exists)',
-              flush=True)
-      else:
-        resuming = workdir_lib.checkpoint_dir(workdir).is_dir()
-        workdir.mkdir(parents=True, exist_ok=True)
-        print(f'{prefix} {"resuming" if resuming else "training"}, log {log_path}', flush=True)
-        start = time.perf_counter()
-        code = _run_logged(train_command(config, workdir, run.overrides), log_path, stream, stop)
-        final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
-        if code == 0 and final is not None:
+      first = done_runs + 1
+      done_runs += len(group.runs)
+      prefix = (f'[{first}/{len(planned)}] {group.runs[0].name}:' if len(group.runs) == 1 else
+                f'[{first}-{done_runs}/{len(planned)}] {len(group.runs)} runs in one program:')
+      label = functools.partial(_label, prefix, len(group.runs))
+      for run in group.runs:
+        if _finished(root, run):
           statuses[run.name] = 'done'
-          print(f'{prefix} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
-                flush=True)
-        elif code == 0 or stop.requested:
-          statuses[run.name] = 'unfinished'
-          print(f'{prefix} stopped before its last step; rerun to resume it', flush=True)
-        else:
-          statuses[run.name] = 'failed'
-          failures.append(Failure(run.name, f'training exited with status {code}', log_path))
-          print(f'{prefix} FAILED (exit status {code}), log {log_path}', flush=True)
-          for line in _last_lines(log_path):
-            print(f'    {line}', flush=True)
-      if evaluate and statuses[run.name] == 'done' and not stop.requested:
-        if needs_evaluation(workdir, workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)):
-          print(f'{prefix} evaluating, log {log_path}', flush=True)
-          code = _run_logged(evaluate_command(workdir), log_path, stream, stop)
-          if code == 0:
-            print(f'{prefix} evaluated', flush=True)
-          else:
-            failures.append(Failure(run.name, f'evaluation exited with status {code}', log_path))
-            print(f'{prefix} evaluation FAILED (exit status {code}), log {log_path}', flush=True)
-            for line in _last_lines(log_path):
-              print(f'    {line}', flush=True)
+          print(
+              f'{label(run)} skipped, finished earlier '
+              f'({run.workdir(root) / workdir_lib.FINAL_FILE} exists)',
+              flush=True)
+      todo = [run for run in group.runs if not _finished(root, run)]
+      if todo:
+        _train(config, root, group, todo, prefix, label, statuses, failures, stream, stop)
+      for run in group.runs:
+        if evaluate and statuses[run.name] == 'done' and not stop.requested:
+          _evaluate(run.workdir(root), label(run), run.name, failures, stream, stop)
     return statuses, failures, stop.requested
+
+
+def _label(prefix: str, group_size: int, run: PlannedRun) -> str:
+  """How the sweep's output names a run: the prefix names a run alone, not one of a group."""
+  return prefix if group_size == 1 else f'{prefix} {run.name}'
+
+
+def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun], prefix: str,
+           label: Any, statuses: dict[str, str], failures: list[Failure], stream: bool,
+           stop: _Stop) -> None:
+  """Trains `runs` (one program for several), recording each one's status and failure."""
+  workdirs = [run.workdir(root) for run in runs]
+  log_paths = [workdir / LOG_FILE for workdir in workdirs]
+  resuming = any(workdir_lib.checkpoint_dir(workdir).is_dir() for workdir in workdirs)
+  for workdir in workdirs:
+    workdir.mkdir(parents=True, exist_ok=True)
+  if len(runs) == 1:
+    command = train_command(config, workdirs[0], runs[0].overrides)
+  else:
+    command = ensemble_command(config, root, group, runs)
+  what = '' if len(group.runs) == 1 else ' ' + ', '.join(run.name for run in runs)
+  print(
+      f'{prefix} {"resuming" if resuming else "training"}{what}, '
+      f'log {log_paths[0] if len(runs) == 1 else "log.txt in each run folder"}',
+      flush=True)
+  start = time.perf_counter()
+  code = _run_logged(command, log_paths, stream, stop)
+  for run, workdir, log_path in zip(runs, workdirs, log_paths):
+    final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
+    failure = workdir_lib.read_json(workdir / workdir_lib.FAILURE_FILE)
+    if final is not None:
+      statuses[run.name] = 'done'
+      print(f'{label(run)} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
+            flush=True)
+    elif failure is not None:
+      statuses[run.name] = 'failed'
+      failures.append(
+          Failure(run.name, f'stopped at step {failure.get("step")}: '
+                  f'{failure.get("error")}', log_path))
+      print(f'{label(run)} FAILED: {failure.get("error")}', flush=True)
+    elif code == 0 or stop.requested:
+      statuses[run.name] = 'unfinished'
+      print(f'{label(run)} stopped before its last step; rerun to resume it', flush=True)
+    else:
+      statuses[run.name] = 'failed'
+      failures.append(Failure(run.name, f'training exited with status {code}', log_path))
+      print(f'{label(run)} FAILED (exit status {code}), log {log_path}', flush=True)
+      for line in _last_lines(log_path):
+        print(f'    {line}', flush=True)
+
+
+def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], stream: bool,
+              stop: _Stop) -> None:
+  if not needs_evaluation(workdir, workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)):
+    return
+  log_path = workdir / LOG_FILE
+  print(f'{prefix} evaluating, log {log_path}', flush=True)
+  code = _run_logged(evaluate_command(workdir), [log_path], stream, stop)
+  if code == 0:
+    print(f'{prefix} evaluated', flush=True)
+  else:
+    failures.append(Failure(name, f'evaluation exited with status {code}', log_path))
+    print(f'{prefix} evaluation FAILED (exit status {code}), log {log_path}', flush=True)
+    for line in _last_lines(log_path):
+      print(f'    {line}', flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import re
 from typing import Any, Mapping, Sequence
 
+from cyclegan_jax import config_lib
 from cyclegan_jax import errors
 from cyclegan_jax import plots
 from cyclegan_jax import workdir as workdir_lib
@@ -242,3 +243,66 @@ def format_value(value: Any) -> str:
 
 # Names that are the sweep root's own files, so no run may take them.
 RESERVED_NAMES = frozenset({workdir_lib.PLOTS_DIR, SWEEP_FILE, RESULTS_CSV, RESULTS_MD})
+
+
+# Vectorized sweeps: runs that differ only in ensemble member fields train in one program.
+
+MEMBER_FIELDS = config_lib.ENSEMBLE_MEMBER_FIELDS
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Runs trained by one program: the overrides they share, and one value per run of each member
+  field in which they differ."""
+  runs: tuple[PlannedRun, ...]
+  shared: Overrides
+  members: dict[str, list[Any]]
+
+
+def load_config_file(config: str) -> Any:
+  """The ConfigDict of a config argument as cyclegan_jax.main reads it (`file.py[:argument]`)."""
+  path, _, argument = config.partition(':')
+  module_spec = importlib.util.spec_from_file_location(f'sweep_config_{Path(path).stem}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+def group_runs(planned: Sequence[PlannedRun], base: Any) -> list[Group]:
+  """The planned runs grouped into programs: runs whose overrides agree outside MEMBER_FIELDS
+  share one (an ensemble), in the order of their first run. `base` is the sweep's config, for
+  the value of a member field a run does not set."""
+  by_key: dict[str, list[PlannedRun]] = {}
+  for run in planned:
+    shared = {k: v for k, v in run.overrides.items() if k not in MEMBER_FIELDS}
+    by_key.setdefault(canonical(shared), []).append(run)
+  groups = []
+  for runs_of_group in by_key.values():
+    shared = {k: v for k, v in runs_of_group[0].overrides.items() if k not in MEMBER_FIELDS}
+    members = {}
+    fields = [f for f in MEMBER_FIELDS if any(f in run.overrides for run in runs_of_group)]
+    for field in fields:
+      values = [run.overrides.get(field, base[field]) for run in runs_of_group]
+      if len({canonical({'v': v}) for v in values}) == 1:
+        shared[field] = values[0]
+      else:
+        members[field] = values
+    groups.append(Group(tuple(runs_of_group), shared, members))
+  return groups
+
+
+def describe_groups(groups: Sequence[Group]) -> str:
+  """Which programs the runs form, and why they could not share fewer."""
+  lines = [
+      f'{sum(len(g.runs) for g in groups)} runs in {len(groups)} '
+      f'program{"s" * (len(groups) != 1)}:'
+  ]
+  for index, group in enumerate(groups, start=1):
+    differ = ', '.join(group.members) or 'nothing (one run)'
+    lines.append(
+        f'  program {index}: {len(group.runs)} run(s) ({", ".join(r.name for r in group.runs)}); '
+        f'they differ in {differ}')
+  if len(groups) > 1:
+    lines.append('  Runs share a program only if their overrides agree on every field outside '
+                 f'{", ".join(MEMBER_FIELDS)} (those change array shapes or the program).')
+  return '\n'.join(lines)
