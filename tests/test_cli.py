@@ -47,7 +47,7 @@ def test_invalid_config_values(tmp_path, override, expected):
 
 
 @pytest.mark.parametrize('train_b, b_images, expected', [
-    (False, False, 'trainB not found'),
+    (False, False, 'no trainB/ folder'),
     (True, False, 'trainB holds no jpg/jpeg'),
 ])
 def test_missing_or_empty_split(tmp_path, train_b, b_images, expected):
