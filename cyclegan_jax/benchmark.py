@@ -4,6 +4,7 @@
     python -m cyclegan_jax.benchmark --config=configs/monet.py --config.data.crop_size=128 \
         --config.model.generator=resnet_6blocks                                 # 128 px, 6 blocks
     python -m cyclegan_jax.benchmark --config=configs/monet.py --inference      # G(x) only
+    python -m cyclegan_jax.benchmark --config=configs/default.py --config.ensemble.seed=0,1,2,3
 
 Builds exactly the training step of `cyclegan_jax.train` (all four networks, losses, image pools,
 both Adam updates) on the devices of this host, feeds it uniform random images in [-1, 1] of the
@@ -11,8 +12,9 @@ configured batch and crop size, and reports: compile time; median / min / max st
 `--steps` timed steps after `--warmup` untimed ones; examples/s (one example = one A and one B
 image); XLA's FLOP count for one step and the achieved FLOP/s; peak memory (device statistics
 where the backend has them, else the compiled program's buffers and the process's peak RSS); and,
-on a GPU/TPU whose peak is known, the fraction of it. The second-to-last line holds every figure as
-`key=value`; the last line is `step_time_s=<median seconds>`.
+on a GPU/TPU whose peak is known, the fraction of it. With ensemble fields set, the step of all
+members at once (`member_steps_per_s`: members x steps per second). The second-to-last line holds
+every figure as `key=value`; the last line is `step_time_s=<median seconds>`.
 """
 
 import resource
@@ -27,6 +29,8 @@ import numpy as np
 
 from cyclegan_jax import cli
 from cyclegan_jax import config_lib
+from cyclegan_jax import ensemble
+from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import train
@@ -88,16 +92,28 @@ def memory_figures(compiled) -> dict[str, float]:
 
 
 def benchmark(config, steps: int, warmup: int, inference: bool) -> dict[str, Any]:
-  config_lib.validate(config, num_devices=jax.device_count())
+  members = None
+  if ensemble.is_ensemble(config):
+    config_lib.validate(config, num_devices=1)
+    members = ensemble.members(config)
+  else:
+    config_lib.validate(config, num_devices=jax.device_count())
   size, batch_size = config.data.crop_size, config.batch_size
   shape_A, shape_B = state_lib.image_shapes(config)
-  trainer = train.build_trainer(config, epoch_steps=1000)
+  trainer = train.build_trainer(config, epoch_steps=1000, members=members)
+  if inference and trainer.num_members > 1:
+    raise errors.InvalidValueError('--inference times one generator: leave config.ensemble unset')
   rng = np.random.default_rng(0)
-  batch = {
+  rows = [{
       'A': rng.uniform(-1, 1, (batch_size, *shape_A)).astype(np.float32),
       'B': rng.uniform(-1, 1, (batch_size, *shape_B)).astype(np.float32),
-  }
-  batch = jax.device_put(batch, trainer.batch_sharding)
+  } for _ in range(trainer.num_members)]
+  if trainer.num_members == 1:
+    batch = jax.device_put(rows[0], trainer.batch_sharding)
+  else:
+    batch = tuple(
+        jax.device_put(slot, trainer.batch_sharding)
+        for slot in ensemble.to_slots(rows, trainer.layout))
   state = trainer.init()
   start = time.perf_counter()
   if inference:
@@ -131,9 +147,13 @@ def benchmark(config, steps: int, warmup: int, inference: bool) -> dict[str, Any
       'step_time_median_s': median,
       'step_time_min_s': min(times),
       'step_time_max_s': max(times),
-      'examples_per_s': batch_size / median,
+      'examples_per_s': batch_size * trainer.num_members / median,
+      'members': trainer.num_members,
+      'member_steps_per_s': trainer.num_members / median,
   }
   flops = flop_count(compiled)
+  if flops and trainer.layout is not None:
+    flops *= len(trainer.layout.slots)  # The program counted runs once per slot.
   if flops:
     results['flops_per_step'] = flops
     results['achieved_flops_per_s'] = flops / median

@@ -12,12 +12,16 @@ with the member's values (its config.json holds them), so every command reads a 
 a run of its own; names come from `config.ensemble.names` (separated by ':', as a name may hold
 commas) or from the member's values (`seed=1,lambda_cycle=5.0`).
 
-The train state of the members is stacked on a leading member axis. The step runs the member's
-train step over that axis with `jax.lax.map`, `members_per_call` members vectorized at a time
-(`jax.vmap`): one on CPU, where vectorized convolutions over per-member weights become grouped
-convolutions that XLA's CPU backend runs many times slower than separate ones, and all of them on
-GPU/TPU, where they fill the device. With several devices the members are laid out on a `member`
-mesh axis first and each member's batch over the rest (`member_mesh`).
+How members meet the compiled step (`SlotLayout`): in slots, each one call of the step. With
+one member per call on a single device (the default on CPU, where convolutions vectorized over
+per-member weights become grouped convolutions that XLA's CPU backend runs many times slower than
+separate ones), a slot is one member, and the program is exactly a single run's, called once per
+member: a member then equals its own run bitwise. Otherwise the members of a slot are stacked on a
+leading axis, laid out on a `member` mesh axis first with each member's batch over the rest
+(`member_mesh`), and each device runs the train step of its `members_per_call` members
+(vectorized with `jax.vmap` when more than one: all of a device's members by default on GPU/TPU,
+where they fill the device). The hyperparameters are arguments of the step in every case
+(`state.split_hyperparams`), so one compiled program serves every member.
 """
 
 import dataclasses
@@ -31,7 +35,6 @@ import numpy as np
 
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
-from cyclegan_jax import state as state_lib
 
 MEMBER_FIELDS = config_lib.ENSEMBLE_MEMBER_FIELDS  # The seed and state.HYPERPARAMETERS.
 _SAFE_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9._,=+-]*$')
@@ -117,19 +120,6 @@ def members(config: ml_collections.ConfigDict) -> list[Member]:
   return result
 
 
-def split_hyperparams(members_list: list[Member]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """(the hyperparameters all members share, as floats; the others as float32 [K] arrays)."""
-  values = [state_lib.hyperparams(member.config) for member in members_list]
-  fixed, varying = {}, {}
-  for name in state_lib.HYPERPARAMETERS:
-    column = [value[name] for value in values]
-    if len(set(column)) == 1:
-      fixed[name] = column[0]
-    else:
-      varying[name] = np.asarray(column, np.float32)
-  return fixed, varying
-
-
 def member_mesh(num_members: int,
                 batch_size: int,
                 devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -150,12 +140,59 @@ def member_mesh(num_members: int,
 
 
 def members_per_call(config: ml_collections.ConfigDict, local_members: int) -> int:
-  """Members vectorized together inside the step: config.ensemble.members_per_call, or by
-  default one on CPU (separate convolutions) and all of a device's members elsewhere."""
+  """Members vectorized together on a device: config.ensemble.members_per_call, or by default
+  one on CPU (separate convolutions) and all of a device's members elsewhere."""
   chosen = config.ensemble.members_per_call
   if chosen <= 0:
     chosen = 1 if jax.default_backend() == 'cpu' else local_members
-  return min(chosen, local_members)
+  chosen = min(chosen, local_members)
+  while local_members % chosen:
+    chosen -= 1
+  return chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotLayout:
+  """How the members meet the compiled step: in slots, each one call of the step, holding
+  `members_per_call` members on each device of the 'member' mesh axis (members k of a slot in
+  order, as the slot's stacked state holds them). With one member per device: one slot. With one
+  member per slot (`stacked` False; one CPU), a slot is that member's own state and batch, and
+  the step is that of a single run."""
+  members_per_call: int
+  slots: tuple[tuple[int, ...], ...]
+
+  @property
+  def stacked(self) -> bool:
+    return len(self.slots[0]) > 1
+
+  def position(self, k: int) -> tuple[int, int]:
+    """(slot, place in the slot) of member k."""
+    size = len(self.slots[0])
+    return k // size, k % size
+
+
+def slot_layout(config: ml_collections.ConfigDict, num_members: int,
+                mesh: jax.sharding.Mesh) -> SlotLayout:
+  groups = mesh.shape['member']
+  per_call = members_per_call(config, num_members // groups)
+  size = groups * per_call
+  return SlotLayout(
+      per_call, tuple(tuple(range(start, start + size)) for start in range(0, num_members, size)))
+
+
+def member_of(slots: Any, layout: SlotLayout, k: int) -> Any:
+  """Member k of a tuple of slots (state, metrics)."""
+  if not layout.stacked:
+    return slots[k]
+  slot, place = layout.position(k)
+  return member_slice(slots[slot], place)
+
+
+def to_slots(trees: list[Any], layout: SlotLayout) -> tuple[Any, ...]:
+  """One tree per member (on the host) -> a tree per slot, stacked if the layout is."""
+  if not layout.stacked:
+    return tuple(trees)
+  return tuple(stack([trees[k] for k in members]) for members in layout.slots)
 
 
 def member_slice(tree: Any, k: int) -> Any:

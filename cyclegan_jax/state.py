@@ -64,9 +64,32 @@ HYPERPARAMETERS = tuple(field for field in config_lib.ENSEMBLE_MEMBER_FIELDS if 
 Hyperparams = dict[str, Any]  # name -> a Python float (the same for every member) or an array.
 
 
+# Those whose value can remove work from the step (a switch at 0 drops its term and a
+# discriminator's update, lambda_identity = 0 the identity passes) are compiled in when all the
+# members of a program share them; every other hyperparameter is an argument of the step, for a
+# single run too, so that a member's program is its own run's (bitwise, one member per call).
+COMPILED_WHEN_SHARED = ('lambda_identity', 'use_gan_G', 'use_gan_F', 'use_cycle_forward',
+                        'use_cycle_backward')
+
+
 def hyperparams(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The config's HYPERPARAMETERS as floats (the switches as 1.0 / 0.0)."""
   return {name: float(config[name]) for name in HYPERPARAMETERS}
+
+
+def split_hyperparams(
+    configs: list[ml_collections.ConfigDict]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """(the hyperparameters compiled into the step, as floats; the step's arguments, as float32
+  arrays [len(configs)]) for the members of one program (one config: a single run)."""
+  values = [hyperparams(config) for config in configs]
+  fixed, varying = {}, {}
+  for name in HYPERPARAMETERS:
+    column = [value[name] for value in values]
+    if name in COMPILED_WHEN_SHARED and len(set(column)) == 1:
+      fixed[name] = column[0]
+    else:
+      varying[name] = np.asarray(column, np.float32)
+  return fixed, varying
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,

@@ -172,8 +172,9 @@ def translate_all(networks: state_lib.Networks, params: dict[str, Any], real_A: 
 class Trainer(NamedTuple):
   """The compiled pieces of a run (or of an ensemble's members), built once from the config.
 
-  For an ensemble the state, the batch (`[members, batch, H, W, C]`) and the metrics carry a
-  leading member axis; `translate*` take one member's (host) parameters."""
+  For an ensemble the state, the batch and the metrics are tuples over slots of members (see
+  `ensemble.SlotLayout`), each with a leading member axis; `translate*` take one member's (host)
+  parameters."""
   networks: state_lib.Networks
   schedule: optax.Schedule
   state_sharding: jax.sharding.NamedSharding
@@ -184,6 +185,33 @@ class Trainer(NamedTuple):
   translate_AtoB: Any  # (params, real_A) -> G(real_A) as numpy, jitted
   translate_BtoA: Any  # (params, real_B) -> F(real_B) as numpy, jitted
   num_members: int = 1  # 1: a single run, no member axis.
+  layout: ensemble.SlotLayout | None = None  # An ensemble's: state, batch, metrics are slots.
+
+
+class _BoundStep:
+  """The step with its hyperparameter arguments bound: (state, batch) -> (state, metrics). For an
+  ensemble (`slotted`), the one compiled program is called on each slot of members: the state,
+  the batch and the metrics are tuples over slots (`ensemble.slot_layout`), and `varying` holds
+  each slot's arguments. `lower`/`compile` work on one slot; other attributes are the program's."""
+
+  def __init__(self, fn: Any, varying: Any, slotted: bool):
+    self.fn, self.varying, self.slotted = fn, varying, slotted
+
+  def __call__(self, state, batch):
+    if not self.slotted:
+      return self.fn(state, batch, self.varying)
+    results = [self.fn(*args) for args in zip(state, batch, self.varying)]
+    return tuple(r[0] for r in results), tuple(r[1] for r in results)
+
+  def lower(self, state, batch) -> '_BoundStep':
+    args = (state[0], batch[0], self.varying[0]) if self.slotted else (state, batch, self.varying)
+    return _BoundStep(self.fn.lower(*args), self.varying, self.slotted)
+
+  def compile(self) -> '_BoundStep':
+    return _BoundStep(self.fn.compile(), self.varying, self.slotted)
+
+  def __getattr__(self, name):
+    return getattr(self.fn, name)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -201,51 +229,74 @@ def build_trainer(config: ml_collections.ConfigDict,
   networks = state_lib.build_networks(config)
   schedule = state_lib.learning_rate_schedule(config, epoch_steps)
   step_fn = functools.partial(train_step, config=config, networks=networks, epoch_steps=epoch_steps)
-  if members is None or len(members) == 1:
-    config = members[0].config if members else config
-    mesh = make_mesh() if mesh is None else mesh
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-    init = jax.jit(state_lib.train_state_initializer(config), out_shardings=replicated)
-    step = jax.jit(functools.partial(step_fn, fixed=state_lib.hyperparams(config)),
-                   in_shardings=(replicated, batch_sharding),
-                   out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-    translate_sharding, num_members = replicated, 1
-  else:
+  spec = jax.sharding.PartitionSpec
+  single = members is None or len(members) == 1
+  configs = [members[0].config if members else config
+            ] if single else [member.config for member in members]
+  fixed, varying = state_lib.split_hyperparams(configs)
+  layout = None
+  if not single:
     mesh = ensemble.member_mesh(len(members), config.batch_size) if mesh is None else mesh
-    spec = jax.sharding.PartitionSpec
-    per_member = jax.sharding.NamedSharding(mesh, spec('member'))
+    layout = ensemble.slot_layout(config, len(members), mesh)
+    if not layout.stacked:  # One member at a time on all devices: each runs its own program.
+      mesh = jax.sharding.Mesh(mesh.devices.reshape(-1), ('data',),
+                               axis_types=(jax.sharding.AxisType.Auto,))
+  if layout is None or not layout.stacked:
+    mesh = make_mesh() if mesh is None else mesh
+    replicated = jax.sharding.NamedSharding(mesh, spec())
+    batch_sharding = jax.sharding.NamedSharding(mesh, spec('data'))
+    jitted = jax.jit(functools.partial(step_fn, fixed=fixed),
+                     in_shardings=(replicated, batch_sharding, replicated),
+                     out_shardings=(replicated, replicated),
+                     donate_argnums=0)
+    state_sharding = replicated
+    member_varying = [
+        jax.device_put({
+            name: value[k] for name, value in varying.items()
+        }, replicated) for k in range(len(configs))
+    ]
+  else:
+    state_sharding = jax.sharding.NamedSharding(mesh, spec('member'))
     batch_sharding = jax.sharding.NamedSharding(mesh, spec('member', 'data'))
-    fixed, varying = ensemble.split_hyperparams(members)
-    local_members = len(members) // mesh.shape['member']
-    chunk = ensemble.members_per_call(config, local_members)
-    initializer = state_lib.train_state_initializer(config)
-    seeds = np.asarray([member.config.seed for member in members], np.int32)
-    init = jax.jit(lambda: jax.lax.map(lambda seed: initializer(seed=seed), seeds),
-                   out_shardings=per_member)
     member_step = functools.partial(step_fn, fixed=fixed)
+    per_call = layout.members_per_call
 
     def local_step(state, batch, varying):
-      return jax.lax.map(lambda args: member_step(*args), (state, batch, varying), batch_size=chunk)
+      if per_call == 1:  # One member on this device: its plain step, no member axis inside.
+        squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
+        return jax.tree.map(lambda x: x[None], member_step(*map(squeeze, (state, batch, varying))))
+      return jax.vmap(member_step)(state, batch, varying)
 
     mapped = jax.shard_map(local_step,
                            mesh=mesh,
                            in_specs=spec('member'),
                            out_specs=spec('member'),
                            axis_names=frozenset({'member'}))
-    varying_on_device = jax.device_put(varying, per_member)
     jitted = jax.jit(mapped,
-                     in_shardings=(per_member, batch_sharding, per_member),
-                     out_shardings=(per_member, per_member),
+                     in_shardings=(state_sharding, batch_sharding, state_sharding),
+                     out_shardings=(state_sharding, state_sharding),
                      donate_argnums=0)
-    step = lambda state, batch: jitted(state, batch, varying_on_device)
-    replicated = per_member
+  if single:
+    init = jax.jit(state_lib.train_state_initializer(configs[0]), out_shardings=state_sharding)
+    step = _BoundStep(jitted, member_varying[0], slotted=False)
+    translate_sharding, num_members = state_sharding, 1
+  else:
+    single_init = jax.jit(lambda seed: state_lib.train_state_initializer(config)(seed=seed))
+
+    def init():
+      states = [jax.device_get(single_init(member.config.seed)) for member in members]
+      return tuple(
+          jax.device_put(slot, state_sharding) for slot in ensemble.to_slots(states, layout))
+
+    slot_varying = ensemble.to_slots([{
+        name: value[k] for name, value in varying.items()
+    } for k in range(len(members))], layout)
+    step = _BoundStep(jitted, jax.device_put(slot_varying, state_sharding), slotted=True)
     translate_sharding, num_members = None, len(members)
   translate_kwargs = {} if translate_sharding is None else {'out_shardings': translate_sharding}
   return Trainer(networks,
                  schedule,
-                 replicated,
+                 state_sharding,
                  batch_sharding,
                  init,
                  step,
@@ -256,7 +307,8 @@ def build_trainer(config: ml_collections.ConfigDict,
                  translate_BtoA=_on_host(
                      jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y),
                              **translate_kwargs)),
-                 num_members=num_members)
+                 num_members=num_members,
+                 layout=layout)
 
 
 def _on_host(fn: Callable[..., jax.Array]) -> Callable[..., np.ndarray]:
@@ -463,7 +515,9 @@ def _restore(runs: list[_Member], trainer: Trainer) -> tuple[Any, int]:
             for k, run in enumerate(runs)
         ]
     if states is not None:
-      state = jax.device_put(ensemble.stack(jax.device_get(states)), trainer.state_sharding)
+      state = tuple(
+          jax.device_put(slot, trainer.state_sharding)
+          for slot in ensemble.to_slots(jax.device_get(states), trainer.layout))
   for k, run in enumerate(runs):
     start_example = step * run.config.batch_size
     if data_states is not None and data_states[k] is not None:
@@ -474,7 +528,7 @@ def _restore(runs: list[_Member], trainer: Trainer) -> tuple[Any, int]:
 
 
 def _member_state(trainer: Trainer, state: Any, k: int) -> Any:
-  return state if trainer.num_members == 1 else ensemble.member_slice(state, k)
+  return state if trainer.num_members == 1 else ensemble.member_of(state, trainer.layout, k)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
@@ -546,9 +600,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
 
   def next_batch():
     rows = [next(run.batches) for run in runs]
-    if trainer.num_members > 1:
-      rows = [{domain: np.stack([row[domain] for row in rows]) for domain in rows[0]}]
-    return global_batch(rows[0], trainer.batch_sharding)
+    if trainer.num_members == 1:
+      return global_batch(rows[0], trainer.batch_sharding)
+    return tuple(
+        global_batch(slot, trainer.batch_sharding)
+        for slot in ensemble.to_slots(rows, trainer.layout))
 
   progress = summaries.Progress(start_step, num_steps)
   start_time = time.perf_counter()
@@ -568,17 +624,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
 
       last = step == num_steps or stop.requested
       if step % config.log_every_steps == 0 or last:
-        averages = {
-            k: np.asarray(v) / metric_count for k, v in state_lib.to_host(metric_sums).items()
-        }
-        metric_sums, metric_count = None, 0
+        sums = state_lib.to_host(metric_sums)
+        member_sums = [sums] if trainer.num_members == 1 else [
+            ensemble.member_of(sums, trainer.layout, k) for k in range(len(runs))
+        ]
+        count, metric_sums, metric_count = metric_count, None, 0
         steps_per_s, eta_s = progress.report(step)
         for k, run in enumerate(runs):
           if run.failure:
             continue
-          run.last_metrics = {
-              name: float(np.reshape(value, -1)[k]) for name, value in averages.items()
-          }
+          run.last_metrics = {name: float(value) / count for name, value in member_sums[k].items()}
           _check_finite(step, run, len(runs) == 1 or config.ensemble.fail_fast)
           if run.failure:
             continue

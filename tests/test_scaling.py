@@ -67,6 +67,26 @@ def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
   assert result['leaves'] > 0 and result['unequal_leaves'] == 0
 
 
+def test_ensembles_on_8_devices_equal_their_own_runs_and_resume_exactly(tmp_path):
+  """8 members at batch 1 (one per device) and 4 at batch 2 (each over two devices). Each member
+  matches its own run on one device: the first step's losses and gradients (Adam's moments) to
+  float rounding; later steps as far as the sign-like first Adam steps let rounding grow (as for
+  data parallelism above); the same images in the pools."""
+  result = run_check('ensembles', 8, tmp_path)
+  assert result['devices'] == 8
+  for layout, mesh, batch_size in (('8x1', [8, 1], 1), ('4x2', [4, 2], 2)):
+    outcome = result[layout]
+    pool_count = min(3 * batch_size, 4)  # 3 steps' fakes in a tiny config's pool of 4.
+    assert outcome['mesh'] == mesh and outcome['slots'] == 1, layout
+    assert outcome['first_step_metrics'] < 1e-5, layout
+    assert outcome['adam_mu'] < 1e-4 and outcome['adam_nu'] < 1e-4, layout
+    assert outcome['later_metrics'] < 1e-3, layout
+    assert all(counts == [pool_count] * 2 for counts in outcome['pool_counts']), layout
+    assert outcome['pool_max_difference'] < 1e-2, layout
+    assert outcome['steps'] == [4] and outcome['unequal_leaves'] == 0, layout
+    assert all(step == 4 for step in outcome['restored_alone']), layout
+
+
 def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(('127.0.0.1', 0))
