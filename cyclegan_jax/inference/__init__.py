@@ -46,7 +46,7 @@ class Generator(NamedTuple):
 
 
 def _build(config: ml_collections.ConfigDict, out_channels: int,
-           fast_convs: bool) -> models.ResnetGenerator:
+           fast_convs: bool) -> layout_lib.LayoutModule:
   model_config = config.model.copy_and_resolve_references()
   model_config.fast_convs = fast_convs
   return models.build_generator(model_config, out_channels)
@@ -90,23 +90,20 @@ def load_generator(workdir: str | Path | None = None,
 
 
 def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator:
-  """An official ResnetGenerator `.pth` (zip or legacy format), architecture from its keys."""
+  """An official ResnetGenerator or UnetGenerator `.pth` (zip or legacy format), architecture
+  from its keys."""
   state_dict = pth.load_state_dict(path)
   try:
     params, arch = mapping.generator_params_from_state_dict(state_dict)
   except ValueError as error:
     raise errors.InvalidValueError(
-        f'{path} is not an official ResnetGenerator state_dict: {error}') from None
-  module = models.ResnetGenerator(output_nc=arch['output_nc'],
-                                  ngf=arch['ngf'],
-                                  num_blocks=arch['num_blocks'],
-                                  norm=arch['norm'],
-                                  fast_convs=fast_convs)
-  return Generator(module=module,
+        f'{path} is not an official ResnetGenerator or UnetGenerator state_dict: {error}') from None
+  model_config = ml_collections.ConfigDict({**arch, 'fast_convs': fast_convs})
+  return Generator(module=models.build_generator(model_config, arch['output_nc']),
                    params=jax.tree.map(jnp.asarray, params),
                    in_channels=arch['input_nc'],
                    out_channels=arch['output_nc'],
-                   description=f'{path} (resnet_{arch["num_blocks"]}blocks, ngf {arch["ngf"]}, '
+                   description=f'{path} ({arch["generator"]}, ngf {arch["ngf"]}, '
                    f'{arch["norm"]} norm)')
 
 
