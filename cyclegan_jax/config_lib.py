@@ -298,9 +298,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_choice(config, 'model.norm', NORM_TYPES)
   _require_choice(config, 'model.init_type', INIT_TYPES)
   _require_number(config, 'model.init_gain', 0.0, strictly_greater=True)
-  for field in ('model.use_dropout', 'model.eval_mode', 'model.spectral_norm'):
-    if not isinstance(_get(config, field), bool):
-      _fail(field, _get(config, field), 'expected True or False')
   _require_choice(config, 'model.channels_A', (1, 3))
   _require_choice(config, 'model.channels_B', (1, 3))
   if config.lambda_identity > 0 and model.channels_A != model.channels_B:

@@ -11,6 +11,9 @@ writes input | output pairs to `OUTPUT/grid/`. Images keep their size: sides tha
 multiples of 4 are reflection-padded for the network and cropped back. Greyscale, palette,
 RGBA and 16-bit inputs are converted by the data pipeline's channel policy (README, "Data").
 An unreadable file is reported and skipped; existing outputs are kept unless --overwrite.
+
+As the official test.py: each image is translated as if alone (batch norm uses its own
+statistics), and a generator trained with dropout keeps it on (masks from --seed) unless --eval.
 """
 
 from pathlib import Path
@@ -41,7 +44,9 @@ def main(argv):
                                              step=FLAGS.step,
                                              batch_size=FLAGS.batch_size,
                                              grid=FLAGS.grid,
-                                             overwrite=FLAGS.overwrite)
+                                             overwrite=FLAGS.overwrite,
+                                             eval_mode=FLAGS.eval,
+                                             seed=FLAGS.seed)
   print(f'translate: written={written} skipped={len(unreadable)} output={output}', flush=True)
   if written == 0:
     raise errors.InvalidValueError(
@@ -63,6 +68,10 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 8, 'Images of the same size translated together.')
   flags.DEFINE_bool('grid', False, 'Also write input | output images to OUTPUT/grid/.')
   flags.DEFINE_bool('overwrite', False, 'Replace outputs that already exist.')
+  flags.DEFINE_bool(
+      'eval', None, 'Dropout off, as the official test.py --eval (default: the workdir\'s '
+      'config.model.eval_mode; off for a .pth). Only generators with dropout layers differ.')
+  flags.DEFINE_integer('seed', 0, 'Draws the dropout masks of a generator that keeps dropout on.')
   flags.mark_flags_as_required(['input', 'output'])
 
 

@@ -82,10 +82,11 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def _export_module(module: nn.Module) -> nn.Module:
-  """The same generator with plain lax convolutions, computed in float32."""
+  """The same generator with plain lax convolutions, computed in float32, deterministic (dropout
+  off, as test.py --eval: an artifact is a function of its input alone)."""
   if not callable(getattr(module, 'layout', None)):
     raise TypeError(f'{type(module).__name__} has no layout(in_channels): it cannot be exported')
-  return module.clone(fast_convs=False, dtype=jnp.float32)
+  return module.clone(fast_convs=False, dtype=jnp.float32, deterministic=True)
 
 
 def input_channels(module: nn.Module, params: dict[str, Any]) -> int:

@@ -4,6 +4,11 @@
     generator = load_generator(torch_checkpoint='horse2zebra.pth')
     y = translate_any_size(generator, x)  # x: float32 NHWC in [-1, 1], any height and width
 
+Generators run as the official test.py runs them (`models.for_test`): batch norm normalises each
+image by its own statistics, so every image gets the output it gets alone, however images are
+batched; dropout layers (generators trained with `model.use_dropout`) stay on unless `eval_mode`
+(test.py --eval), their masks drawn from `seed`.
+
 A workdir written by `python -m cyclegan_jax.convert` holds only the networks it was converted
 from; `workdir.IMPORTED_FILE` lists them, and asking for another direction is an error.
 """
@@ -56,11 +61,14 @@ def load_generator(workdir: str | Path | None = None,
                    torch_checkpoint: str | Path | None = None,
                    direction: str = 'AtoB',
                    step: int | None = None,
-                   fast_convs: bool = True) -> Generator:
+                   fast_convs: bool = True,
+                   eval_mode: bool | None = None) -> Generator:
   """The generator of `direction` ('AtoB' = G, 'BtoA' = F) from a workdir, or the one generator
   that an official `.pth` file holds (then `direction` only labels it).
 
   fast_convs=False gives plain lax convolutions (for exporters); both compute the same function.
+  eval_mode: dropout off (test.py --eval); None: the workdir's config.model.eval_mode, or off for
+  a `.pth` file (whose dropout layers only a ResNet's keys reveal).
   """
   if (workdir is None) == (torch_checkpoint is None):
     raise ValueError('Give exactly one of a workdir and a PyTorch checkpoint.')
@@ -68,7 +76,8 @@ def load_generator(workdir: str | Path | None = None,
     raise errors.InvalidValueError(
         f'Unknown direction {direction!r}: expected one of {", ".join(DIRECTIONS)}')
   if torch_checkpoint is not None:
-    return generator_from_torch(torch_checkpoint, fast_convs)
+    generator = generator_from_torch(torch_checkpoint, fast_convs)
+    return generator._replace(module=generator.module.clone(deterministic=bool(eval_mode)))
 
   network = DIRECTIONS[direction]
   imported = checkpointing.imported_networks(workdir)
@@ -81,7 +90,10 @@ def load_generator(workdir: str | Path | None = None,
   in_channels, out_channels = config.model.channels_A, config.model.channels_B
   if direction == 'BtoA':
     in_channels, out_channels = out_channels, in_channels
-  return Generator(module=_build(config, out_channels, fast_convs),
+  if eval_mode is None:
+    eval_mode = config.model.eval_mode
+  module = _build(config, out_channels, fast_convs).clone(deterministic=eval_mode)
+  return Generator(module=module,
                    params=state.params[network],
                    in_channels=in_channels,
                    out_channels=out_channels,
@@ -133,14 +145,22 @@ def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
   return jax.lax.slice(x, (0, 0, 0, 0), (x.shape[0], padded_height, padded_width, x.shape[3]))
 
 
-def apply_any_size(module: nn.Module, params: dict[str, Any], x: jax.Array) -> jax.Array:
-  """G(x) for any height and width (at least the layout's min_side): reflection-padded at the
-  bottom and right to multiples of what the layout needs, translated, cropped back."""
+def apply_any_size(module: nn.Module,
+                   params: dict[str, Any],
+                   x: jax.Array,
+                   seed: int | jax.Array = 0) -> jax.Array:
+  """G(x) for any height and width (at least the layout's min_side), in test mode
+  (`models.for_test`; dropout as `module.deterministic` says, masks from `seed`):
+  reflection-padded at the bottom and right to multiples of what the layout needs, translated,
+  cropped back."""
   layers = module.layout(x.shape[-1])
   height, width = x.shape[1:3]
   if isinstance(height, int) and isinstance(width, int):
     check_size(height, width, layout_lib.min_side(layers))
-  y = module.apply({'params': params}, pad_to_multiple(x, layout_lib.size_multiple(layers)))
+  module = models.for_test(module)
+  y = module.apply({'params': params},
+                   pad_to_multiple(x, layout_lib.size_multiple(layers)),
+                   rngs={'dropout': jax.random.PRNGKey(seed)})
   return jax.lax.slice(y, (0, 0, 0, 0), (y.shape[0], height, width, y.shape[3]))
 
 
@@ -149,10 +169,14 @@ def _jitted_apply(module: nn.Module):
   return jax.jit(functools.partial(apply_any_size, module))
 
 
-def translate_any_size(generator: Generator, x: np.ndarray | jax.Array) -> np.ndarray:
-  """The translated float32 NHWC batch in [-1, 1], the size of `x` (one compile per shape)."""
+def translate_any_size(generator: Generator,
+                       x: np.ndarray | jax.Array,
+                       seed: int = 0) -> np.ndarray:
+  """The translated float32 NHWC batch in [-1, 1], the size of `x` (one compile per shape); each
+  image as it is translated alone. `seed` draws the dropout masks of a generator that keeps
+  dropout on."""
   x = jnp.asarray(x, jnp.float32)
   if x.ndim != 4 or x.shape[-1] != generator.in_channels:
     raise ValueError(f'expected a float NHWC batch with {generator.in_channels} channels, got '
                      f'shape {tuple(x.shape)}')
-  return np.asarray(_jitted_apply(generator.module)(generator.params, x))
+  return np.asarray(_jitted_apply(generator.module)(generator.params, x, seed))

@@ -139,8 +139,10 @@ def translate_files(generator: inference.Generator,
                     jobs: list[Job],
                     output: Path,
                     batch_size: int = 8,
-                    grid: bool = False) -> tuple[int, list[str]]:
-  """Translates every readable input; returns (images written, error per skipped file)."""
+                    grid: bool = False,
+                    seed: int = 0) -> tuple[int, list[str]]:
+  """Translates every readable input, each as it is translated alone (batched by size only for
+  speed: `inference.translate_any_size`); returns (images written, error per skipped file)."""
   errors: list[str] = []
 
   def readable():
@@ -159,7 +161,7 @@ def translate_files(generator: inference.Generator,
     count = len(batch)
     if count < batch_size and len(jobs) > batch_size:  # Pad to reuse the compiled batch shape.
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
-    outputs = inference.translate_any_size(generator, image_io.from_uint8(images))[:count]
+    outputs = inference.translate_any_size(generator, image_io.from_uint8(images), seed)[:count]
     write_outputs(batch, outputs, output, grid)
     written += count
     progress.advance(count)
@@ -175,17 +177,24 @@ def translate_path(pattern: str,
                    step: int | None = None,
                    batch_size: int = 8,
                    grid: bool = False,
-                   overwrite: bool = False) -> tuple[int, list[str]]:
+                   overwrite: bool = False,
+                   eval_mode: bool | None = None,
+                   seed: int = 0) -> tuple[int, list[str]]:
   """Translates the images `pattern` names (`find_inputs`) into `output` with the generator of a
-  workdir or an official `.pth` (`inference.load_generator`); (images written, unreadable ones).
+  workdir or an official `.pth` (`inference.load_generator`, which `eval_mode` goes to);
+  (images written, unreadable ones). `seed` draws the masks of dropout that stays on.
 
   Nothing is written if an output exists (without `overwrite`) or two inputs collide.
   """
   jobs = find_inputs(pattern)
   check_outputs(jobs, output, grid, overwrite)
-  generator = inference.load_generator(workdir, torch_checkpoint, direction, step)
+  generator = inference.load_generator(workdir,
+                                       torch_checkpoint,
+                                       direction,
+                                       step,
+                                       eval_mode=eval_mode)
   logging.info('Translating %d image(s) with %s into %s.', len(jobs), generator.description, output)
-  written, unreadable = translate_files(generator, jobs, output, batch_size, grid)
+  written, unreadable = translate_files(generator, jobs, output, batch_size, grid, seed)
   if unreadable:
     logging.warning('%d unreadable file(s) skipped:\n  %s', len(unreadable),
                     '\n  '.join(unreadable))
