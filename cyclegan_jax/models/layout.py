@@ -200,6 +200,18 @@ class LayoutModule(nn.Module):
     return y.astype(jnp.float32)
 
 
+class GeneratorModule(LayoutModule):
+  """A generator of `output_nc` channels, `ngf` filters in its first conv: input height and
+  width must be multiples of what its layout needs."""
+  output_nc: int = 3
+  ngf: int = 64
+  norm: str = 'instance'
+  use_dropout: bool = False
+
+  def check_input(self, x: jax.Array, layers: Layout) -> None:
+    check_size_multiple(x, layers, type(self).__name__)
+
+
 class Block(LayoutModule):
   """A `Residual` (x + body(x)) or `Skip` (concat([x, body(x)])) layer, its body's parameters
   under its name."""

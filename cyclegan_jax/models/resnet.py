@@ -12,8 +12,6 @@
 
 from functools import partial
 
-import jax
-
 from cyclegan_jax import config_lib
 from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.models.layout import Conv
@@ -97,14 +95,10 @@ def resnet_layout(output_nc: int,
   return tuple(layers)
 
 
-class ResnetGenerator(layout_lib.LayoutModule):
+class ResnetGenerator(layout_lib.GeneratorModule):
   """Johnson et al. ResNet generator: c7s1-ngf, d2ngf, d4ngf, R4ngf x num_blocks, u2ngf, ungf,
   c7s1-output_nc, tanh. Input H, W must be multiples of 4; output is float32 in [-1, 1]."""
-  output_nc: int = 3
-  ngf: int = 64
   num_blocks: int = 9
-  norm: str = 'instance'
-  use_dropout: bool = False
 
   @property
   def architecture(self) -> str:
@@ -114,8 +108,6 @@ class ResnetGenerator(layout_lib.LayoutModule):
     del in_channels  # The first conv takes whatever comes.
     return resnet_layout(self.output_nc, self.ngf, self.num_blocks, self.norm, self.use_dropout)
 
-  def check_input(self, x: jax.Array, layers: layout_lib.Layout) -> None:
-    layout_lib.check_size_multiple(x, layers, 'ResnetGenerator')
 
 
 ResnetGenerator9 = partial(ResnetGenerator, num_blocks=9)

@@ -97,14 +97,11 @@ def unet_layout(output_nc: int,
   )
 
 
-class UnetGenerator(layout_lib.LayoutModule):
+class UnetGenerator(layout_lib.GeneratorModule):
   """The official U-Net generator with num_downs levels (`unet_layout`). Input H, W must be
   multiples of 2 ** num_downs; output is float32 in [-1, 1]."""
-  output_nc: int = 3
-  ngf: int = 64
   num_downs: int = 8
-  norm: str = 'batch'
-  use_dropout: bool = False
+  norm: str = 'batch'  # The official UnetGenerator's default.
 
   @property
   def architecture(self) -> str:
@@ -113,6 +110,3 @@ class UnetGenerator(layout_lib.LayoutModule):
   def layout(self, in_channels: int) -> layout_lib.Layout:
     del in_channels  # The first conv takes whatever comes.
     return unet_layout(self.output_nc, self.ngf, self.num_downs, self.norm, self.use_dropout)
-
-  def check_input(self, x, layers: layout_lib.Layout) -> None:
-    layout_lib.check_size_multiple(x, layers, 'UnetGenerator')

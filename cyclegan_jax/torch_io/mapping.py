@@ -23,12 +23,13 @@ Dropout has no parameters: a ResNet's block indices show it, a U-Net's keys do n
 
 from typing import Mapping, Optional
 
+import ml_collections
 import numpy as np
 
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
+from cyclegan_jax import models
 from cyclegan_jax.models import layout as layout_lib
-from cyclegan_jax.models import patchgan
 from cyclegan_jax.models import resnet
 from cyclegan_jax.models import unet
 
@@ -117,12 +118,20 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
   """Official `ResnetGenerator` or `UnetGenerator` state_dict -> (params, arch).
 
   params: the inner dict for `module.apply({'params': params}, x)`.
-  arch: {'generator' ('resnet_<n>blocks' or 'unet_<n>'), 'ngf', 'input_nc', 'output_nc', 'norm',
-  'use_dropout'}.
+  arch: {'generator' ('resnet_<n>blocks' or 'unet_<n>'), 'ngf', 'norm', 'use_dropout' (the
+  config.model fields of those names), 'input_nc', 'output_nc'}.
   """
   state_dict = strip_data_parallel_prefix(state_dict)
   if f'{unet.TORCH_OUTERMOST}.0.weight' in state_dict:
-    return _unet_params(state_dict)
+    arch = _unet_arch(state_dict)
+  else:
+    arch = _resnet_arch(state_dict)
+  module = models.build_generator(ml_collections.ConfigDict(arch), arch['output_nc'])
+  return params_from_state_dict(state_dict, module.layout(arch['input_nc']), arch['input_nc'],
+                                'Generator'), arch
+
+
+def _resnet_arch(state_dict: Mapping) -> dict:
   block_indices = sorted(
       _layer_index(key)
       for key in state_dict
@@ -135,23 +144,18 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
   up_0 = resnet.FIRST_BLOCK_INDEX + num_blocks  # then norm, relu; up_1; norm, relu; pad; head conv
   ngf, input_nc = _require(state_dict, 'model.1.weight', 4, 'Generator')[:2]
   output_nc = _require(state_dict, f'model.{up_0 + 7}.weight', 4, 'Generator')[0]
-  norm = _infer_norm(state_dict, 'model.2', 'model.1')
   # With dropout each block's second conv moves from conv_block.5 to conv_block.6 (where batch
   # norm's 1-d weight sits otherwise).
   use_dropout = np.ndim(state_dict.get(f'model.{block_indices[0]}.conv_block.6.weight')) == 4
-
-  layers = resnet.resnet_layout(output_nc, ngf, num_blocks, norm, use_dropout)
-  params = params_from_state_dict(state_dict, layers, input_nc, 'Generator')
-  arch = dict(generator=f'resnet_{num_blocks}blocks',
+  return dict(generator=f'resnet_{num_blocks}blocks',
               ngf=ngf,
               input_nc=input_nc,
               output_nc=output_nc,
-              norm=norm,
+              norm=_infer_norm(state_dict, 'model.2', 'model.1'),
               use_dropout=use_dropout)
-  return params, arch
 
 
-def _unet_params(state_dict: Mapping) -> tuple[dict, dict]:
+def _unet_arch(state_dict: Mapping) -> dict:
   levels = 1
   while f'{unet.torch_prefix(levels)}.1.weight' in state_dict:
     levels += 1
@@ -162,16 +166,12 @@ def _unet_params(state_dict: Mapping) -> tuple[dict, dict]:
   ngf, input_nc = _require(state_dict, f'{unet.TORCH_OUTERMOST}.0.weight', 4, 'Generator')[:2]
   output_nc = _require(state_dict, f'{unet.TORCH_OUTERMOST}.3.weight', 4, 'Generator')[1]
   level_1 = unet.torch_prefix(1)
-  norm = _infer_norm(state_dict, f'{level_1}.2', f'{level_1}.1')
-  layers = unet.unet_layout(output_nc, ngf, levels, norm)
-  params = params_from_state_dict(state_dict, layers, input_nc, 'Generator')
-  arch = dict(generator=f'unet_{2**levels}',
+  return dict(generator=f'unet_{2**levels}',
               ngf=ngf,
               input_nc=input_nc,
               output_nc=output_nc,
-              norm=norm,
+              norm=_infer_norm(state_dict, f'{level_1}.2', f'{level_1}.1'),
               use_dropout=False)
-  return params, arch
 
 
 def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
@@ -184,28 +184,30 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
   state_dict = strip_data_parallel_prefix(state_dict)
   if 'net.0.weight' in state_dict:
     ndf, input_nc = _require(state_dict, 'net.0.weight', 4, 'Discriminator')[:2]
-    norm = _infer_norm(state_dict, 'net.3', 'net.2')
-    params = params_from_state_dict(state_dict, patchgan.pixel_layout(ndf, norm), input_nc,
-                                    'Discriminator')
-    return params, dict(discriminator='pixel', ndf=ndf, n_layers_D=0, input_nc=input_nc, norm=norm)
-  conv_indices = sorted(
-      _layer_index(key)
-      for key, value in state_dict.items()
-      if _layer_index(key) is not None and key.endswith('.weight') and np.ndim(value) == 4)
-  # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm, LeakyReLU).
-  if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
-    raise errors.InvalidValueError(
-        f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
-        'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2) nor is it a '
-        'PixelDiscriminator (net.0.weight)')
-  n_layers = (conv_indices[-1] - 2) // 3
-  ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
-  norm = _infer_norm(state_dict, 'model.3', 'model.2')
-
-  layers = patchgan.patchgan_layout(ndf, n_layers, norm)
-  params = params_from_state_dict(state_dict, layers, input_nc, 'Discriminator')
-  return params, dict(discriminator='basic' if n_layers == 3 else 'n_layers',
-                      ndf=ndf,
-                      n_layers_D=n_layers,
-                      input_nc=input_nc,
-                      norm=norm)
+    arch = dict(discriminator='pixel',
+                ndf=ndf,
+                n_layers_D=0,
+                input_nc=input_nc,
+                norm=_infer_norm(state_dict, 'net.3', 'net.2'))
+  else:
+    conv_indices = sorted(
+        _layer_index(key)
+        for key, value in state_dict.items()
+        if _layer_index(key) is not None and key.endswith('.weight') and np.ndim(value) == 4)
+    # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm and
+    # LeakyReLU).
+    if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
+      raise errors.InvalidValueError(
+          f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
+          'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2) nor is it a '
+          'PixelDiscriminator (net.0.weight)')
+    n_layers = (conv_indices[-1] - 2) // 3
+    ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
+    arch = dict(discriminator='basic' if n_layers == 3 else 'n_layers',
+                ndf=ndf,
+                n_layers_D=n_layers,
+                input_nc=input_nc,
+                norm=_infer_norm(state_dict, 'model.3', 'model.2'))
+  module = models.build_discriminator(ml_collections.ConfigDict(arch))
+  return params_from_state_dict(state_dict, module.layout(input_nc), input_nc,
+                                'Discriminator'), arch
