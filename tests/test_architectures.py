@@ -190,6 +190,23 @@ def test_dropout_is_random_in_training_and_off_in_eval_mode(network, size):
   np.testing.assert_array_equal(first, models.network_fn(network, params, jax.random.key(1))(x))
 
 
+def test_inference_keeps_dropout_on_unless_eval_mode():
+  """As test.py: dropout on by default (masks from the seed), off with --eval (eval_mode)."""
+  network = models.ResnetGenerator(ngf=4, num_blocks=1, use_dropout=True, fast_convs=False)
+  params = random_params(network, 32)
+  x = np.random.default_rng(4).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+  official = inference.Generator(network, params, 3, 3, 'dropout on')
+  first, again = (inference.translate_any_size(official, x, seed=0) for _ in range(2))
+  np.testing.assert_array_equal(first, again)
+  assert np.abs(first - inference.translate_any_size(official, x, seed=1)).max() > 1e-3
+  evaluated = official._replace(module=network.clone(deterministic=True))
+  expected = network.clone(use_dropout=False).apply({'params': params}, x)
+  # The same function, jitted in another program than the eager one: float32 rounding apart.
+  np.testing.assert_allclose(inference.translate_any_size(evaluated, x, seed=1),
+                             expected,
+                             atol=1e-5)
+
+
 def test_dropout_zeroes_half_and_rescales():
   module = layout.LayoutNetwork(layers=(layout.Dropout(),))
   x = jnp.ones((4, 64, 64, 8))

@@ -2,8 +2,9 @@
 
 `fast_convs` (default True) computes two kinds of convolution by exact reformulations (the same
 parameters, the same sums in another order) that XLA's CPU backend runs much faster: the
-transposed convolutions in sub-pixel form (`subpixel_conv_transpose`; their gradients were ~10x
-slower as the dilated convolutions `nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
+stride-2 transposed convolutions (the ResNet's 3x3, the U-Net's 4x4) in sub-pixel form
+(`subpixel_conv_transpose`; their gradients were ~10x slower as the dilated convolutions
+`nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
 head and, on large feature maps, the residual blocks' 3x3 convs through `valid_conv` (on CPU a
 64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60). False keeps plain `nn.Conv`
 and `nn.ConvTranspose`.
