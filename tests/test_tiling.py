@@ -1,0 +1,202 @@
+"""Tiled inference equals whole-image inference: global statistics, exact halos, no seams.
+
+Small generators (ngf 8, one or two residual blocks) keep compilation short; the paper-size
+generator is compared at photo sizes by `experiments/benchmark_tiling.py`. Tiled and whole-image
+outputs come from different programs (other windows, other orders of float sums), so they are
+compared within tolerances, never bitwise.
+"""
+
+import functools
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_npz_state_dict
+from cyclegan_jax import inference
+from cyclegan_jax import models
+from cyclegan_jax.data import image_io
+from cyclegan_jax.inference import tiling
+from cyclegan_jax.models import layout as layout_lib
+from cyclegan_jax.torch_io import mapping
+
+PARITY_DIR = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'torch_parity'
+FLOAT_TOLERANCE = 1e-4  # Outputs in [-1, 1]; one grey level is 2 / 255 = 7.8e-3.
+
+
+@functools.lru_cache(maxsize=None)
+def small_generator(norm: str = 'instance', num_blocks: int = 1) -> inference.Generator:
+  """A ResnetGenerator with ngf 8 and random parameters, biases and batch-norm affines included
+  (with the official init they are zero or one, which would hide mistakes)."""
+  module = models.ResnetGenerator(output_nc=3, ngf=8, num_blocks=num_blocks, norm=norm)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3),
+                                                                np.float32))['params']
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(1)
+  leaves = [leaf + 0.1 * rng.normal(size=leaf.shape).astype(np.float32) for leaf in leaves]
+  return inference.Generator(module, jax.tree.unflatten(treedef, leaves), 3, 3, f'ngf 8 {norm}')
+
+
+def photo(height: int, width: int, batch: int = 1, seed: int = 0) -> np.ndarray:
+  """Smooth random images in [-1, 1] with some texture (like a photo, unlike white noise)."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(-1, 1, (batch, height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
+  smooth = jax.image.resize(coarse, (batch, height, width, 3), 'cubic')
+  texture = 0.2 * rng.normal(size=(batch, height, width, 3))
+  return np.clip(np.asarray(smooth) + texture, -1, 1).astype(np.float32)
+
+
+def whole(generator, x):
+  return inference.translate_any_size(generator, x)
+
+
+def tiled(generator, x, tile, **plan_options):
+  """The generator's output for `x` in tiles of `tile` (plan options as `tiling.plan_tiles`)."""
+  layers = generator.layout
+  multiple = layout_lib.size_multiple(layers)
+  height, width = x.shape[1:3]
+  padded = np.pad(x, ((0, 0), (0, -height % multiple), (0, -width % multiple), (0, 0)),
+                  mode='reflect')
+  plan = tiling.plan_tiles(layers, padded.shape, tile, **plan_options)
+  return tiling.run_tiles(plan, generator.params, padded)[:, :height, :width], plan
+
+
+def max_grey_levels(a, b) -> int:
+  return int(np.abs(image_io.to_uint8(a).astype(int) - image_io.to_uint8(b)).max())
+
+
+# --- tiles equal the whole image ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'norm, batch, height, width, tile, plan_options',
+    [
+        # An odd photo size, tiles that divide neither side: the default plan.
+        ('instance', 1, 389, 517, 128, {}),
+        # Batch norm couples the images: statistics over the batch and all tiles; every conv
+        # output kept on the host (one layer per pass).
+        ('batch', 2, 97, 75, 32, dict(threshold=0)),
+        # 1024x768, every normalised conv recomputed from the kept maps (long fused passes with
+        # wide margins, statistics passes that recompute their inputs).
+        ('instance', 1, 768, 1024, 320, dict(threshold=float('inf'), within_peak=False)),
+    ],
+    ids=['instance-517x389', 'batch-75x97x2', 'instance-1024x768-recompute'])
+def test_tiled_equals_whole(norm, batch, height, width, tile, plan_options):
+  generator = small_generator(norm)
+  x = photo(height, width, batch)
+  y, plan = tiled(generator, x, tile, **plan_options)
+  assert plan.passes[-1].tiles > 4 and y.shape == x.shape
+  expected = whole(generator, x)
+  assert np.abs(y - expected).max() <= FLOAT_TOLERANCE
+  assert max_grey_levels(y, expected) <= 1
+
+
+def test_a_network_without_norms_is_one_pass_per_kept_map():
+  generator = small_generator('none')
+  x = photo(60, 44)
+  y, plan = tiled(generator, x, 24)
+  # The residual sum, then the output: no statistics to wait for.
+  assert [p.program.stats for p in plan.passes] == [False, False]
+  assert np.abs(y - whole(generator, x)).max() <= FLOAT_TOLERANCE
+
+
+@pytest.mark.skipif(not PARITY_DIR.is_dir(), reason='shared reference files not present')
+def test_tiles_reproduce_the_official_batch_norm_network():
+  """The official ResnetGenerator (batch norm, batch of 2, random biases) run by PyTorch."""
+  reference = np.load(PARITY_DIR / 'G_resnet_6blocks_ngf8_batchnorm_b2_randbias.npz')
+  state_dict = load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_batchnorm_b2_randbias.npz')
+  params, arch = mapping.generator_params_from_state_dict(state_dict)
+  module = models.ResnetGenerator(output_nc=3,
+                                  ngf=arch['ngf'],
+                                  num_blocks=arch['num_blocks'],
+                                  norm=arch['norm'])
+  generator = inference.Generator(module, params, 3, 3, 'official')
+  y, plan = tiled(generator, reference['input'].transpose(0, 2, 3, 1), 16)
+  assert plan.passes[-1].tiles == 4
+  assert np.abs(y - reference['output'].transpose(0, 2, 3, 1)).max() <= FLOAT_TOLERANCE
+
+
+# --- what tiling gets wrong when done naively, caught ---------------------------------------
+
+
+def naive_tiles(generator, x, columns):
+  """Each vertical strip translated on its own (per-strip statistics, padding at its edges)."""
+  bounds = [0, *columns, x.shape[2]]
+  return np.concatenate([whole(generator, x[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
+                        axis=2)
+
+
+def test_statistics_are_global_not_per_tile():
+  """An image whose halves differ strongly in colour, tiled at the colour boundary: statistics per
+  tile would normalise each half to the same range and change its colour."""
+  generator = small_generator()
+  x = photo(64, 128)
+  x[..., :64, :] = 0.2 * x[..., :64, :] + np.array([0.8, -0.8, -0.8], np.float32)  # Red.
+  x[..., 64:, :] = 0.2 * x[..., 64:, :] + np.array([-0.8, -0.8, 0.8], np.float32)  # Blue.
+  y, plan = tiled(generator, x, 64)
+  assert plan.passes[-1].starts[1] == [0, 64]
+  expected = whole(generator, x)
+  assert np.abs(y - expected).max() <= FLOAT_TOLERANCE
+  # The same network with per-tile statistics is far off: this image catches them.
+  per_tile = naive_tiles(generator, x, [64])
+  assert np.abs(per_tile - expected).mean() > 50 * FLOAT_TOLERANCE
+
+
+def test_no_seams_at_tile_borders():
+  """The step between the columns on either side of every tile border (where a seam shows) is
+  the untiled output's step, in every pass's grid."""
+  generator = small_generator()
+  x = photo(64, 128, seed=3)
+  y, plan = tiled(generator, x, 64)
+  expected = whole(generator, x)
+  borders = {int(start / plan.nodes[p.target].scale) for p in plan.passes for start in p.starts[1]}
+  borders -= {0}
+  assert borders == {64}
+
+  def steps(image, column):
+    return image[:, :, column] - image[:, :, column - 1]
+
+  for column in borders:
+    assert np.abs(steps(y, column) - steps(expected, column)).max() <= 2 * FLOAT_TOLERANCE
+  # A seam (tiles translated apart) is a step far from the untiled one: this test sees it.
+  seamed = naive_tiles(generator, x, [64])
+  assert np.abs(steps(seamed, 64) - steps(expected, 64)).max() > 100 * FLOAT_TOLERANCE
+
+
+# --- plans: bounded memory, few compilations ------------------------------------------------------
+
+
+def test_plan_of_the_paper_generator_keeps_quarter_resolution_maps():
+  """resnet_9blocks, ngf 64, a 4000x3000 photo, planned (not run)."""
+  layers = models.ResnetGenerator9(output_nc=3, ngf=64).layout(3)
+  plan = tiling.plan_tiles(layers, (1, 3000, 4000, 3), 512)
+  # Host memory: three quarter-resolution maps of 256 channels in float32 at most.
+  assert plan.peak_host_bytes == 3 * 1000 * 750 * 256 * 4
+  # Only the stem and the last upsampling conv are recomputed (in two passes each).
+  recomputed = {plan.nodes[i].name for i in range(len(plan.nodes)) if i not in plan.kept}
+  assert {name for name in recomputed if name.endswith('(conv)')} == {'stem (conv)', 'up_1 (conv)'}
+  assert len(plan.passes) == 33
+  # Every tile of a pass has one shape, and the residual blocks after the first share programs.
+  assert len({p.program for p in plan.passes}) == 11
+  assert plan.margin <= 16
+
+
+def test_tile_grid_covers_the_map_with_equal_tiles():
+  assert tiling._tile_starts(10, 4) == [0, 4, 6]
+  assert tiling._owned([0, 4, 6], 4, 10) == [(0, 4), (0, 4), (2, 4)]
+
+
+def test_moments_merge_exactly():
+  rng = np.random.default_rng(0)
+  values = rng.normal(3.0, 2.0, (2, 100, 5))
+  moments = tiling.Moments()
+  for part in np.split(values, [30, 31, 77], axis=1):
+    mean = part.mean(axis=1)
+    moments.add(part.shape[1], mean, np.square(part - mean[:, None]).sum(axis=1))
+  mean, var = moments.statistics('instance')
+  np.testing.assert_allclose(mean, values.mean(axis=1), rtol=1e-6)
+  np.testing.assert_allclose(var, values.var(axis=1), rtol=1e-6)
+  mean, var = moments.statistics('batch')
+  np.testing.assert_allclose(mean[0], values.mean(axis=(0, 1)), rtol=1e-6)
+  np.testing.assert_allclose(var[1], values.var(axis=(0, 1)), rtol=1e-6)
