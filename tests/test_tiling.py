@@ -10,6 +10,7 @@ import functools
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -26,12 +27,21 @@ FLOAT_TOLERANCE = 1e-4  # Outputs in [-1, 1]; one grey level is 2 / 255 = 7.8e-3
 
 
 @functools.lru_cache(maxsize=None)
-def small_generator(norm: str = 'instance', num_blocks: int = 1) -> inference.Generator:
-  """A ResnetGenerator with ngf 8 and random parameters: kernels that keep activations near unit
-  scale, and random biases and batch-norm affines (the official init's zeros and ones would hide
-  mistakes)."""
-  module = models.ResnetGenerator(output_nc=3, ngf=8, num_blocks=num_blocks, norm=norm)
-  x = jax.ShapeDtypeStruct((1, 16, 16, 3), np.float32)
+def small_generator(norm: str = 'instance',
+                    num_blocks: int = 1,
+                    unet_downs: int = 0,
+                    use_dropout: bool = False) -> inference.Generator:
+  """A ResnetGenerator with ngf 8 (or with `unet_downs`, a UnetGenerator with that many levels)
+  and random parameters: kernels that keep activations near unit scale, and random biases and
+  batch-norm affines (the official init's zeros and ones would hide mistakes). Dropout layers,
+  if any, are off (eval mode)."""
+  shared = dict(output_nc=3, ngf=8, norm=norm, use_dropout=use_dropout, deterministic=True)
+  if unet_downs:
+    module = models.UnetGenerator(num_downs=unet_downs, **shared)
+  else:
+    module = models.ResnetGenerator(num_blocks=num_blocks, **shared)
+  side = layout_lib.min_side(module.layout(3))
+  x = jax.ShapeDtypeStruct((1, side, side, 3), np.float32)
   shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)['params']
   rng = np.random.default_rng(1)
 
@@ -42,7 +52,7 @@ def small_generator(norm: str = 'instance', num_blocks: int = 1) -> inference.Ge
     return (name == 'scale') + rng.normal(0, 0.1, leaf.shape).astype(np.float32)
 
   params = jax.tree_util.tree_map_with_path(draw, shapes)
-  return inference.Generator(module, params, 3, 3, f'ngf 8, {norm} norm')
+  return inference.Generator(module, params, 3, 3, f'{module.architecture}, ngf 8, {norm} norm')
 
 
 def photo(height: int, width: int, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -59,12 +69,14 @@ def whole(generator, x):
 
 
 def tiled(generator, x, tile, **plan_options):
-  """The generator's output for `x` in tiles of `tile` (plan options as `tiling.plan_tiles`)."""
+  """The generator's output for `x` in tiles of `tile`, in test mode as inference runs it (plan
+  options as `tiling.plan_tiles`)."""
   layers = generator.layout
   multiple = layout_lib.size_multiple(layers)
   height, width = x.shape[1:3]
   padded = np.pad(x, ((0, 0), (0, -height % multiple), (0, -width % multiple), (0, 0)),
                   mode='reflect')
+  plan_options.setdefault('settings', tiling.Settings.of_module(models.for_test(generator.module)))
   plan = tiling.plan_tiles(layers, padded.shape, tile, **plan_options)
   return tiling.run_tiles(plan, generator.params, padded)[:, :height, :width], plan
 
@@ -82,8 +94,8 @@ def max_grey_levels(a, b) -> int:
         # Odd photo sizes, tiles that divide neither side: the default plan.
         ('instance', 1, 389, 517, 128, {}),
         ('instance', 1, 768, 1024, 320, {}),
-        # Batch norm couples the images: statistics over the batch and all tiles; every conv
-        # output kept on the host (one layer per pass).
+        # Batch norm in test mode: each image's statistics over all its tiles, two images that
+        # must not interact; every conv output kept on the host (one layer per pass).
         ('batch', 2, 97, 75, 32, dict(threshold=0)),
         # Every normalised conv recomputed from the kept maps (long fused passes with wide
         # margins, statistics passes that recompute their inputs).
@@ -100,6 +112,41 @@ def test_tiled_equals_whole(norm, batch, height, width, tile, plan_options):
   assert max_grey_levels(y, expected) <= 1
 
 
+@pytest.mark.parametrize(
+    'norm, batch, height, width, tile, plan_options',
+    [
+        # Skip blocks concatenate each level's input with its body's output; an odd size, tiles
+        # that divide neither side, at every level down to maps of 7x5 pixels; the default plan
+        # (long passes that recompute levels through their concatenations: ~20 s to compile).
+        ('instance', 1, 203, 150, 64, {}),
+        # Batch norm in test mode (each image by its own statistics), two images; every conv
+        # output kept (short passes, quick to compile).
+        ('batch', 2, 97, 75, 32, dict(threshold=0)),
+    ],
+    ids=['unet-203x150', 'unet-batch-norm-75x97x2'])
+def test_unet_tiled_equals_whole(norm, batch, height, width, tile, plan_options):
+  generator = small_generator(norm, unet_downs=5)
+  x = photo(height, width, batch, seed=5)
+  y, plan = tiled(generator, x, tile, **plan_options)
+  assert plan.passes[-1].tiles > 4 and y.shape == x.shape
+  assert any(isinstance(node.op, tiling.ConcatOp) for node in plan.nodes)
+  expected = whole(generator, x)
+  assert np.abs(y - expected).max() <= FLOAT_TOLERANCE
+  assert max_grey_levels(y, expected) <= 1
+
+
+def test_dropout_is_tiled_in_eval_mode_and_refused_when_on():
+  """Dropout that stays on draws masks for the whole map, which tiles cannot reproduce."""
+  generator = small_generator('batch', unet_downs=6, use_dropout=True)
+  assert generator.module.deterministic
+  x = photo(130, 100, seed=6)
+  y, _ = tiled(generator, x, 64, threshold=0)
+  assert np.abs(y - whole(generator, x)).max() <= FLOAT_TOLERANCE
+  dropout_on = generator._replace(module=generator.module.clone(deterministic=False))
+  with pytest.raises(ValueError, match='dropout that stays on'):
+    tiled(dropout_on, x, 64)
+
+
 def test_a_network_without_norms_is_one_pass_per_kept_map():
   generator = small_generator('none')
   x = photo(60, 44)
@@ -112,16 +159,17 @@ def test_a_network_without_norms_is_one_pass_per_kept_map():
 
 @pytest.mark.skipif(not PARITY_DIR.is_dir(), reason='shared reference files not present')
 def test_tiles_reproduce_the_official_batch_norm_network():
-  """The official ResnetGenerator (batch norm, batch of 2, random biases) run by PyTorch."""
+  """The official ResnetGenerator (batch norm, batch of 2, random biases) run by PyTorch in train
+  mode: batch statistics over both images (`norm_per_image` off), merged over all tiles."""
   reference = np.load(PARITY_DIR / 'G_resnet_6blocks_ngf8_batchnorm_b2_randbias.npz')
   state_dict = load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_batchnorm_b2_randbias.npz')
   params, arch = mapping.generator_params_from_state_dict(state_dict)
-  module = models.ResnetGenerator(output_nc=3,
-                                  ngf=arch['ngf'],
-                                  num_blocks=arch['num_blocks'],
-                                  norm=arch['norm'])
+  module = models.build_generator(ml_collections.ConfigDict(arch), arch['output_nc'])
   generator = inference.Generator(module, params, 3, 3, 'official')
-  y, plan = tiled(generator, reference['input'].transpose(0, 2, 3, 1), 16)
+  y, plan = tiled(generator,
+                  reference['input'].transpose(0, 2, 3, 1),
+                  16,
+                  settings=tiling.Settings(norm_per_image=False))
   assert plan.passes[-1].tiles == 4
   assert np.abs(y - reference['output'].transpose(0, 2, 3, 1)).max() <= FLOAT_TOLERANCE
 
@@ -203,9 +251,9 @@ def test_moments_merge_exactly():
   for part in np.split(values, [30, 31, 77], axis=1):
     mean = part.mean(axis=1)
     moments.add(part.shape[1], mean, np.square(part - mean[:, None]).sum(axis=1))
-  mean, var = moments.statistics('instance')
+  mean, var = moments.statistics()
   np.testing.assert_allclose(mean, values.mean(axis=1), rtol=1e-6)
   np.testing.assert_allclose(var, values.var(axis=1), rtol=1e-6)
-  mean, var = moments.statistics('batch')
+  mean, var = moments.statistics(over_batch=True)
   np.testing.assert_allclose(mean[0], values.mean(axis=(0, 1)), rtol=1e-6)
   np.testing.assert_allclose(var[1], values.var(axis=(0, 1)), rtol=1e-6)

@@ -1,11 +1,16 @@
 """Tiled inference: a generator's output computed tile by tile, equal to whole-image inference.
 
-    plan = plan_tiles(module.layout(in_channels), x.shape, tile=512)
+    settings = Settings.of_module(models.for_test(module))  # Test mode, as inference runs.
+    plan = plan_tiles(module.layout(in_channels), x.shape, tile=512, settings=settings)
     y = run_tiles(plan, params, x)  # x: float NHWC, sides multiples of the size multiple
 
 The executor reads only the layout (`models.layout`), so every network written as a layout is
-tiled the same way. The layout becomes a graph of feature maps (`build_graph`): the input, each
-conv's output (before its norm), each norm's output (norm and activation), each residual sum.
+tiled the same way: ResNet and U-Net generators, any norm. The layout becomes a graph of feature
+maps (`build_graph`): the input, each conv's output (before its norm; a pre-activation is part
+of the conv), each norm's output (norm and activation), each residual sum and each skip block's
+concatenation. Dropout layers are the identity in eval mode (`Settings.deterministic`, test.py
+--eval); dropout that stays on draws one mask for the whole map, which tiles cannot reproduce,
+so such a network is not tiled.
 
 **Statistics.** Instance and batch norm use statistics of the whole map, so a norm is a barrier:
 no tile can be normalised before every tile of its input has been seen. The network therefore
@@ -13,7 +18,9 @@ runs as a sequence of passes over a grid of tiles, one per normalised conv (it a
 conv output's per-image, per-channel count, mean and sum of squared deviations over all tiles,
 merged in float64, and keeps the output on the host if the plan says so) and one per other kept
 map (a residual sum, the output). A norm inside a pass uses the global statistics of its own
-earlier pass; batch norm merges them over the batch too.
+earlier pass. Batch norm in test mode (`models.for_test`, `Settings.norm_per_image`) uses each
+image's own statistics, as instance norm, so images never interact; in training mode
+(norm_per_image False) it merges them over the batch.
 
 **Halos.** A pass computes its target tile from kept maps (host arrays). The window each layer
 needs is derived backwards from the tile (kernel, stride, padding; for a transposed conv the
@@ -69,9 +76,22 @@ def _ceil_div(a: int, b: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """What every layer of the network shares (fields of the module)."""
-  dtype: str
-  fast_convs: bool
+  """What every layer of the network shares (fields of the module, `of_module`). By default
+  batch norm normalises each image by its own statistics, as in test mode (`models.for_test`),
+  and dropout is on, as in the official test.py without --eval; dropout that is on has no tiled
+  form (its masks are drawn for the whole map), so a layout with dropout layers is tiled only
+  when `deterministic`."""
+  dtype: str = 'float32'
+  fast_convs: bool = True
+  norm_per_image: bool = True
+  deterministic: bool = False
+
+  @classmethod
+  def of_module(cls, module) -> 'Settings':
+    """The settings of a `layout.LayoutModule` (as `models.for_test(module)` for test mode)."""
+    return cls(
+        jnp.dtype(module.dtype).name, module.fast_convs, module.norm_per_image,
+        module.deterministic)
 
 
 def _activation(name: Optional[str], x: jax.Array) -> jax.Array:
@@ -174,8 +194,10 @@ class ConvOp:
   def apply(self, inputs, args, settings: Settings) -> jax.Array:
     (x,) = inputs
     params, borders = args
-    x = _set_borders(x, borders, self.border)
     conv = self.conv
+    if conv.pre_activation is not None:  # Elementwise: before or after the borders alike.
+      x = layout_lib.ACTIVATIONS[conv.pre_activation](x)
+    x = _set_borders(x, borders, self.border)
     module = ConvNormAct(conv.features,
                          conv.kernel,
                          strides=conv.stride,
@@ -228,6 +250,19 @@ class AddOp:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConcatOp:
+  """The output of a skip block (a U-Net level): concat([input, body]) on channels."""
+
+  def input_span(self, span: Span, index: int) -> Span:
+    del index
+    return span
+
+  def apply(self, inputs, args, settings: Settings) -> jax.Array:
+    del args, settings
+    return jnp.concatenate([inputs[0], inputs[1].astype(inputs[0].dtype)], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Node:
   """One feature map of the network: `op` of the maps `inputs`, with `channels` channels and
   sides `scale` times the input's; `path` names the layer's parameters."""
@@ -239,12 +274,21 @@ class Node:
 
   @property
   def name(self) -> str:
-    kind = {ConvOp: 'conv', NormOp: 'norm', AddOp: 'sum', Load: 'input'}[type(self.op)]
+    kind = {
+        ConvOp: 'conv',
+        NormOp: 'norm',
+        AddOp: 'sum',
+        ConcatOp: 'concat',
+        Load: 'input'
+    }[type(self.op)]
     return '/'.join(self.path) + f' ({kind})' if self.path else kind
 
 
-def build_graph(layers: layout_lib.Layout, in_channels: int) -> list[Node]:
+def build_graph(layers: layout_lib.Layout,
+                in_channels: int,
+                deterministic: bool = False) -> list[Node]:
   """The layout's feature maps in computation order; node 0 is the input, the last the output.
+  Dropout layers are the identity if `deterministic`, else a ValueError (no tiled form).
 
   A new kind of layout node is one more case here, with an op that defines `input_span` and
   `apply` (and, if it must be kept on the host, a rule in `_kept`).
@@ -260,6 +304,15 @@ def build_graph(layers: layout_lib.Layout, in_channels: int) -> list[Node]:
       if isinstance(layer, layout_lib.Residual):
         body = visit(layer.body, (*prefix, layer.name), v)
         v = add(Node(AddOp(), (v, body), nodes[v].channels, nodes[v].scale, (*prefix, layer.name)))
+      elif isinstance(layer, layout_lib.Skip):
+        body = visit(layer.body, (*prefix, layer.name), v)
+        channels = nodes[v].channels + nodes[body].channels
+        v = add(Node(ConcatOp(), (v, body), channels, nodes[v].scale, (*prefix, layer.name)))
+      elif isinstance(layer, layout_lib.Dropout):
+        if not deterministic:
+          raise ValueError(
+              'dropout that stays on draws its masks for the whole map: tiles cannot reproduce '
+              'them (tile the network in eval mode, with deterministic dropout)')
       elif isinstance(layer, layout_lib.Conv):
         path = (*prefix, layer.name)
         factor = Fraction(layer.stride) if layer.transpose else Fraction(1, layer.stride)
@@ -554,7 +607,7 @@ def _plan_pass(nodes, sides, kept, target, tile, settings, stats) -> Pass:
 def plan_tiles(layers: layout_lib.Layout,
                shape: tuple[int, ...],
                tile: int,
-               settings: Settings = Settings('float32', True),
+               settings: Settings = Settings(),
                threshold: float = RECOMPUTE_MACS_PER_VALUE,
                within_peak: bool = True) -> TilePlan:
   """The passes that translate an NHWC input of `shape` in tiles of at most `tile` x `tile`
@@ -563,7 +616,7 @@ def plan_tiles(layers: layout_lib.Layout,
   `threshold` and `within_peak` choose the maps kept on the host (`_kept`; threshold 0 keeps
   every conv output, inf and within_peak=False recompute every one that can be).
   """
-  nodes = build_graph(layers, shape[3])
+  nodes = build_graph(layers, shape[3], settings.deterministic)
   sides = _map_sides(nodes, shape[1], shape[2])
   kept = _kept(nodes, threshold, within_peak)
   targets = _pass_targets(nodes, kept)
@@ -657,10 +710,11 @@ class Moments:
     self.m2 = self.m2 + m2 + np.square(delta) * (self.count * count / total)
     self.count = total
 
-  def statistics(self, norm: str) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 (mean, biased variance), (images, channels); batch norm's over the batch too."""
+  def statistics(self, over_batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 (mean, biased variance), (images, channels): each image's, or with `over_batch`
+    (batch norm in training mode) those of the whole batch, for every image."""
     mean, m2 = self.mean, self.m2
-    if norm == 'batch':
+    if over_batch:
       batch_mean = mean.mean(axis=0)
       m2 = (m2 + self.count * np.square(mean - batch_mean)).sum(axis=0) / mean.shape[0]
       mean = batch_mean
@@ -771,7 +825,8 @@ def run_tiles(plan: TilePlan,
       pending = (start_h, start_w, result)
     finish(*pending)
     if moments is not None:
-      statistics[p.target] = moments.statistics(nodes[p.target].op.conv.norm)
+      over_batch = nodes[p.target].op.conv.norm == 'batch' and not p.program.settings.norm_per_image
+      statistics[p.target] = moments.statistics(over_batch)
     for node in p.free:
       maps.pop(node, None)
   return maps[len(nodes) - 1]
