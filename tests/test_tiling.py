@@ -7,17 +7,21 @@ compared within tolerances, never bitwise.
 """
 
 import functools
+import logging
 import pathlib
 
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import load_npz_state_dict
+from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import models
 from cyclegan_jax.data import image_io
+from cyclegan_jax.inference import files
 from cyclegan_jax.inference import tiling
 from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.torch_io import mapping
@@ -257,3 +261,78 @@ def test_moments_merge_exactly():
   mean, var = moments.statistics(over_batch=True)
   np.testing.assert_allclose(mean[0], values.mean(axis=(0, 1)), rtol=1e-6)
   np.testing.assert_allclose(var[1], values.var(axis=(0, 1)), rtol=1e-6)
+
+
+# --- choosing whole or tiles; files ----------------------------------------------------------
+
+
+def test_memory_budget_chooses_whole_or_tiles():
+  generator = small_generator()
+  shape = (2, 70, 93, 3)
+  needs = inference.whole_image_bytes(generator.module, shape)
+  assert inference.plan_translation(generator, shape, max_memory=2 * needs).plan is None
+  translation = inference.plan_translation(generator, shape, max_memory=needs // 4)
+  # Images do not interact in test mode, so one at a time is enough: also with batch norm.
+  assert translation.per_call == 1 and translation.plan is not None
+  batch_norm = inference.plan_translation(small_generator('batch'), shape, max_memory='64K')
+  assert batch_norm.per_call == 1 and batch_norm.plan is not None
+
+
+def test_dropout_that_stays_on_is_translated_whole_never_in_tiles():
+  """Its masks are drawn for the whole batch: translate gives translate_any_size's output for the
+  seed, and refuses tiles (asked for, or for a budget that the whole image exceeds) with a
+  one-line error naming the fixes; in eval mode the same generator is tiled."""
+  generator = small_generator('batch', unet_downs=6, use_dropout=True)
+  dropout_on = generator._replace(module=generator.module.clone(deterministic=False))
+  x = photo(64, 70, batch=2, seed=7)
+  np.testing.assert_array_equal(inference.translate(dropout_on, x, seed=3, max_memory='1G'),
+                                inference.translate_any_size(dropout_on, x, seed=3))
+  with pytest.raises(errors.InvalidValueError, match='tiles of 64 pixels .* --eval'):
+    inference.check_tile(dropout_on.module, 3, 64)
+  with pytest.raises(errors.InvalidValueError, match='--eval .* a larger --max_memory'):
+    inference.plan_translation(dropout_on, x.shape, max_memory='64K')
+  assert inference.plan_translation(generator, x.shape, max_memory='64K').plan is not None
+
+
+@pytest.mark.parametrize('text, expected', [('2G', 2 * 2**30), ('512m', 512 * 2**20),
+                                            ('1.5GiB', 3 * 2**29), ('3000', 3000),
+                                            (' 64 KB ', 64 * 2**10), (7, 7)])
+def test_memory_sizes_parse(text, expected):
+  assert inference.parse_memory(text) == expected
+
+
+@pytest.mark.parametrize('text', ['lots', '2X', '-1G', '0', 'G', '', True])
+def test_bad_memory_sizes_are_user_errors(text):
+  with pytest.raises(errors.InvalidValueError, match='is not a memory size'):
+    inference.parse_memory(text)
+
+
+@pytest.mark.parametrize('tile', [2, 8, 30])
+def test_bad_tiles_are_user_errors(tile):
+  generator = small_generator()
+  smallest = inference.smallest_tile(generator.module, 3)
+  assert smallest % 4 == 0 and smallest >= generator.min_side
+  with pytest.raises(errors.InvalidValueError,
+                     match=f'multiples of 4 pixels .* at least {smallest}'):
+    inference.check_tile(generator.module, 3, tile)
+
+
+def test_translate_files_in_tiles_writes_the_whole_image_pngs(tmp_path, caplog):
+  generator = small_generator()
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  rng = np.random.default_rng(4)
+  for name in 'ab':
+    pixels = image_io.to_uint8(photo(61, 90, seed=int(rng.integers(100)))[0])
+    Image.fromarray(pixels).save(inputs / f'{name}.png')
+  jobs = files.find_inputs(str(inputs))
+  with caplog.at_level(logging.INFO):
+    written, unreadable = files.translate_files(generator, jobs, tmp_path / 'tiled', tile=32)
+  assert (written, unreadable) == (2, [])
+  assert any('tiles of a.png' in record.getMessage() for record in caplog.records)
+  files.translate_files(generator, jobs, tmp_path / 'whole', max_memory='1G')
+  for name in 'ab':
+    pngs = [
+        np.asarray(Image.open(tmp_path / mode / f'{name}.png'), int) for mode in ('tiled', 'whole')
+    ]
+    assert np.abs(pngs[0] - pngs[1]).max() <= 1

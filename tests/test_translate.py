@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import assert_one_line_user_error
 from conftest import load_npz_state_dict
 from cyclegan_jax import inference
 from cyclegan_jax.inference import files
@@ -65,11 +66,12 @@ def test_official_checkpoint_reproduces_the_official_network(file_format):
 
 
 @needs_parity_files
-@pytest.mark.parametrize('file_format', OFFICIAL_CASES)
-def test_translate_cli_matches_official_test_py_output(tmp_path, file_format):
+@pytest.mark.parametrize('file_format, flags', [('zip', []), ('legacy', []),
+                                                ('legacy', ['--tile=16'])])
+def test_translate_cli_matches_official_test_py_output(tmp_path, file_format, flags):
   path, _, name = OFFICIAL_CASES[file_format]
   result = run('translate', f'--torch_checkpoint={path}',
-               f'--input={OFFICIAL_OUTPUTS / f"{name}.png"}', f'--output={tmp_path}')
+               f'--input={OFFICIAL_OUTPUTS / f"{name}.png"}', f'--output={tmp_path}', *flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'translate: written=1 skipped=0' in result.stdout
   ours = np.asarray(Image.open(tmp_path / f'{name}.png'), dtype=int)
@@ -250,6 +252,17 @@ def test_cli_errors_are_one_clear_line(tmp_path):
                f'--output={tmp_path / "out"}')
   assert result.returncode == 2 and 'Error:' in result.stderr
   assert 'Workdir not found' in result.stderr or 'No images' in result.stderr
+
+
+@needs_parity_files
+@pytest.mark.parametrize('flag, message', [('--tile=6', 'tile 6 does not suit this generator'),
+                                           ('--max_memory=lots', "'lots' is not a memory size")])
+def test_bad_tile_and_memory_flags_are_one_line_errors(tmp_path, flag, message):
+  Image.new('RGB', (20, 20)).save(tmp_path / 'x.png')
+  result = run('translate', f'--torch_checkpoint={LEGACY_PTH}', f'--input={tmp_path / "x.png"}',
+               f'--output={tmp_path / "out"}', flag)
+  assert_one_line_user_error(result, message)
+  assert not (tmp_path / 'out').exists()
 
 
 # --- convert ----------------------------------------------------------------------------------
