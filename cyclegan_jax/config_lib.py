@@ -13,8 +13,16 @@ import ml_collections
 
 from cyclegan_jax import errors
 
-GENERATOR_PATTERN = re.compile(r'^resnet_(\d+)blocks$')
-DISCRIMINATOR_TYPES = ('basic', 'n_layers')
+# Generators: 'resnet_<n>blocks' (n residual blocks) and 'unet_<n>' (n = 2 ** levels, the input
+# side that the U-Net reduces to 1 x 1; the official UnetGenerator has at least 5 levels).
+GENERATOR_PATTERNS = {
+    'resnet': re.compile(r'^resnet_(\d+)blocks$'),
+    'unet': re.compile(r'^unet_(\d+)$'),
+}
+UNET_MIN_DOWNS = 5
+GENERATOR_HELP = ("expected 'resnet_<n>blocks' with n >= 1 (e.g. 'resnet_9blocks') or "
+                  f"'unet_<n>' with n a power of two >= {2**UNET_MIN_DOWNS} (e.g. 'unet_256')")
+DISCRIMINATOR_TYPES = ('basic', 'n_layers', 'pixel')
 NORM_TYPES = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
 GAN_MODES = ('lsgan', 'vanilla')
@@ -82,14 +90,29 @@ def base_config() -> ml_collections.ConfigDict:
   config.compute_dtype = 'float32'  # Activations' dtype; params and optimiser stay float32.
 
   config.model = ml_collections.ConfigDict()
-  config.model.generator = 'resnet_9blocks'  # 'resnet_<n>blocks'; 9 for 256 px, 6 for 128 px.
-  config.model.discriminator = 'basic'  # 'basic' (70×70 PatchGAN) or 'n_layers'.
+  # 'resnet_<n>blocks' (9 for 256 px, 6 for 128 px) or 'unet_<n>' (U-Net of log2(n) levels:
+  # 'unet_256', 'unet_128'; crops must be multiples of n).
+  config.model.generator = 'resnet_9blocks'
+  # 'basic' (70×70 PatchGAN), 'n_layers' (PatchGAN of n_layers_D strided layers) or 'pixel'
+  # (1×1 PatchGAN: a score per pixel).
+  config.model.discriminator = 'basic'
   config.model.n_layers_D = 3  # Strided layers of the 'n_layers' discriminator.
   config.model.ngf = 64  # Generator filters in the first conv layer.
   config.model.ndf = 64  # Discriminator filters in the first conv layer.
   config.model.norm = 'instance'  # 'instance', 'batch' (batch statistics) or 'none'.
   config.model.init_type = 'normal'  # 'normal', 'xavier', 'kaiming' or 'orthogonal'.
   config.model.init_gain = 0.02  # Std (normal) or gain (xavier, orthogonal) of the init.
+  # Dropout(0.5) in the generators: in the middle levels of a U-Net, between the convs of each
+  # ResNet block (the official --no_dropout negated; CycleGAN's default is off, pix2pix's on).
+  config.model.use_dropout = False
+  # Test time (evaluation, translate): False keeps dropout on, as the official test.py without
+  # --eval (outputs then depend on the seed); True turns it off, as test.py --eval. Batch norm
+  # normalises each test image by its own statistics either way (test.py at batch size 1); the
+  # running statistics that --eval would use are not kept.
+  config.model.eval_mode = False
+  # Spectral normalisation of every discriminator conv (Miyato et al. 2018): each kernel divided
+  # by its largest singular value, estimated by power iteration at every use (models/layers.py).
+  config.model.spectral_norm = False
   # Channels of domain A (X) and B (Y) images, 1 or 3: G maps channels_A to channels_B (the official
   # code's input_nc and output_nc).
   config.model.channels_A = 3
@@ -198,12 +221,30 @@ def _get(config, dotted: str):
   return value
 
 
+def parse_generator(name) -> tuple[str, int]:
+  """('resnet', blocks) or ('unet', levels) of a generator name; InvalidValueError otherwise."""
+  for kind, pattern in GENERATOR_PATTERNS.items():
+    match = pattern.match(name) if isinstance(name, str) else None
+    if match is None:
+      continue
+    number = int(match.group(1))
+    if kind == 'resnet' and number >= 1:
+      return kind, number
+    if kind == 'unet' and number >= 2**UNET_MIN_DOWNS and number & (number - 1) == 0:
+      return kind, number.bit_length() - 1
+  _fail('model.generator', name, GENERATOR_HELP)
+
+
 def discriminator_layers(model_config) -> int:
-  return 3 if model_config.discriminator == 'basic' else model_config.n_layers_D
+  """Strided layers of the discriminator (0 for 'pixel')."""
+  return {'basic': 3, 'pixel': 0}.get(model_config.discriminator, model_config.n_layers_D)
 
 
 def discriminator_output_size(image_size: int, n_layers: int) -> int:
-  """Spatial size of the PatchGAN's score map (4×4 convs, zero padding 1)."""
+  """Spatial size of the PatchGAN's score map (4×4 convs, zero padding 1); n_layers=0: the
+  pixel discriminator's (1×1 convs)."""
+  if n_layers == 0:
+    return image_size
   size = image_size
   for _ in range(n_layers):
     size = (size + 2 - 4) // 2 + 1
@@ -249,10 +290,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_choice(config, 'compute_dtype', COMPUTE_DTYPES)
 
   model = config.model
-  if not isinstance(model.generator, str) or not GENERATOR_PATTERN.match(model.generator) or \
-      int(GENERATOR_PATTERN.match(model.generator).group(1)) < 1:
-    _fail('model.generator', model.generator,
-          "expected 'resnet_<n>blocks' with n >= 1, e.g. 'resnet_9blocks' or 'resnet_6blocks'")
+  generator_kind, generator_number = parse_generator(model.generator)
   _require_choice(config, 'model.discriminator', DISCRIMINATOR_TYPES)
   _require_int(config, 'model.n_layers_D', 1)
   _require_int(config, 'model.ngf', 1)
@@ -274,6 +312,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         'data.preprocess', data.preprocess,
         "images of varying size cannot share an image pool; use a cropping mode such as "
         "'resize_and_crop', or set pool_size=0")
+  if generator_kind == 'unet':
+    side = 2**generator_number
+    if data.preprocess in UNCROPPED_MODES and data.source != 'embedded':
+      _fail(
+          'data.preprocess', data.preprocess,
+          f'{model.generator} needs training images whose sides are multiples of {side}; '
+          "use a cropping mode such as 'resize_and_crop'")
+    if data.crop_size % side:
+      _fail('data.crop_size', data.crop_size,
+            f'{model.generator} needs a multiple of {side}; or choose a smaller U-Net')
   n_layers = discriminator_layers(model)
   if discriminator_output_size(data.crop_size, n_layers) < 1:
     _fail('data.crop_size', data.crop_size,

@@ -29,6 +29,7 @@ from cyclegan_jax import image_pool
 from cyclegan_jax import data
 from cyclegan_jax import ensemble
 from cyclegan_jax import losses
+from cyclegan_jax import models
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import workdir as workdir_lib
@@ -43,6 +44,8 @@ SWITCHED_TERMS = {
 }
 # Each discriminator trains only while the GAN term it judges for is on.
 DISCRIMINATOR_SWITCH = {'D_Y': 'use_gan_G', 'D_X': 'use_gan_F'}
+# Dropout keys are folded out of the step's key with this tag, apart from the pools' splits.
+DROPOUT_STREAM = 1
 
 
 def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, Any]) -> jax.Array:
@@ -89,11 +92,12 @@ def train_step(state: state_lib.TrainState,
                    hyper['lambda_identity'] > 0)
   real_A, real_B = batch['A'], batch['B']
   rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
+  dropout_G, dropout_F = jax.random.split(jax.random.fold_in(state.rng, DROPOUT_STREAM))
   params = state.params
 
   def generator_objective(generator_params):
-    G = functools.partial(networks.G.apply, {'params': generator_params['G']})
-    F = functools.partial(networks.F.apply, {'params': generator_params['F']})
+    G = models.network_fn(networks.G, generator_params['G'], dropout_G)
+    F = models.network_fn(networks.F, generator_params['F'], dropout_F)
     D_X = functools.partial(networks.D_X.apply, {'params': params['D_X']})
     D_Y = functools.partial(networks.D_Y.apply, {'params': params['D_Y']})
     fake_B = G(real_A)
@@ -159,11 +163,17 @@ def train_step(state: state_lib.TrainState,
   return new_state, metrics
 
 
-def translate_all(networks: state_lib.Networks, params: dict[str, Any], real_A: jax.Array,
-                  real_B: jax.Array) -> dict[str, jax.Array]:
-  """Both directions and both cycles, for sample grids."""
-  G = functools.partial(networks.G.apply, {'params': params['G']})
-  F = functools.partial(networks.F.apply, {'params': params['F']})
+def sample_key(seed: int) -> jax.Array:
+  """The fixed key of a run's sample grids and evaluations (their dropout masks, if any)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_STREAM)
+
+
+def translate_all(networks: state_lib.Networks, dropout_key: jax.Array, params: dict[str, Any],
+                  real_A: jax.Array, real_B: jax.Array) -> dict[str, jax.Array]:
+  """Both directions and both cycles, for sample grids (networks as in training)."""
+  key_G, key_F = jax.random.split(dropout_key)
+  G = models.network_fn(networks.G, params['G'], key_G)
+  F = models.network_fn(networks.F, params['F'], key_F)
   fake_B, fake_A = G(real_A), F(real_B)
   return {'real_A': real_A, 'fake_B': fake_B, 'rec_A': F(fake_B),
           'real_B': real_B, 'fake_A': fake_A, 'rec_B': G(fake_A)}
@@ -181,9 +191,10 @@ class Trainer(NamedTuple):
   batch_sharding: jax.sharding.NamedSharding
   init: Any  # () -> state_lib.TrainState, jitted
   step: Any  # (state_lib.TrainState, batch) -> (state_lib.TrainState, metrics), jitted, state donated
-  translate: Any  # (params, real_A, real_B) -> dict of images for grids, jitted
-  translate_AtoB: Any  # (params, real_A) -> G(real_A) as numpy, jitted
-  translate_BtoA: Any  # (params, real_B) -> F(real_B) as numpy, jitted
+  # The translations take the run's `sample_key` first (dropout masks, if any).
+  translate: Any  # (key, params, real_A, real_B) -> dict of images for grids, jitted
+  translate_AtoB: Any  # (key, params, real_A) -> G(real_A) as numpy, test mode (models.for_test)
+  translate_BtoA: Any  # (key, params, real_B) -> F(real_B) as numpy, test mode
   num_members: int = 1  # 1: a single run, no member axis.
   layout: ensemble.SlotLayout | None = None  # An ensemble's: state, batch, metrics are slots.
 
@@ -294,6 +305,13 @@ def build_trainer(config: ml_collections.ConfigDict,
     step = _BoundStep(jitted, jax.device_put(slot_varying, state_sharding), slotted=True)
     translate_sharding, num_members = None, len(members)
   translate_kwargs = {} if translate_sharding is None else {'out_shardings': translate_sharding}
+
+  def test_translate(name):
+    network = models.for_test(getattr(networks, name), config.model.eval_mode)
+    return _on_host(
+        jax.jit(lambda key, params, x: models.network_fn(network, params[name], key)(x),
+                **translate_kwargs))
+
   return Trainer(networks,
                  schedule,
                  state_sharding,
@@ -301,12 +319,8 @@ def build_trainer(config: ml_collections.ConfigDict,
                  init,
                  step,
                  translate=jax.jit(functools.partial(translate_all, networks), **translate_kwargs),
-                 translate_AtoB=_on_host(
-                     jax.jit(lambda params, x: networks.G.apply({'params': params['G']}, x),
-                             **translate_kwargs)),
-                 translate_BtoA=_on_host(
-                     jax.jit(lambda params, y: networks.F.apply({'params': params['F']}, y),
-                             **translate_kwargs)),
+                 translate_AtoB=test_translate('G'),
+                 translate_BtoA=test_translate('F'),
                  num_members=num_members,
                  layout=layout)
 
@@ -572,8 +586,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
     if not has_test_data:
       return {}
     params = member_params(k)
-    results = evaluation.evaluate(functools.partial(trainer.translate_AtoB, params),
-                                  functools.partial(trainer.translate_BtoA, params), test_sets,
+    key = sample_key(run.config.seed)
+    results = evaluation.evaluate(functools.partial(trainer.translate_AtoB, key, params),
+                                  functools.partial(trainer.translate_BtoA, key, params), test_sets,
                                   paired, features)
     run.writer.scalars(step, {workdir_lib.eval_scalar(k): v for k, v in results.items()})
     if is_chief:
@@ -585,7 +600,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
     if samples is None:
       return
     # Every process runs the computation (it spans all devices); process 0 writes the grid.
-    images = state_lib.to_host(trainer.translate(member_params(k), samples['A'], samples['B']))
+    images = state_lib.to_host(
+        trainer.translate(sample_key(run.config.seed), member_params(k), samples['A'],
+                          samples['B']))
     if not is_chief:
       return
     grid = summaries.translation_grid(images)

@@ -11,6 +11,13 @@ writes input | output pairs to `OUTPUT/grid/`. Images keep their size: sides tha
 multiples of 4 are reflection-padded for the network and cropped back. Greyscale, palette,
 RGBA and 16-bit inputs are converted by the data pipeline's channel policy (README, "Data").
 An unreadable file is reported and skipped; existing outputs are kept unless --overwrite.
+
+As the official test.py: each image is translated as if alone (batch norm uses its own
+statistics), and a generator trained with dropout keeps it on (masks from --seed) unless --eval.
+Images whose whole-image program would need more memory than --max_memory (default: most of the
+free accelerator memory, or of the available host memory on CPU) are translated in tiles, or
+every image with --tile=N; tiles give the same output as the whole image (README, "Translate").
+A generator that keeps dropout on is translated whole only (with --eval it can be tiled).
 """
 
 from pathlib import Path
@@ -41,7 +48,11 @@ def main(argv):
                                              step=FLAGS.step,
                                              batch_size=FLAGS.batch_size,
                                              grid=FLAGS.grid,
-                                             overwrite=FLAGS.overwrite)
+                                             overwrite=FLAGS.overwrite,
+                                             eval_mode=FLAGS.eval,
+                                             seed=FLAGS.seed,
+                                             tile=FLAGS.tile,
+                                             max_memory=FLAGS.max_memory)
   print(f'translate: written={written} skipped={len(unreadable)} output={output}', flush=True)
   if written == 0:
     raise errors.InvalidValueError(
@@ -63,6 +74,18 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 8, 'Images of the same size translated together.')
   flags.DEFINE_bool('grid', False, 'Also write input | output images to OUTPUT/grid/.')
   flags.DEFINE_bool('overwrite', False, 'Replace outputs that already exist.')
+  flags.DEFINE_bool(
+      'eval', None, 'Dropout off, as the official test.py --eval (default: the workdir\'s '
+      'config.model.eval_mode; off for a .pth). Only generators with dropout layers differ.')
+  flags.DEFINE_integer('seed', 0, 'Draws the dropout masks of a generator that keeps dropout on.')
+  flags.DEFINE_integer(
+      'tile', None, 'Translate every image in tiles of at most N x N pixels (the same output as '
+      'the whole image, in memory bounded by N; not with dropout on: add --eval). Default: '
+      'tiles only for images that need more than --max_memory.')
+  flags.DEFINE_string(
+      'max_memory', None, "Memory budget for translating a batch, e.g. '2G' or '512M' (K, M, G, T: "
+      'powers of 1024); larger images are translated in tiles. Default: 90% of the free '
+      'accelerator memory, on CPU 80% of the available host memory.')
   flags.mark_flags_as_required(['input', 'output'])
 
 

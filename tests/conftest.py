@@ -81,9 +81,10 @@ def train_batch_uint8(dataset, step: int, batch_size: int) -> dict:
 
 
 def load_npz_state_dict(path) -> dict[str, np.ndarray]:
-  """The `model.*` entries of a reference .npz file, keys verbatim (no pickles allowed)."""
+  """The state_dict entries (`model.*`, or `net.*` for the pixel discriminator) of a reference
+  .npz file, keys verbatim (no pickles allowed)."""
   with np.load(path, allow_pickle=False) as data:
-    return {key: data[key] for key in data.files if key.startswith('model.')}
+    return {key: data[key] for key in data.files if key.startswith(('model.', 'net.'))}
 
 
 def updated(config, **fields):

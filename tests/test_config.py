@@ -88,9 +88,11 @@ def test_offline_configs_are_valid(name):
 @pytest.mark.parametrize(
     'field, value, message',
     [
-        ('model.generator', 'unet_256', 'model.generator'),
+        ('model.generator', 'unet_100', 'model.generator'),
+        ('model.generator', 'unet_16', 'model.generator'),
         ('model.generator', 'resnet_0blocks', 'model.generator'),
-        ('model.discriminator', 'pixel', 'model.discriminator'),
+        ('model.generator', 'unet_512', 'data.crop_size'),  # monet crops 256 px.
+        ('model.discriminator', 'pixels', 'model.discriminator'),
         ('model.norm', 'layer', 'model.norm'),
         ('model.init_type', 'uniform', 'model.init_type'),
         ('model.channels_A', 4, 'model.channels_A'),
@@ -144,12 +146,27 @@ def test_crop_too_small_for_discriminator():
     config_lib.validate(config)
   config.model.discriminator, config.model.n_layers_D = 'n_layers', 2
   config_lib.validate(config)
+  config.data.crop_size = 4
+  config.model.discriminator = 'pixel'  # A score per pixel: any crop.
+  config_lib.validate(config)
+
+
+def test_unet_generators_validate_with_fitting_crops():
+  config = load('monet')
+  for name in ('unet_256', 'unet_128', 'unet_32'):  # Crops of 256 px are multiples of each.
+    config.model.generator = name
+    config_lib.validate(config)
+  config.data.preprocess = 'scale_width'  # Images of any size: no U-Net fits all.
+  config.pool_size = 0
+  with pytest.raises(ValueError, match=r'config\.data\.preprocess.*unet_32.*multiples of 32'):
+    config_lib.validate(config)
 
 
 def test_discriminator_output_size_matches_the_spec():
   assert config_lib.discriminator_output_size(256, 3) == 30
   assert config_lib.discriminator_output_size(128, 3) == 14
   assert config_lib.discriminator_output_size(64, 3) == 6
+  assert config_lib.discriminator_output_size(64, 0) == 64  # The pixel discriminator.
 
 
 def test_override_typo_fails_with_the_field_name(tmp_path):

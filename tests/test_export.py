@@ -125,13 +125,20 @@ def test_fixed_input_shape(generator, batches, tmp_path):
     export.input_dims((1, 4, 16), min_side=8)
 
 
-def test_onnx_batch_norm_uses_batch_statistics(tmp_path):
+def test_batch_norm_artifacts_translate_each_image_as_alone(tmp_path):
+  """As the official test.py (batch size 1, train-mode batch norm): each image of a batch gets
+  the output the network gives it alone."""
   module = models.ResnetGenerator(output_nc=1, ngf=4, num_blocks=1, norm='batch', fast_convs=False)
   params = random_params(module, (1, 16, 16, 2), seed=2)
   x = np.random.default_rng(1).uniform(-1, 1, (3, 20, 16, 2)).astype(np.float32)
-  run = export.load_artifact(export.write(module, params, 'onnx', tmp_path / 'b.onnx'))
-  expected = jax.jit(module.apply)({'params': params}, x)
-  np.testing.assert_allclose(run(x), expected, atol=FLOAT32_TOLERANCE)
+  alone = np.concatenate([jax.jit(module.apply)({'params': params}, x[i:i + 1]) for i in range(3)])
+  for fmt in ('onnx', 'stablehlo'):
+    path = export.write(module,
+                        params,
+                        fmt,
+                        tmp_path / f'b{export.SUFFIXES[fmt]}',
+                        platforms=('cpu',))
+    np.testing.assert_allclose(export.load_artifact(path)(x), alone, atol=FLOAT32_TOLERANCE)
 
 
 # TFLite conversion imports TensorFlow, which other tests check stays out of the test process
@@ -139,26 +146,36 @@ def test_onnx_batch_norm_uses_batch_statistics(tmp_path):
 _CONVERT_TFLITE = """
 import pickle, sys
 from cyclegan_jax import export, models
-fields, params, variants = pickle.loads(open(sys.argv[1], 'rb').read())
-module = models.ResnetGenerator(**fields)
-for path, quantize, input_shape in variants:
-  export.write(module, params, 'tflite', path, quantize=quantize, input_shape=input_shape)
+for kind, fields, params, variants in pickle.loads(open(sys.argv[1], 'rb').read()):
+  module = getattr(models, kind)(**fields)
+  for path, quantize, input_shape in variants:
+    export.write(module, params, 'tflite', path, quantize=quantize, input_shape=input_shape)
 """
 
 
 @pytest.fixture(scope='module')
-def tflite_models(generator, tmp_path_factory):
+def unet():
+  """A small U-Net (5 levels, batch norm, as pix2pix's) with random weights, plain convs."""
+  module = models.UnetGenerator(output_nc=3, ngf=4, num_downs=5, norm='batch', fast_convs=False)
+  return module, random_params(module, (1, 32, 32, 3), seed=5)
+
+
+@pytest.fixture(scope='module')
+def tflite_models(generator, unet, tmp_path_factory):
   """One conversion per variant (each takes seconds): name -> path."""
-  module, params = generator
   folder = tmp_path_factory.mktemp('tflite')
   variants = {quantize: (quantize, None) for quantize in export.QUANTIZE}
   variants['fixed'] = ('none', SHAPES[0][:3])
   paths = {name: folder / f'g_{name}.tflite' for name in variants}
-  fields = {field: getattr(module, field) for field in ('output_nc', 'ngf', 'num_blocks', 'norm')}
+  paths['unet'] = folder / 'unet.tflite'
+  jobs = []
+  for (module, params), named in ((generator, variants), (unet, {'unet': ('none', None)})):
+    fields = {field: getattr(module, field) for field in ('output_nc', 'ngf', 'norm', 'fast_convs')}
+    fields.update({f: getattr(module, f) for f in ('num_blocks', 'num_downs') if hasattr(module, f)})
+    jobs.append((type(module).__name__, fields, jax.tree.map(np.asarray, params),
+                 [(str(paths[name]), *variant) for name, variant in named.items()]))
   job = folder / 'job.pkl'
-  job.write_bytes(
-      pickle.dumps((fields, jax.tree.map(np.asarray, params),
-                    [(str(paths[name]), *variant) for name, variant in variants.items()])))
+  job.write_bytes(pickle.dumps(jobs))
   result = subprocess.run([sys.executable, '-c', _CONVERT_TFLITE, str(job)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -279,3 +296,26 @@ def test_a_new_architecture_exports_from_its_layout_alone(tmp_path):
     np.testing.assert_allclose(export.load_artifact(path)(x), expected, atol=FLOAT32_TOLERANCE)
     described = json.loads(export.sidecar_path(path).read_text())
     assert described['generator']['architecture'] == 'toy' and described['min_height_width'] == 4
+
+
+def test_unet_exports_match_jax(unet, tflite_models, tmp_path):
+  """A U-Net (skip concatenations, 4x4 transposed convs, batch norm) in every format: the same
+  function as the JAX generator, any batch and size from its minimum (32) on."""
+  module, params = unet
+  generator = inference.Generator(module, params, 3, 3, 'a random unet_32')
+  rng = np.random.default_rng(6)
+  pairs = []
+  for shape in ((2, 32, 32, 3), (1, 45, 37, 3)):
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    pairs.append((x, inference.translate_any_size(generator, x)))
+  for fmt in ('onnx', 'stablehlo'):
+    path = export.export(generator,
+                         fmt,
+                         tmp_path / f'unet{export.SUFFIXES[fmt]}',
+                         platforms=('cpu',))
+    assert max_and_mean_error(export.load_artifact(path), pairs)[0] < FLOAT32_TOLERANCE, fmt
+    described = json.loads(export.sidecar_path(path).read_text())
+    assert described['generator']['architecture'] == 'unet_32'
+    assert described['min_height_width'] == 32
+  assert max_and_mean_error(export.load_artifact(tflite_models['unet']),
+                            pairs)[0] < FLOAT32_TOLERANCE

@@ -25,10 +25,24 @@ PARITY_STEMS = (
     'G_resnet_9blocks_ngf8_64_randbias',
     'G_resnet_6blocks_ngf8_32_randbias',
     'G_resnet_6blocks_ngf8_batchnorm_b2_randbias',
+    'G_unet_128_ngf8_128_randbias',
+    'G_unet_256_ngf8_256_randbias',
+    'G_unet_256_ngf8_batchnorm_b2_randbias',
     'D_basic_ndf8_64_randbias',
     'D_n_layers5_ndf8_128_randbias',
     'D_basic_cond6_ndf8_batchnorm_64_randbias',
+    'D_pixel_ndf8_32_randbias',
 )
+# The counts the official networks report for the files of issue 16 (their meta_json has them too).
+OFFICIAL_PARAM_COUNTS = {
+    'G_unet_128_ngf8_128_randbias': 655_027,
+    'G_unet_256_ngf8_256_randbias': 851_763,
+    'G_unet_256_ngf8_batchnorm_b2_randbias': 852_307,
+    'G_resnet_6blocks_ngf8_batchnorm_b2_randbias': 125_395,
+    'D_pixel_ndf8_32_randbias': 193,
+    'D_n_layers5_ndf8_128_randbias': 175_737,
+    'D_basic_cond6_ndf8_batchnorm_64_randbias': 45_033,
+}
 PARITY_FILES = [PARITY_DIR / f'{stem}.npz' for stem in PARITY_STEMS] if PARITY_DIR.is_dir() else []
 PARITY_TOL = 1e-4
 needs_parity_files = pytest.mark.skipif(
@@ -90,6 +104,8 @@ def generator_activation_names(num_blocks):
 
 
 def discriminator_activation_names(n_layers):
+  if n_layers == 0:  # The pixel discriminator: net.0 conv, LeakyReLU, conv, norm, LeakyReLU, conv.
+    return {0: 'layer_0/conv', 1: 'layer_0', 2: 'layer_1/conv', 4: 'layer_1', 5: 'head'}
   names = {0: 'layer_0/conv', 1: 'layer_0', 3 * n_layers + 2: 'head'}
   for n in range(1, n_layers + 1):
     conv = 2 + 3 * (n - 1)
@@ -97,15 +113,22 @@ def discriminator_activation_names(n_layers):
   return names
 
 
+def activation_names(arch):
+  """Official top-level module index -> our module path, where the official top module is a
+  flat Sequential (the U-Net's nests, so only its output is compared)."""
+  if 'discriminator' in arch:
+    return discriminator_activation_names(arch['n_layers_D'])
+  kind, number = config_lib.parse_generator(arch['generator'])
+  return generator_activation_names(number) if kind == 'resnet' else {}
+
+
 def network_from_state_dict(state_dict, is_generator, dtype=jnp.float32):
   if is_generator:
     params, arch = mapping.generator_params_from_state_dict(state_dict)
-    network = models.ResnetGenerator(output_nc=arch['output_nc'], ngf=arch['ngf'],
-                                     num_blocks=arch['num_blocks'], norm=arch['norm'], dtype=dtype)
+    network = models.build_generator(ml_collections.ConfigDict(arch), arch['output_nc'], dtype)
   else:
     params, arch = mapping.discriminator_params_from_state_dict(state_dict)
-    network = models.NLayerDiscriminator(ndf=arch['ndf'], n_layers=arch['n_layers'],
-                                         norm=arch['norm'], dtype=dtype)
+    network = models.build_discriminator(ml_collections.ConfigDict(arch), dtype)
   return network, params, arch
 
 
@@ -127,10 +150,11 @@ def test_parity_with_official_networks(npz_path):
   reference = np.load(npz_path, allow_pickle=False)
   is_generator = npz_path.name.startswith('G_')
   network, params, arch = network_from_state_dict(load_npz_state_dict(npz_path), is_generator)
-  assert models.count_params(params) == json.loads(str(reference['meta_json']))['num_params']
+  count = models.count_params(params)
+  assert count == json.loads(str(reference['meta_json']))['num_params']
+  assert count == OFFICIAL_PARAM_COUNTS.get(npz_path.stem, count)
   y, activations = run_with_activations(network, params, reference['input'].transpose(0, 2, 3, 1))
-  names = (generator_activation_names(arch['num_blocks']) if is_generator
-           else discriminator_activation_names(arch['n_layers']))
+  names = activation_names(arch)
   errors = {'output': np.abs(nchw(y) - reference['output']).max()}
   for index, name in names.items():
     error = np.abs(nchw(activations[name]) - reference[f'act.{index}']).max()
@@ -197,7 +221,12 @@ def tree_shapes(tree):
 def test_generator_converter_infers_architecture(ngf, num_blocks, norm):
   state_dict = random_state_dict(official_generator_shapes(ngf, num_blocks, norm, output_nc=1))
   params, arch = mapping.generator_params_from_state_dict(state_dict)
-  assert arch == dict(ngf=ngf, num_blocks=num_blocks, input_nc=3, output_nc=1, norm=norm)
+  assert arch == dict(generator=f'resnet_{num_blocks}blocks',
+                      ngf=ngf,
+                      input_nc=3,
+                      output_nc=1,
+                      norm=norm,
+                      use_dropout=False)
   generator = models.ResnetGenerator(output_nc=1, ngf=ngf, num_blocks=num_blocks, norm=norm)
   assert tree_shapes(params) == tree_shapes(param_shapes(generator, 16))
   assert models.count_params(params) == sum(np.prod(s) for s in map(np.shape, state_dict.values()))
@@ -212,7 +241,11 @@ def test_generator_converter_infers_architecture(ngf, num_blocks, norm):
 def test_discriminator_converter_infers_architecture(ndf, n_layers, norm):
   state_dict = random_state_dict(official_discriminator_shapes(ndf, n_layers, norm))
   params, arch = mapping.discriminator_params_from_state_dict(state_dict)
-  assert arch == dict(ndf=ndf, n_layers=n_layers, input_nc=3, norm=norm)
+  assert arch == dict(discriminator='basic' if n_layers == 3 else 'n_layers',
+                      ndf=ndf,
+                      n_layers_D=n_layers,
+                      input_nc=3,
+                      norm=norm)
   discriminator = models.NLayerDiscriminator(ndf=ndf, n_layers=n_layers, norm=norm)
   assert tree_shapes(params) == tree_shapes(param_shapes(discriminator, 64))
 
@@ -450,8 +483,12 @@ def test_factories_and_presets():
   assert models.build_discriminator(model_config()).n_layers == 3
   discriminator = models.build_discriminator(model_config(discriminator='n_layers', n_layers_D=5))
   assert (discriminator.n_layers, discriminator.ndf) == (5, 8)
-  with pytest.raises(ValueError, match="'pixel'"):
-    models.build_discriminator(model_config(discriminator='pixel'))
+  assert isinstance(models.build_discriminator(model_config(discriminator='pixel')),
+                    models.PixelDiscriminator)
+  with pytest.raises(ValueError, match="'pixels'"):
+    models.build_discriminator(model_config(discriminator='pixels'))
+  unet = models.build_generator(model_config(generator='unet_128', use_dropout=True), 3)
+  assert (unet.num_downs, unet.use_dropout, unet.architecture) == (7, True, 'unet_128')
   assert models.ResnetGenerator9().num_blocks == 9
   assert models.ResnetGenerator6().num_blocks == 6
   assert models.PatchGANDiscriminator().n_layers == 3

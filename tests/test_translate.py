@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import assert_one_line_user_error
 from conftest import load_npz_state_dict
 from cyclegan_jax import inference
 from cyclegan_jax.inference import files
@@ -65,11 +66,12 @@ def test_official_checkpoint_reproduces_the_official_network(file_format):
 
 
 @needs_parity_files
-@pytest.mark.parametrize('file_format', OFFICIAL_CASES)
-def test_translate_cli_matches_official_test_py_output(tmp_path, file_format):
+@pytest.mark.parametrize('file_format, flags', [('zip', []), ('legacy', []),
+                                                ('legacy', ['--tile=16'])])
+def test_translate_cli_matches_official_test_py_output(tmp_path, file_format, flags):
   path, _, name = OFFICIAL_CASES[file_format]
   result = run('translate', f'--torch_checkpoint={path}',
-               f'--input={OFFICIAL_OUTPUTS / f"{name}.png"}', f'--output={tmp_path}')
+               f'--input={OFFICIAL_OUTPUTS / f"{name}.png"}', f'--output={tmp_path}', *flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'translate: written=1 skipped=0' in result.stdout
   ours = np.asarray(Image.open(tmp_path / f'{name}.png'), dtype=int)
@@ -92,6 +94,63 @@ def test_a_discriminator_checkpoint_is_not_a_generator(tmp_path):
                    .read_bytes())
   with pytest.raises(ValueError, match='not an official ResnetGenerator'):
     inference.load_generator(torch_checkpoint=path)
+
+
+# --- a U-Net with batch norm (pix2pix's generator) --------------------------------------------
+
+UNET_PTH = OFFICIAL_OUTPUTS / 'unet_128_ngf8_batchnorm.pth'
+UNET_IMAGES = ('photo128a', 'photo128b')
+
+
+def unet_inputs_and_official_outputs():
+  """The two test images as one NHWC batch in [-1, 1], and the official network's outputs."""
+  images = np.stack(
+      [np.asarray(Image.open(OFFICIAL_OUTPUTS / f'{name}.png')) for name in UNET_IMAGES])
+  with np.load(OFFICIAL_OUTPUTS / 'unet_128_ngf8_batchnorm_outputs.npz') as official:
+    outputs = np.stack([official[name].transpose(1, 2, 0) for name in UNET_IMAGES])
+  return image_io.from_uint8(images), outputs
+
+
+def test_translate_cli_matches_official_test_py_output_of_a_unet(tmp_path):
+  """Both images go through translate in one batch; test.py translated them one at a time, each
+  normalised by its own statistics, and so does translate."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for name in UNET_IMAGES:
+    (inputs / f'{name}.png').write_bytes((OFFICIAL_OUTPUTS / f'{name}.png').read_bytes())
+  result = run('translate', f'--torch_checkpoint={UNET_PTH}', f'--input={inputs}',
+               f'--output={tmp_path / "out"}', '--batch_size=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'translate: written=2 skipped=0' in result.stdout
+  for name in UNET_IMAGES:
+    ours = np.asarray(Image.open(tmp_path / 'out' / f'{name}.png'), dtype=int)
+    official = np.asarray(Image.open(OFFICIAL_OUTPUTS / f'{name}_fake_unet.png'), dtype=int)
+    assert ours.shape == official.shape == (128, 128, 3)
+    assert np.abs(ours - official).max() <= 1, name
+
+
+def test_unet_checkpoint_converted_and_exported_equals_the_official_network(tmp_path):
+  """.pth -> convert -> export (ONNX, StableHLO): the official network's outputs within 1e-4."""
+  generator = inference.load_generator(torch_checkpoint=UNET_PTH)
+  assert generator.module.architecture == 'unet_128' and generator.module.norm == 'batch'
+  assert 'unet_128, ngf 8, batch norm' in generator.description
+  x, official = unet_inputs_and_official_outputs()
+  with jax.default_matmul_precision('highest'):
+    direct = inference.translate_any_size(generator, x)
+  assert np.abs(direct - official).max() < 1e-4
+  workdir = tmp_path / 'converted'
+  result = run('convert', f'--torch_checkpoint={UNET_PTH}', '--crop_size=128',
+               f'--output={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((workdir / 'config.json').read_text())['model']
+  assert (saved['generator'], saved['ngf'], saved['norm']) == ('unet_128', 8, 'batch')
+  for fmt in ('onnx', 'stablehlo'):
+    path = tmp_path / f'unet.{fmt}'
+    result = run('export', f'--workdir={workdir}', f'--format={fmt}', f'--output={path}',
+                 '--platforms=cpu')
+    assert result.returncode == 0, result.stderr[-3000:]
+    from cyclegan_jax import export  # pylint: disable=g-import-not-at-top  # Its packages.
+    assert np.abs(export.load_artifact(path)(x) - official).max() < 1e-4, fmt
 
 
 # --- any size, any file -----------------------------------------------------------------------
@@ -193,6 +252,17 @@ def test_cli_errors_are_one_clear_line(tmp_path):
                f'--output={tmp_path / "out"}')
   assert result.returncode == 2 and 'Error:' in result.stderr
   assert 'Workdir not found' in result.stderr or 'No images' in result.stderr
+
+
+@needs_parity_files
+@pytest.mark.parametrize('flag, message', [('--tile=6', 'tile 6 does not suit this generator'),
+                                           ('--max_memory=lots', "'lots' is not a memory size")])
+def test_bad_tile_and_memory_flags_are_one_line_errors(tmp_path, flag, message):
+  Image.new('RGB', (20, 20)).save(tmp_path / 'x.png')
+  result = run('translate', f'--torch_checkpoint={LEGACY_PTH}', f'--input={tmp_path / "x.png"}',
+               f'--output={tmp_path / "out"}', flag)
+  assert_one_line_user_error(result, message)
+  assert not (tmp_path / 'out').exists()
 
 
 # --- convert ----------------------------------------------------------------------------------

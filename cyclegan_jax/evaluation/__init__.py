@@ -11,7 +11,6 @@ and BtoA is F):
 """
 
 import collections
-import functools
 from pathlib import Path
 import re
 from typing import Callable, Iterable, Sequence
@@ -25,6 +24,7 @@ from cyclegan_jax import errors
 from cyclegan_jax import data
 from cyclegan_jax.data import image_io
 from cyclegan_jax import checkpointing
+from cyclegan_jax import models
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import workdir as workdir_lib
@@ -203,8 +203,15 @@ def evaluate_workdir(workdir: str,
         '%s holds only %s converted weights; the other generator is untrained, so '
         'its metrics (and the cycle errors) mean nothing.', workdir, sorted(imported))
   networks = state_lib.build_networks(config)
-  translate_AtoB = jax.jit(functools.partial(networks.G.apply, {'params': state.params['G']}))
-  translate_BtoA = jax.jit(functools.partial(networks.F.apply, {'params': state.params['F']}))
+  # As the official test.py: each image normalised by its own statistics; dropout (if any) on
+  # unless config.model.eval_mode, with masks from the seed.
+  dropout_key = jax.random.PRNGKey(config.seed)
+
+  def translate(name):
+    network = models.for_test(getattr(networks, name), config.model.eval_mode)
+    return jax.jit(models.network_fn(network, state.params[name], dropout_key))
+
+  translate_AtoB, translate_BtoA = translate('G'), translate('F')
   results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)
   if jax.process_index() == 0:
     writer = summaries.SummaryWriter(workdir)

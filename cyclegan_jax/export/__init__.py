@@ -11,7 +11,7 @@ Formats (`--format`, and for tflite `--quantize`):
   stablehlo  `jax.export` serialization: reload with `jax.export.deserialize(data).call(x)`, in any
              JAX process, without the model code. Lowered for --platforms (default cpu,cuda,tpu).
   onnx       opset 17 graph of standard ops (Conv, ConvTranspose, InstanceNormalization, reflect
-             Pad, ...), written with the `onnx` package and checked with ONNX Runtime.
+             Pad, Concat, ...), written with the `onnx` package and checked with ONNX Runtime.
   tflite     jax2tf + TensorFlow's TFLite converter, builtin ops only (no Flex), run with the
              LiteRT interpreter. --quantize=none: float32; float16: float16 weights (half the
              size, computed in float32 on CPU); int8: dynamic-range quantization (int8 weights,
@@ -23,11 +23,13 @@ width with the generator's output channels. Batch, height and width are all dyna
 format (for TFLite, resize the interpreter's input before allocating tensors), unless
 `--input_shape=BATCH,HEIGHT,WIDTH` fixes them (-1 keeps one dynamic): a fixed-size TFLite model
 ran 1.5x (float32) to 3.5x (int8) faster with LiteRT on CPU. Height and width must be at least
-8 and need not be multiples of 4: like `inference.translate_any_size`, sides are
-reflection-padded at the bottom and right to multiples of 4 inside the artifact and cropped back.
-Batch norm (norm='batch') normalizes with the statistics of the batch given, as the training
-network does. Beside the artifact, `<output>.json` describes the contract, the source and the
-tool versions. The exporters need `pip install -r requirements-export.txt`.
+the generator's minimum (8 for the ResNets, n for unet_<n>) and need not be multiples of what it
+needs (4, n): like `inference.translate_any_size`, sides are reflection-padded at the bottom and
+right inside the artifact and cropped back. As the official test.py, batch norm (norm='batch')
+normalizes each image by its own statistics, so an image gets the output it gets alone whatever
+batch it comes in; dropout layers are off (test.py --eval), so the artifact is a function of its
+input. Beside the artifact, `<output>.json` describes the contract, the source and the tool
+versions. The exporters need `pip install -r requirements-export.txt`.
 """
 
 import datetime
@@ -130,7 +132,8 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
           'architecture': getattr(module, 'architecture',
                                   type(module).__name__),
           **{
-              field: getattr(module, field) for field in ('ngf', 'norm') if hasattr(module, field)
+              field: getattr(module, field) for field in ('ngf', 'norm', 'use_dropout') if hasattr(
+                  module, field)
           },
           'params': models.count_params(generator.params),
       },

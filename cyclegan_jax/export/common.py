@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax.models import fast_convs
-from cyclegan_jax.models import layers
 from cyclegan_jax.models import layout as layout_lib
 
 FORMATS = ('stablehlo', 'onnx', 'tflite')
@@ -83,10 +82,11 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def _export_module(module: nn.Module) -> nn.Module:
-  """The same generator with plain lax convolutions, computed in float32."""
+  """The same generator with plain lax convolutions, computed in float32, deterministic (dropout
+  off, as test.py --eval: an artifact is a function of its input alone)."""
   if not callable(getattr(module, 'layout', None)):
     raise TypeError(f'{type(module).__name__} has no layout(in_channels): it cannot be exported')
-  return module.clone(fast_convs=False, dtype=jnp.float32)
+  return module.clone(fast_convs=False, dtype=jnp.float32, deterministic=True)
 
 
 def input_channels(module: nn.Module, params: dict[str, Any]) -> int:
@@ -111,15 +111,17 @@ def _subpixel_transposed_convs(next_fun, args, kwargs, context):
   wrong results (max error ~1 on a random layer), and fails at run time with dynamic sizes.
   """
   module = context.module
-  if (context.method_name == '__call__' and isinstance(module, nn.ConvTranspose) and
-      module.transpose_kernel and tuple(module.kernel_size) == (3, 3) and
-      tuple(module.strides) == (2, 2) and
-      tuple(map(tuple, module.padding)) == layers.TRANSPOSED_PAD):
-    (x,) = args
-    y = fast_convs.subpixel_conv_transpose(x, module.get_variable('params', 'kernel'))
-    if module.use_bias:
-      y = y + module.get_variable('params', 'bias')
-    return y
+  if context.method_name == '__call__' and isinstance(module, nn.ConvTranspose) and \
+      module.transpose_kernel and len(set(module.kernel_size)) == 1 and \
+      len(set(module.strides)) == 1:
+    padding = fast_convs.subpixel_padding(module.kernel_size[0], module.strides[0],
+                                          tuple(map(tuple, module.padding)))
+    if padding is not None:
+      (x,) = args
+      y = fast_convs.subpixel_conv_transpose(x, module.get_variable('params', 'kernel'), padding)
+      if module.use_bias:
+        y = y + module.get_variable('params', 'bias')
+      return y
   return next_fun(*args, **kwargs)
 
 

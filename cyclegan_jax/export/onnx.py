@@ -48,23 +48,29 @@ class _OnnxGraph:
 
 def _onnx_norm(graph: _OnnxGraph, x: str, norm: str, params: dict[str, Any], channels: int,
                name: str) -> str:
-  if norm == 'instance':  # Biased variance, eps 1e-5, no affine: layers.instance_norm.
-    return graph.op('InstanceNormalization',
-                    x,
-                    graph.const(np.ones(channels)),
-                    graph.const(np.zeros(channels)),
-                    epsilon=layers.NORM_EPS,
-                    name=name)
-  if norm == 'batch':  # The current batch's statistics, as layers.BatchStatsNorm.
-    mean = graph.op('ReduceMean', x, axes=[0, 2, 3], keepdims=1)
-    centered = graph.op('Sub', x, mean)
-    var = graph.op('ReduceMean', graph.op('Mul', centered, centered), axes=[0, 2, 3], keepdims=1)
-    inv_std = graph.op('Reciprocal',
-                       graph.op('Sqrt', graph.op('Add', var, graph.const(layers.NORM_EPS))))
-    scale = np.asarray(params['norm']['scale'], np.float32).reshape(1, -1, 1, 1)
-    bias = np.asarray(params['norm']['bias'], np.float32).reshape(1, -1, 1, 1)
-    scaled = graph.op('Mul', centered, graph.op('Mul', inv_std, graph.const(scale)))
-    return graph.op('Add', scaled, graph.const(bias), name=name)
+  """Instance norm (biased variance, eps 1e-5, no affine: layers.instance_norm), or batch norm
+  with each image's own statistics, as the official test.py at batch size 1 (the generator in
+  test mode, `models.for_test`): instance normalisation with batch norm's scale and bias."""
+  if norm == 'none':
+    return x
+  scale, bias = np.ones(channels), np.zeros(channels)
+  if norm == 'batch':
+    scale, bias = params['norm']['scale'], params['norm']['bias']
+  return graph.op('InstanceNormalization',
+                  x,
+                  graph.const(scale),
+                  graph.const(bias),
+                  epsilon=layers.NORM_EPS,
+                  name=name)
+
+
+def _onnx_activation(graph: _OnnxGraph, x: str, activation: str | None, name: str) -> str:
+  if activation == 'relu':
+    return graph.op('Relu', x, name=f'{name}/relu')
+  if activation == 'leaky_relu':
+    return graph.op('LeakyRelu', x, alpha=0.2, name=f'{name}/leaky_relu')
+  if activation == 'tanh':
+    return graph.op('Tanh', x, name=f'{name}/tanh')
   return x
 
 
@@ -77,6 +83,7 @@ def _onnx_conv(graph: _OnnxGraph, x: str, conv: layout_lib.Conv, params: dict[st
                name: str) -> str:
   """One layout `Conv` in NCHW: the flax kernel (HWIO, or (kH, kW, out, in) for transposed convs,
   as PyTorch's ConvTranspose2d weight) becomes ONNX's OIHW (or IOHW for ConvTranspose)."""
+  x = _onnx_activation(graph, x, conv.pre_activation, f'{name}/pre')
   if conv.reflect:
     x = _onnx_reflect_pad(graph, x, conv.reflect)
   kernel = np.asarray(params['conv']['kernel'], np.float32)
@@ -95,13 +102,7 @@ def _onnx_conv(graph: _OnnxGraph, x: str, conv: layout_lib.Conv, params: dict[st
   else:
     y = graph.op('Conv', *inputs, name=f'{name}/conv', **attributes)
   y = _onnx_norm(graph, y, conv.norm, params, conv.features, f'{name}/norm')
-  if conv.activation == 'relu':
-    return graph.op('Relu', y, name=f'{name}/relu')
-  if conv.activation == 'leaky_relu':
-    return graph.op('LeakyRelu', y, alpha=0.2, name=f'{name}/leaky_relu')
-  if conv.activation == 'tanh':
-    return graph.op('Tanh', y, name=f'{name}/tanh')
-  return y
+  return _onnx_activation(graph, y, conv.activation, name)
 
 
 def _onnx_layers(graph: _OnnxGraph,
@@ -109,19 +110,23 @@ def _onnx_layers(graph: _OnnxGraph,
                  layers: layout_lib.Layout,
                  params: dict[str, Any],
                  prefix: str = '') -> str:
-  """The layout's layers, in order, on NCHW `x`."""
+  """The layout's layers, in order, on NCHW `x`. Dropout is the identity: artifacts are
+  deterministic, as test.py --eval."""
   for layer in layers:
     name = prefix + layer.name
     if isinstance(layer, layout_lib.Residual):
       y = _onnx_layers(graph, x, layer.body, params[layer.name], name + '/')
       x = graph.op('Add', x, y, name=f'{name}/add')
-    else:
+    elif isinstance(layer, layout_lib.Skip):
+      y = _onnx_layers(graph, x, layer.body, params[layer.name], name + '/')
+      x = graph.op('Concat', x, y, axis=1, name=f'{name}/concat')
+    elif isinstance(layer, layout_lib.Conv):
       x = _onnx_conv(graph, x, layer, params[layer.name], name)
   return x
 
 
 def _check_params(layers: layout_lib.Layout, params: dict[str, Any]) -> None:
-  expected = {layer.name for layer in layers}
+  expected = {layer.name for layer in layers if layout_lib.has_parameters(layer)}
   if set(params) != expected:
     raise errors.InvalidValueError(f'The parameters ({", ".join(sorted(params))}) do not match the '
                                    f'network\'s layers ({", ".join(sorted(expected))})')

@@ -2,9 +2,11 @@
 
 Each output is a PNG named after its input (`a/b.jpg` -> `OUTPUT/a/b.png`, the folder structure
 kept); `grid` also writes input | output pairs to `OUTPUT/grid/`. Images keep their size: sides
-that are not multiples of 4 are reflection-padded for the network and cropped back. Greyscale,
-palette, RGBA and 16-bit inputs are converted by the data pipeline's channel policy (README,
-"Data"). An unreadable file is reported and skipped; files that are not images are listed.
+that are not multiples of 4 are reflection-padded for the network and cropped back. Images too
+large for the memory budget are translated in tiles with the same result (`inference.translate`;
+a progress bar per image). Greyscale, palette, RGBA and 16-bit inputs are converted by the data
+pipeline's channel policy (README, "Data"). An unreadable file is reported and skipped; files
+that are not images are listed.
 """
 
 import collections
@@ -104,8 +106,9 @@ def batches_by_size(items, batch_size: int):
 class ProgressLine:
   """One updating stderr line on a terminal; a log line every 10% otherwise."""
 
-  def __init__(self, total: int):
+  def __init__(self, total: int, unit: str = 'images'):
     self.total, self.done, self.start = total, 0, time.perf_counter()
+    self.unit = unit
     self._tty = sys.stderr.isatty()
     self._next_log = 0.1
 
@@ -113,7 +116,7 @@ class ProgressLine:
     self.done += count
     fraction = self.done / max(self.total, 1)
     rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-    text = f'{self.done}/{self.total} images ({rate:.1f}/s)'
+    text = f'{self.done}/{self.total} {self.unit} ({rate:.1f}/s)'
     if self._tty:
       bar = '#' * int(30 * fraction)
       sys.stderr.write(f'\r[{bar:<30}] {text}')
@@ -139,9 +142,16 @@ def translate_files(generator: inference.Generator,
                     jobs: list[Job],
                     output: Path,
                     batch_size: int = 8,
-                    grid: bool = False) -> tuple[int, list[str]]:
-  """Translates every readable input; returns (images written, error per skipped file)."""
+                    grid: bool = False,
+                    seed: int = 0,
+                    tile: int | None = None,
+                    max_memory: int | str | None = None) -> tuple[int, list[str]]:
+  """Translates every readable input, each as it is translated alone, whole or in tiles
+  (`inference.plan_translation`: `tile` forces tiles; batched by size only for speed); `seed`
+  draws the masks of dropout that stays on. Returns (images written, error per skipped file)."""
   errors: list[str] = []
+  if tile is None and max_memory is None:
+    max_memory = inference.default_memory_budget()  # Once: the same choice for every batch.
 
   def readable():
     for job, image, error in read_images(jobs, generator.in_channels, generator.min_side):
@@ -159,7 +169,18 @@ def translate_files(generator: inference.Generator,
     count = len(batch)
     if count < batch_size and len(jobs) > batch_size:  # Pad to reuse the compiled batch shape.
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
-    outputs = inference.translate_any_size(generator, image_io.from_uint8(images))[:count]
+    translation = inference.plan_translation(generator, images.shape, tile, max_memory)
+    if translation.per_call == 1:  # One image at a time: no need to translate the padding.
+      images = images[:count]
+
+    def tile_progress(first, tiles, batch=batch):
+      return ProgressLine(tiles, f'tiles of {batch[first][0].source.name}').advance
+
+    outputs = inference.translate(generator,
+                                  image_io.from_uint8(images),
+                                  seed=seed,
+                                  translation=translation,
+                                  tile_progress=tile_progress)[:count]
     write_outputs(batch, outputs, output, grid)
     written += count
     progress.advance(count)
@@ -175,17 +196,35 @@ def translate_path(pattern: str,
                    step: int | None = None,
                    batch_size: int = 8,
                    grid: bool = False,
-                   overwrite: bool = False) -> tuple[int, list[str]]:
+                   overwrite: bool = False,
+                   eval_mode: bool | None = None,
+                   seed: int = 0,
+                   tile: int | None = None,
+                   max_memory: int | str | None = None) -> tuple[int, list[str]]:
   """Translates the images `pattern` names (`find_inputs`) into `output` with the generator of a
-  workdir or an official `.pth` (`inference.load_generator`); (images written, unreadable ones).
+  workdir or an official `.pth` (`inference.load_generator`, which `eval_mode` goes to);
+  (images written, unreadable ones). `seed` draws the masks of dropout that stays on. `tile`
+  forces tiles of at most tile x tile pixels; otherwise images whose whole-image program needs
+  more than `max_memory` (bytes or e.g. '2G'; default `inference.default_memory_budget()`) are
+  tiled.
 
-  Nothing is written if an output exists (without `overwrite`) or two inputs collide.
+  Nothing is written if an output exists (without `overwrite`) or two inputs collide, or if
+  `tile` or `max_memory` is invalid.
   """
+  if max_memory is not None:
+    max_memory = inference.parse_memory(max_memory)
   jobs = find_inputs(pattern)
   check_outputs(jobs, output, grid, overwrite)
-  generator = inference.load_generator(workdir, torch_checkpoint, direction, step)
+  generator = inference.load_generator(workdir,
+                                       torch_checkpoint,
+                                       direction,
+                                       step,
+                                       eval_mode=eval_mode)
+  if tile is not None:
+    inference.check_tile(generator.module, generator.in_channels, tile)
   logging.info('Translating %d image(s) with %s into %s.', len(jobs), generator.description, output)
-  written, unreadable = translate_files(generator, jobs, output, batch_size, grid)
+  written, unreadable = translate_files(generator, jobs, output, batch_size, grid, seed, tile,
+                                        max_memory)
   if unreadable:
     logging.warning('%d unreadable file(s) skipped:\n  %s', len(unreadable),
                     '\n  '.join(unreadable))

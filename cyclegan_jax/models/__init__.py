@@ -1,52 +1,92 @@
-"""CycleGAN networks: the ResNet generator and the PatchGAN discriminator (Flax linen, NHWC).
+"""CycleGAN networks: ResNet and U-Net generators, PatchGAN discriminators (Flax linen, NHWC).
 
-Both match the official PyTorch networks layer for layer (`torch_io` imports their checkpoints).
-Modules: `layers` (conv-norm-activation blocks, norms, inits), `fast_convs` (exact faster CPU
-formulations of slow convolutions), `resnet` (the generator), `patchgan` (the discriminator).
+All match the official PyTorch networks layer for layer (`torch_io` imports their checkpoints).
+Modules: `layout` (the declarative description of a network's layers that the modules, the
+checkpoint importer and the ONNX exporter walk), `layers` (conv-norm-activation blocks, norms,
+inits, spectral norm), `fast_convs` (exact faster CPU formulations of slow convolutions), `resnet`
+and `unet` (the generators), `patchgan` (the n-layer and pixel discriminators).
 """
 
+import itertools
+from typing import Any, Callable
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cyclegan_jax import config_lib
 from cyclegan_jax.models.layers import Dtype
+from cyclegan_jax.models.layout import LayoutModule
 from cyclegan_jax.models.patchgan import NLayerDiscriminator
 from cyclegan_jax.models.patchgan import PatchGANDiscriminator
+from cyclegan_jax.models.patchgan import PixelDiscriminator
 from cyclegan_jax.models.resnet import generator_num_blocks
 from cyclegan_jax.models.resnet import ResnetGenerator
 from cyclegan_jax.models.resnet import ResnetGenerator6
 from cyclegan_jax.models.resnet import ResnetGenerator9
-
-def build_generator(model_config, out_channels: int, dtype: Dtype = jnp.float32) -> ResnetGenerator:
-  """Generator from the `model` config; input channels are taken from the input."""
-  return ResnetGenerator(
-      output_nc=out_channels,
-      ngf=model_config.ngf,
-      num_blocks=generator_num_blocks(model_config.generator),
-      norm=model_config.norm,
-      init_type=model_config.init_type,
-      init_gain=model_config.init_gain,
-      dtype=dtype,
-      fast_convs=model_config.get('fast_convs', True),
-  )
+from cyclegan_jax.models.unet import UnetGenerator
 
 
-def build_discriminator(model_config, dtype: Dtype = jnp.float32) -> NLayerDiscriminator:
-  """'basic' is the 70x70 PatchGAN (3 layers); 'n_layers' uses `n_layers_D`."""
-  if model_config.discriminator == 'basic':
-    n_layers = 3
-  elif model_config.discriminator == 'n_layers':
-    n_layers = model_config.n_layers_D
-  else:
-    raise ValueError(f"Unknown discriminator {model_config.discriminator!r}: expected 'basic' "
-                     "or 'n_layers'")
-  return NLayerDiscriminator(
-      ndf=model_config.ndf,
-      n_layers=n_layers,
-      norm=model_config.norm,
-      init_type=model_config.init_type,
-      init_gain=model_config.init_gain,
-      dtype=dtype,
-  )
+def build_generator(model_config, out_channels: int, dtype: Dtype = jnp.float32) -> LayoutModule:
+  """Generator from the `model` config ('resnet_<n>blocks' or 'unet_<n>'), or from a ConfigDict of
+  the `arch` of an imported state_dict (`torch_io.mapping`, the same field names); input channels
+  are taken from the input. Training settings: batch statistics over the batch, dropout on."""
+  kind, number = config_lib.parse_generator(model_config.generator)
+  shared = dict(output_nc=out_channels,
+                ngf=model_config.ngf,
+                norm=model_config.norm,
+                use_dropout=model_config.get('use_dropout', False),
+                init_type=model_config.get('init_type', 'normal'),
+                init_gain=model_config.get('init_gain', 0.02),
+                dtype=dtype,
+                fast_convs=model_config.get('fast_convs', True))
+  if kind == 'unet':
+    return UnetGenerator(num_downs=number, **shared)
+  return ResnetGenerator(num_blocks=number, **shared)
+
+
+def build_discriminator(model_config, dtype: Dtype = jnp.float32) -> LayoutModule:
+  """'basic' is the 70x70 PatchGAN (3 layers), 'n_layers' uses `n_layers_D`, 'pixel' is the 1x1
+  PatchGAN; any takes the channels it is given (6 for a conditional discriminator on
+  concat(A, B)). Also from a ConfigDict of the `arch` of an imported state_dict."""
+  kind = model_config.discriminator
+  shared = dict(ndf=model_config.ndf,
+                norm=model_config.norm,
+                init_type=model_config.get('init_type', 'normal'),
+                init_gain=model_config.get('init_gain', 0.02),
+                dtype=dtype,
+                spectral_norm=model_config.get('spectral_norm', False))
+  if kind == 'pixel':
+    return PixelDiscriminator(**shared)
+  if kind not in config_lib.DISCRIMINATOR_TYPES:
+    raise ValueError(f'Unknown discriminator {kind!r}: expected one of '
+                     f'{", ".join(config_lib.DISCRIMINATOR_TYPES)}')
+  return NLayerDiscriminator(n_layers=config_lib.discriminator_layers(model_config), **shared)
+
+
+def for_test(module: nn.Module, eval_mode: bool = False) -> nn.Module:
+  """The network as the official test.py runs it: batch norm normalises each image by its own
+  statistics (test.py translates one image at a time), so an image's output does not depend on
+  the batch it comes in; dropout stays on unless `eval_mode` (test.py --eval)."""
+  if not isinstance(module, LayoutModule):
+    return module
+  return module.clone(norm_per_image=True, deterministic=eval_mode or module.deterministic)
+
+
+def network_fn(module: nn.Module,
+               params: Any,
+               dropout_key: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
+  """x -> module(x) with `params`. Every call draws its own dropout masks from `dropout_key` (as
+  each forward pass of the official networks does); networks without active dropout ignore it."""
+  calls = itertools.count()
+
+  def apply(x: jax.Array) -> jax.Array:
+    if dropout_key is None:
+      return module.apply({'params': params}, x)
+    rngs = {'dropout': jax.random.fold_in(dropout_key, next(calls))}
+    return module.apply({'params': params}, x, rngs=rngs)
+
+  return apply
 
 
 def count_params(params) -> int:

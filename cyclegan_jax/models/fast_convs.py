@@ -2,8 +2,9 @@
 
 `fast_convs` (default True) computes two kinds of convolution by exact reformulations (the same
 parameters, the same sums in another order) that XLA's CPU backend runs much faster: the
-transposed convolutions in sub-pixel form (`subpixel_conv_transpose`; their gradients were ~10x
-slower as the dilated convolutions `nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
+stride-2 transposed convolutions (the ResNet's 3x3, the U-Net's 4x4) in sub-pixel form
+(`subpixel_conv_transpose`; their gradients were ~10x slower as the dilated convolutions
+`nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
 head and, on large feature maps, the residual blocks' 3x3 convs through `valid_conv` (on CPU a
 64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60). False keeps plain `nn.Conv`
 and `nn.ConvTranspose`.
@@ -17,26 +18,56 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-# ConvTranspose2d(k=3, s=2, p=1, output_padding=1), along one axis: output 2m = x[m] * w[1] and
-# output 2m + 1 = x[m] * w[2] + x[m + 1] * w[0]. [output phase, input tap m + tap] -> kernel
-# index, where index 3 is a zero tap.
-_SUBPIXEL_TAPS = np.array([[1, 3], [2, 0]])
 
 
-def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The official stride-2 3x3 transposed conv (padding 1, output padding 1), without bias.
+def subpixel_padding(kernel_size: int, stride: int, lax_padding) -> int | None:
+  """PyTorch's `padding` of a stride-2 transposed conv with this (lax, dilated-input) padding
+  whose output is exactly twice its input (k - 2 padding - 2 + output_padding = 0, e.g. the
+  ResNet's k=3, p=1, output_padding=1 and the U-Net's k=4, p=1), which `subpixel_conv_transpose`
+  computes; None for any other conv."""
+  if stride != 2 or len(set(lax_padding)) != 1:
+    return None
+  before, after = lax_padding[0]
+  padding, output_padding = kernel_size - 1 - before, after - before
+  if padding < 0 or output_padding < 0 or kernel_size - 2 * padding - 2 + output_padding != 0:
+    return None
+  return padding
 
-  `kernel` is (3, 3, out, in), as `nn.ConvTranspose(transpose_kernel=True)` holds it. The four
-  output phases (row and column parity) are one stride-1 2x2 convolution of the input, padded by
-  one zero row and column at the end, with 4 x out channels, interleaved by depth-to-space: the
+
+def _subpixel_taps(kernel_size: int, padding: int) -> tuple[np.ndarray, int]:
+  """[output phase, input tap] -> kernel index (kernel_size for a zero tap), and the first tap's
+  offset. Along one axis, output 2m + r of the transposed conv sums x[m + d] * w[r + p - 2d]."""
+  offsets = [
+      d for d in range(-kernel_size, kernel_size + 1)
+      if any(0 <= r + padding - 2 * d < kernel_size for r in (0, 1))
+  ]
+  taps = [[
+      r + padding - 2 * d if 0 <= r + padding - 2 * d < kernel_size else kernel_size
+      for d in offsets
+  ]
+          for r in (0, 1)]
+  return np.array(taps), offsets[0]
+
+
+def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array, padding: int = 1) -> jax.Array:
+  """The official stride-2 transposed conv (PyTorch `padding`, output twice the input: see
+  `subpixel_padding`), without bias.
+
+  `kernel` is (k, k, out, in), as `nn.ConvTranspose(transpose_kernel=True)` holds it. The four
+  output phases (row and column parity) are one stride-1 convolution of the zero-padded input
+  over the input taps that reach them, with 4 x out channels, interleaved by depth-to-space: the
   same products and sums as the transposed convolution, in another order.
   """
-  out_channels, in_channels = kernel.shape[2:]
+  kernel_size, out_channels, in_channels = kernel.shape[0], *kernel.shape[2:]
+  table, first = _subpixel_taps(kernel_size, padding)
+  num_taps = table.shape[1]
   taps = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
   # [phase_h, tap_h, phase_w, tap_w, out, in] -> (tap_h, tap_w, in, (phase_h, phase_w, out)).
-  sub_kernel = taps[_SUBPIXEL_TAPS[:, :, None, None], _SUBPIXEL_TAPS[None, None, :, :]]
-  sub_kernel = sub_kernel.transpose(1, 3, 5, 0, 2, 4).reshape(2, 2, in_channels, 4 * out_channels)
-  padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  sub_kernel = taps[table[:, :, None, None], table[None, None, :, :]]
+  sub_kernel = sub_kernel.transpose(1, 3, 5, 0, 2, 4).reshape(num_taps, num_taps, in_channels,
+                                                              4 * out_channels)
+  pad = (-first, num_taps - 1 + first)
+  padded = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
   phases = jax.lax.conv_general_dilated(padded, sub_kernel, (1, 1), 'VALID',
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   batch, height, width, _ = phases.shape
@@ -111,8 +142,9 @@ valid_conv.defvjp(_valid_conv_forward, _valid_conv_backward)
 
 class ReformulatedConv(nn.Module):
   """Drop-in for a VALID stride-1 `nn.Conv` (computed by `valid_conv`) or, with `transpose`, for
-  the official transposed conv (`nn.ConvTranspose` with kernel 3, stride 2, TRANSPOSED_PAD,
-  transpose_kernel=True; computed by `subpixel_conv_transpose`): the same parameters."""
+  an official stride-2 transposed conv whose output is twice its input (`nn.ConvTranspose` with
+  transpose_kernel=True; computed by `subpixel_conv_transpose` with PyTorch's `padding`): the same
+  parameters."""
   features: int
   kernel_size: int
   transpose: bool
@@ -120,14 +152,17 @@ class ReformulatedConv(nn.Module):
   dtype: Dtype
   kernel_init: Callable
   bias_init: Callable
+  padding: int = 1  # PyTorch's padding of the transposed conv.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = (self.features, x.shape[-1]) if self.transpose else (x.shape[-1], self.features)
     kernel = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, *channels),
                         jnp.float32)
-    conv = subpixel_conv_transpose if self.transpose else valid_conv
-    y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.transpose:
+      y = subpixel_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+    else:
+      y = valid_conv(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y

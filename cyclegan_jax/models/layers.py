@@ -2,9 +2,12 @@
 
 Each `ConvNormAct` holds a `conv` with `kernel` (HWIO; for transposed convs (kH, kW, out, in), as
 a PyTorch ConvTranspose2d weight transposed) and, where the official network has one, `bias`;
-with norm='batch' a sibling `norm` holds `scale` and `bias`.
+with norm='batch' a sibling `norm` holds `scale` and `bias`. With spectral norm the kernel is
+divided by its largest singular value where it is used (`spectral_norm`); the stored parameter is
+the unnormalised kernel, as PyTorch's `weight_orig`.
 """
 
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -13,6 +16,7 @@ import jax.numpy as jnp
 
 from cyclegan_jax import config_lib
 from cyclegan_jax.models.fast_convs import ReformulatedConv
+from cyclegan_jax.models.fast_convs import subpixel_padding
 
 NORM_EPS = 1e-5
 Dtype = Any
@@ -57,10 +61,12 @@ class BatchStatsNorm(nn.Module):
   """Batch norm that always normalises with the current batch's statistics.
 
   Like the official code's default test.py (never switched to eval mode), so there are no
-  running averages and no mutable collections. Scale ~ N(1, init_gain), bias 0, as the official
-  `init_weights` does for BatchNorm2d.
+  running averages and no mutable collections. `per_image`: each image by its own statistics,
+  which is what the official test.py computes, one image per batch. Scale ~ N(1, init_gain),
+  bias 0, as the official `init_weights` does for BatchNorm2d.
   """
   init_gain: float = 0.02
+  per_image: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,6 +75,8 @@ class BatchStatsNorm(nn.Module):
     scale = self.param('scale', lambda key, shape: 1.0 + gain * jax.random.normal(key, shape),
                        (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
+    if self.per_image:
+      return (instance_norm(x).astype(jnp.float32) * scale + bias).astype(x.dtype)
     x32 = x.astype(jnp.float32)
     mean = x32.mean(axis=(0, 1, 2))
     var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
@@ -76,8 +84,43 @@ class BatchStatsNorm(nn.Module):
     return y.astype(x.dtype)
 
 
+# Power iterations per use of a spectrally normalised kernel, each from the same fixed start.
+SPECTRAL_NORM_ITERATIONS = 30
+
+
+def spectral_norm(kernel: jax.Array,
+                  transpose: bool = False,
+                  iterations: int = SPECTRAL_NORM_ITERATIONS) -> jax.Array:
+  """`kernel` divided by its largest singular value sigma, estimated by power iteration on the
+  (out, in * kH * kW) matrix of the PyTorch weight, as torch.nn.utils.spectral_norm does: u and v
+  are constants for the gradient, sigma = u^T W v is differentiated through W.
+
+  Stateless: every use runs `iterations` steps from one fixed start vector, so the estimate is a
+  deterministic function of the kernel (nothing to keep in the train state). The estimate never
+  exceeds the largest singular value and converges to it (tests/test_models.py checks it against
+  an SVD).
+  """
+  out_axis = 2 if transpose else 3  # HWIO, or (kH, kW, out, in) for transposed convs.
+  matrix = jnp.moveaxis(kernel.astype(jnp.float32), out_axis, 0).reshape(kernel.shape[out_axis], -1)
+  u = jax.random.normal(jax.random.key(0), (matrix.shape[0],), jnp.float32)
+
+  def step(_, u):
+    v = _unit(matrix.T @ u)
+    return _unit(matrix @ v)
+
+  u = jax.lax.stop_gradient(jax.lax.fori_loop(0, iterations, step, _unit(u)))
+  v = jax.lax.stop_gradient(_unit(matrix.T @ u))
+  sigma = u @ (matrix @ v)
+  return (kernel / sigma).astype(kernel.dtype)
+
+
+def _unit(vector: jax.Array) -> jax.Array:
+  return vector / (jnp.linalg.norm(vector) + 1e-12)  # PyTorch's normalize eps.
+
+
 class ConvNormAct(nn.Module):
-  """[reflect pad] -> conv or transposed conv (explicit zero padding) -> [norm] -> [activation]."""
+  """[pre-activation] -> [reflect pad] -> conv or transposed conv (explicit zero padding) ->
+  [norm] -> [activation]."""
   features: int
   kernel_size: int
   strides: int = 1
@@ -86,16 +129,21 @@ class ConvNormAct(nn.Module):
   transpose: bool = False
   norm: str = 'none'
   activation: Optional[Callable] = None
+  pre_activation: Optional[Callable] = None
   use_bias: bool = True
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Dtype = jnp.float32
   fast_convs: bool = True
+  norm_per_image: bool = False
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm not in config_lib.NORM_TYPES:
       raise ValueError(f'norm must be one of {config_lib.NORM_TYPES}, got {self.norm!r}')
+    if self.pre_activation is not None:
+      x = self.pre_activation(x)
     if self.reflect_pad:
       x = reflect_pad(x, self.reflect_pad)
     conv_args = dict(
@@ -108,24 +156,36 @@ class ConvNormAct(nn.Module):
         param_dtype=jnp.float32,
         kernel_init=kernel_initializer(self.init_type, self.init_gain),
         bias_init=nn.initializers.zeros,
-        name='conv',
     )
-    subpixel = (self.kernel_size, self.strides, tuple(self.padding)) == (3, 2, TRANSPOSED_PAD)
-    plain_stride_1 = self.strides == 1 and tuple(self.padding) == VALID and not self.transpose
-    if self.fast_convs and (plain_stride_1 or (self.transpose and subpixel)):
-      x = ReformulatedConv(self.features, self.kernel_size, self.transpose, self.use_bias,
-                           self.dtype, conv_args['kernel_init'], conv_args['bias_init'],
-                           name='conv')(x)
+    padding = tuple(map(tuple, self.padding))
+    torch_padding = (subpixel_padding(self.kernel_size, self.strides, padding)
+                     if self.transpose else None)
+    plain_stride_1 = self.strides == 1 and padding == VALID and not self.transpose
+    if self.fast_convs and (plain_stride_1 or torch_padding is not None):
+      conv = functools.partial(ReformulatedConv, self.features, self.kernel_size, self.transpose,
+                               self.use_bias, self.dtype, conv_args['kernel_init'],
+                               conv_args['bias_init'], torch_padding or 0)
     elif self.transpose:
       # transpose_kernel=True: kernel is (kH, kW, out, in), the same axis order as a PyTorch
       # ConvTranspose2d weight after transpose(2, 3, 1, 0), and fan_in is computed as PyTorch does.
-      x = nn.ConvTranspose(transpose_kernel=True, **conv_args)(x)
+      conv = functools.partial(nn.ConvTranspose, transpose_kernel=True, **conv_args)
     else:
-      x = nn.Conv(**conv_args)(x)
+      conv = functools.partial(nn.Conv, **conv_args)
+    if self.spectral_norm:
+      transpose = self.transpose
+
+      def normalized(variables):
+        params = dict(variables.get('params', {}))
+        if 'kernel' in params:
+          params['kernel'] = spectral_norm(params['kernel'], transpose)
+        return {**variables, 'params': params}
+
+      conv = nn.map_variables(conv, 'params', normalized, init=self.is_initializing())
+    x = conv(name='conv')(x)
     if self.norm == 'instance':
       x = instance_norm(x)
     elif self.norm == 'batch':
-      x = BatchStatsNorm(self.init_gain, name='norm')(x)
+      x = BatchStatsNorm(self.init_gain, self.norm_per_image, name='norm')(x)
     if self.activation is not None:
       x = self.activation(x)
     return x

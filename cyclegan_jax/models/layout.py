@@ -1,11 +1,13 @@
 """One declarative description of a network's layers, walked by everything that needs them.
 
-A layout is a tuple of `Conv` and `Residual` layers in the official network's order, with each
-conv's PyTorch state_dict names. Three things walk it:
+A layout is a tuple of layers in the official network's order, with each conv's PyTorch
+state_dict names: `Conv` (a conv with its norm and activations), `Residual` (x + body(x)), `Skip`
+(concat([x, body(x)]) on channels) and `Dropout`. Three things walk it:
 
-- the Flax modules (`apply_layout`, inside `ResnetGenerator`, `NLayerDiscriminator` or the generic
-  `LayoutNetwork`): parameters `<name>/conv/{kernel,bias}` and, with batch norm,
-  `<name>/norm/{scale,bias}`;
+- the Flax modules (`apply_layout`, inside `ResnetGenerator`, `UnetGenerator`,
+  `NLayerDiscriminator`, `PixelDiscriminator` or the generic `LayoutNetwork`): parameters
+  `<name>/conv/{kernel,bias}` and, with batch norm, `<name>/norm/{scale,bias}`, nested under the
+  names of the `Residual` and `Skip` blocks that hold them;
 - the PyTorch key mapping (`torch_io.mapping.params_from_state_dict`);
 - the ONNX emitter (`export.onnx`).
 
@@ -31,7 +33,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-  """[reflection pad] -> conv (or the official transposed conv) -> [norm] -> [activation].
+  """[pre-activation] -> [reflection pad] -> conv (or transposed conv) -> [norm] -> [activation].
 
   Padding, stride and output padding mean what they mean in PyTorch's Conv2d / ConvTranspose2d.
   `torch` is the conv's state_dict prefix (`model.1`), `torch_norm` that of the norm layer after
@@ -49,6 +51,7 @@ class Conv:
   norm: str = 'none'
   bias: bool = True
   activation: str | None = None  # A key of ACTIVATIONS, 'tanh' (computed in float32) or None.
+  pre_activation: str | None = None  # A key of ACTIVATIONS applied to the input, or None.
   torch: str = ''
   torch_norm: str = ''
 
@@ -68,17 +71,38 @@ class Residual:
   body: tuple['Layer', ...]
 
 
-Layer = Union[Conv, Residual]
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """concat([x, body(x)]) on channels, input first (the official UnetSkipConnectionBlock)."""
+  name: str
+  body: tuple['Layer', ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+  """Zeroes each activation with probability `rate` and scales the rest by 1 / (1 - rate), as
+  PyTorch's Dropout in train mode; the identity when the network is deterministic."""
+  name: str = 'dropout'
+  rate: float = 0.5
+
+
+Layer = Union[Conv, Residual, Skip, Dropout]
 Layout = tuple[Layer, ...]
+BLOCKS = (Residual, Skip)  # The layers that hold a body of layers.
 
 
 def walk(layers: Layout, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Conv]]:
-  """(parameter path, conv) of every conv, in order, residual bodies included."""
+  """(parameter path, conv) of every conv, in order, block bodies included."""
   for layer in layers:
-    if isinstance(layer, Residual):
+    if isinstance(layer, BLOCKS):
       yield from walk(layer.body, (*prefix, layer.name))
-    else:
+    elif isinstance(layer, Conv):
       yield (*prefix, layer.name), layer
+
+
+def has_parameters(layer: Layer) -> bool:
+  """Whether the layer holds parameters (a subtree of the network's parameters, under its name)."""
+  return isinstance(layer, (Conv, *BLOCKS))
 
 
 def conv_channels(layers: Layout, in_channels: int) -> list[tuple[tuple[str, ...], Conv, int]]:
@@ -89,7 +113,9 @@ def conv_channels(layers: Layout, in_channels: int) -> list[tuple[tuple[str, ...
     for layer in layers:
       if isinstance(layer, Residual):
         visit(layer.body, (*prefix, layer.name), channels)
-      else:
+      elif isinstance(layer, Skip):
+        channels += visit(layer.body, (*prefix, layer.name), channels)
+      elif isinstance(layer, Conv):
         result.append(((*prefix, layer.name), layer, channels))
         channels = layer.features
     return channels
@@ -101,6 +127,19 @@ def conv_channels(layers: Layout, in_channels: int) -> list[tuple[tuple[str, ...
 def size_multiple(layers: Layout) -> int:
   """What height and width must be multiples of: 2 ** (downsamplings)."""
   return 2**sum(conv.stride == 2 and not conv.transpose for _, conv in walk(layers))
+
+
+def check_size_multiple(x: jax.Array, layers: Layout, network: str) -> None:
+  """Raises ValueError unless the height and width of NHWC `x` are multiples of what `layers`
+  need (`size_multiple`)."""
+  height, width = x.shape[1:3]
+  multiple = size_multiple(layers)
+  if height % multiple or width % multiple:
+    raise ValueError(f'{network} needs H and W divisible by {multiple}, got {height}x{width}')
+
+
+def has_norm(layers: Layout, norm: str) -> bool:
+  return any(conv.norm == norm for _, conv in walk(layers))
 
 
 def min_side(layers: Layout) -> int:
@@ -116,13 +155,28 @@ def min_side(layers: Layout) -> int:
   return -(-side // multiple) * multiple
 
 
+# The LayoutModule fields that every layer of a network shares (`apply_layout`'s settings).
+SHARED_FIELDS = ('init_type', 'init_gain', 'dtype', 'fast_convs', 'deterministic', 'norm_per_image',
+                 'spectral_norm')
+
+
 class LayoutModule(nn.Module):
   """A network that runs a layout (`layout`, defined by each subclass) on a float input cast to
-  `dtype`; returns float32. The settings every layer of the network shares are its fields."""
+  `dtype`; returns float32. The settings every layer of the network shares are its fields:
+
+  deterministic: dropout layers are the identity (the official test.py with --eval); otherwise
+    they draw from the 'dropout' RNG stream, which `apply` must then be given.
+  norm_per_image: batch norm normalises each image by its own statistics, as the official test.py
+    does at batch size 1; otherwise by the statistics of the whole batch (training).
+  spectral_norm: every conv kernel is divided by its largest singular value (`layers.spectral_norm`).
+  """
   init_type: str = 'normal'
   init_gain: float = 0.02
   dtype: Dtype = jnp.float32
   fast_convs: bool = True
+  deterministic: bool = False
+  norm_per_image: bool = False
+  spectral_norm: bool = False
 
   def layout(self, in_channels: int) -> Layout:
     """The layers this network runs on an input of `in_channels` channels."""
@@ -131,61 +185,73 @@ class LayoutModule(nn.Module):
   def check_input(self, x: jax.Array, layers: Layout) -> None:
     """Raises ValueError for an input the network does not take (nothing to check by default)."""
 
+  def settings(self) -> dict[str, Any]:
+    """The shared settings, for `apply_layout`. Initialisation runs dropout as the identity, so
+    that `init` needs no dropout RNG."""
+    settings = {name: getattr(self, name) for name in SHARED_FIELDS}
+    settings['deterministic'] = self.deterministic or self.is_initializing()
+    return settings
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     layers = self.layout(x.shape[-1])
     self.check_input(x, layers)
-    y = apply_layout(layers,
-                     x.astype(self.dtype),
-                     init_type=self.init_type,
-                     init_gain=self.init_gain,
-                     dtype=self.dtype,
-                     fast_convs=self.fast_convs)
+    y = apply_layout(layers, x.astype(self.dtype), **self.settings())
     return y.astype(jnp.float32)
 
 
-class ResidualBlock(LayoutModule):
-  """A `Residual` layer: x + body(x), its body's parameters under its name."""
-  body: tuple[Any, ...] = ()
+class GeneratorModule(LayoutModule):
+  """A generator of `output_nc` channels, `ngf` filters in its first conv: input height and
+  width must be multiples of what its layout needs."""
+  output_nc: int = 3
+  ngf: int = 64
+  norm: str = 'instance'
+  use_dropout: bool = False
 
-  def layout(self, in_channels: int) -> Layout:
-    del in_channels
-    return self.body
+  def check_input(self, x: jax.Array, layers: Layout) -> None:
+    check_size_multiple(x, layers, type(self).__name__)
+
+
+class Block(LayoutModule):
+  """A `Residual` (x + body(x)) or `Skip` (concat([x, body(x)])) layer, its body's parameters
+  under its name."""
+  body: tuple[Any, ...] = ()
+  concat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return x + apply_layout(self.body, x, init_type=self.init_type, init_gain=self.init_gain,
-                            dtype=self.dtype, fast_convs=self.fast_convs)
+    y = apply_layout(self.body, x, **self.settings())
+    return jnp.concatenate([x, y.astype(x.dtype)], axis=-1) if self.concat else x + y
 
 
-def apply_layout(layers: Layout, x: jax.Array, *, init_type: str, init_gain: float, dtype: Dtype,
-                 fast_convs: bool) -> jax.Array:
-  """Runs `layers` on `x`; call it inside a compact method (the layers become submodules)."""
+def apply_layout(layers: Layout, x: jax.Array, **settings) -> jax.Array:
+  """Runs `layers` on `x` with a LayoutModule's shared settings (`SHARED_FIELDS`); call it inside
+  a compact method (the layers become submodules)."""
   for layer in layers:
-    if isinstance(layer, Residual):
-      x = ResidualBlock(body=layer.body,
-                        init_type=init_type,
-                        init_gain=init_gain,
-                        dtype=dtype,
-                        fast_convs=fast_convs,
-                        name=layer.name)(x)
-      continue
-    x = ConvNormAct(layer.features,
-                    layer.kernel,
-                    strides=layer.stride,
-                    padding=layer.lax_padding,
-                    reflect_pad=layer.reflect,
-                    transpose=layer.transpose,
-                    norm=layer.norm,
-                    activation=ACTIVATIONS.get(layer.activation),
-                    use_bias=layer.bias,
-                    init_type=init_type,
-                    init_gain=init_gain,
-                    dtype=dtype,
-                    fast_convs=fast_convs,
-                    name=layer.name)(x)
-    if layer.activation == 'tanh':  # Outside the module, as the official Tanh layer.
-      x = jnp.tanh(x.astype(jnp.float32))
+    if isinstance(layer, BLOCKS):
+      x = Block(body=layer.body, concat=isinstance(layer, Skip), name=layer.name, **settings)(x)
+    elif isinstance(layer, Dropout):
+      x = nn.Dropout(layer.rate, deterministic=settings['deterministic'], name=layer.name)(x)
+    else:
+      x = ConvNormAct(layer.features,
+                      layer.kernel,
+                      strides=layer.stride,
+                      padding=layer.lax_padding,
+                      reflect_pad=layer.reflect,
+                      transpose=layer.transpose,
+                      norm=layer.norm,
+                      activation=ACTIVATIONS.get(layer.activation),
+                      pre_activation=ACTIVATIONS.get(layer.pre_activation),
+                      use_bias=layer.bias,
+                      init_type=settings['init_type'],
+                      init_gain=settings['init_gain'],
+                      dtype=settings['dtype'],
+                      fast_convs=settings['fast_convs'],
+                      norm_per_image=settings['norm_per_image'],
+                      spectral_norm=settings['spectral_norm'],
+                      name=layer.name)(x)
+      if layer.activation == 'tanh':  # Outside the module, as the official Tanh layer.
+        x = jnp.tanh(x.astype(jnp.float32))
   return x
 
 

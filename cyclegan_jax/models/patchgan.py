@@ -1,7 +1,10 @@
-"""The PatchGAN discriminator, as the official `NLayerDiscriminator` (Flax linen, NHWC).
+"""The PatchGAN discriminators, as the official `NLayerDiscriminator` and `PixelDiscriminator`
+(Flax linen, NHWC).
 
-Parameter tree: layer_0/conv ... layer_<n_layers>/conv, head/conv (and `norm` beside the normed
-convs with norm='batch'); `patchgan_layout` lists them with their state_dict names.
+Parameter trees: layer_0/conv ... layer_<n_layers>/conv, head/conv (n layers), layer_0/conv,
+layer_1/conv, head/conv (pixel), and `norm` beside the normed convs with norm='batch';
+`patchgan_layout` and `pixel_layout` list them with their state_dict names. A conditional
+discriminator (pix2pix's, on concat(A, B)) is the same network on 6 input channels.
 """
 
 from functools import partial
@@ -32,6 +35,24 @@ def patchgan_layout(ndf: int, n_layers: int, norm: str) -> layout_lib.Layout:
   return tuple(layers)
 
 
+def pixel_layout(ndf: int, norm: str) -> layout_lib.Layout:
+  """The official 1x1 PatchGAN: 1x1 convs ndf -> 2 ndf (norm) -> 1, LeakyReLU(0.2) between.
+  Its last conv follows the InstanceNorm bias rule too (official `net.5`)."""
+  bias = norm == 'instance'
+  return (
+      Conv('layer_0', ndf, 1, activation='leaky_relu', torch='net.0'),
+      Conv('layer_1',
+           2 * ndf,
+           1,
+           norm=norm,
+           bias=bias,
+           activation='leaky_relu',
+           torch='net.2',
+           torch_norm='net.3'),
+      Conv('head', 1, 1, bias=bias, torch='net.5'),
+  )
+
+
 class NLayerDiscriminator(layout_lib.LayoutModule):
   """PatchGAN: 4x4 convs, zero pad 1; C(ndf) without norm, then norm + LeakyReLU(0.2) layers
   with channel multiplier min(2^n, 8), the last at stride 1; a final conv to 1 channel.
@@ -48,3 +69,13 @@ class NLayerDiscriminator(layout_lib.LayoutModule):
 
 
 PatchGANDiscriminator = partial(NLayerDiscriminator, n_layers=3)
+
+
+class PixelDiscriminator(layout_lib.LayoutModule):
+  """PixelGAN: one score per pixel from 1x1 convs (`pixel_layout`). Raw float32 scores."""
+  ndf: int = 64
+  norm: str = 'instance'
+
+  def layout(self, in_channels: int) -> layout_lib.Layout:
+    del in_channels  # The first conv takes whatever comes.
+    return pixel_layout(self.ndf, self.norm)

@@ -11,22 +11,28 @@
 """
 
 from functools import partial
-import re
 
-import jax
-
+from cyclegan_jax import config_lib
 from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.models.layout import Conv
+from cyclegan_jax.models.layout import Dropout
 from cyclegan_jax.models.layout import Residual
 
 FIRST_BLOCK_INDEX = 10  # In the official Sequential: pad, conv, norm, relu, 2 x (conv, norm, relu).
 
 
-def resnet_layout(output_nc: int, ngf: int, num_blocks: int, norm: str) -> layout_lib.Layout:
+def resnet_layout(output_nc: int,
+                  ngf: int,
+                  num_blocks: int,
+                  norm: str,
+                  use_dropout: bool = False) -> layout_lib.Layout:
   """The official ResnetGenerator's layers, with their state_dict names. Convs followed by a norm
   have a bias only with instance norm (the official `use_bias` rule; with norm='none' the
-  official code puts an Identity there)."""
+  official code puts an Identity there). With use_dropout each block has Dropout(0.5) between
+  its convs, which moves the second conv from `conv_block.5` to `conv_block.6`."""
   normed = dict(norm=norm, bias=norm == 'instance')
+  second = 6 if use_dropout else 5
+  dropout = (Dropout(),) if use_dropout else ()
   layers = [
       Conv('stem',
            ngf,
@@ -61,12 +67,13 @@ def resnet_layout(output_nc: int, ngf: int, num_blocks: int, norm: str) -> layou
                  torch=f'{block}.1',
                  torch_norm=f'{block}.2',
                  **normed),
+            *dropout,
             Conv('conv_1',
                  4 * ngf,
                  3,
                  reflect=1,
-                 torch=f'{block}.5',
-                 torch_norm=f'{block}.6',
+                 torch=f'{block}.{second}',
+                 torch_norm=f'{block}.{second + 1}',
                  **normed),
         )))
   up = FIRST_BLOCK_INDEX + num_blocks
@@ -88,13 +95,10 @@ def resnet_layout(output_nc: int, ngf: int, num_blocks: int, norm: str) -> layou
   return tuple(layers)
 
 
-class ResnetGenerator(layout_lib.LayoutModule):
+class ResnetGenerator(layout_lib.GeneratorModule):
   """Johnson et al. ResNet generator: c7s1-ngf, d2ngf, d4ngf, R4ngf x num_blocks, u2ngf, ungf,
   c7s1-output_nc, tanh. Input H, W must be multiples of 4; output is float32 in [-1, 1]."""
-  output_nc: int = 3
-  ngf: int = 64
   num_blocks: int = 9
-  norm: str = 'instance'
 
   @property
   def architecture(self) -> str:
@@ -102,14 +106,8 @@ class ResnetGenerator(layout_lib.LayoutModule):
 
   def layout(self, in_channels: int) -> layout_lib.Layout:
     del in_channels  # The first conv takes whatever comes.
-    return resnet_layout(self.output_nc, self.ngf, self.num_blocks, self.norm)
+    return resnet_layout(self.output_nc, self.ngf, self.num_blocks, self.norm, self.use_dropout)
 
-  def check_input(self, x: jax.Array, layers: layout_lib.Layout) -> None:
-    height, width = x.shape[1:3]
-    multiple = layout_lib.size_multiple(layers)
-    if height % multiple or width % multiple:
-      raise ValueError(f'ResnetGenerator needs H and W divisible by {multiple}, got '
-                       f'{height}x{width}')
 
 
 ResnetGenerator9 = partial(ResnetGenerator, num_blocks=9)
@@ -118,8 +116,8 @@ ResnetGenerator6 = partial(ResnetGenerator, num_blocks=6)
 
 def generator_num_blocks(name: str) -> int:
   """'resnet_9blocks' -> 9; any 'resnet_<n>blocks' with n >= 1."""
-  match = re.fullmatch(r'resnet_(\d+)blocks', name)
-  if match is None or int(match.group(1)) < 1:
-    raise ValueError(f"Unknown generator {name!r}: expected 'resnet_<n>blocks' with n >= 1, "
-                     "e.g. 'resnet_9blocks' or 'resnet_6blocks'")
-  return int(match.group(1))
+  kind, number = config_lib.parse_generator(name)
+  if kind != 'resnet':
+    raise ValueError(f"Unknown ResNet generator {name!r}: expected 'resnet_<n>blocks' with "
+                     "n >= 1, e.g. 'resnet_9blocks' or 'resnet_6blocks'")
+  return number

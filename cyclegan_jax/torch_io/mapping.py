@@ -1,28 +1,37 @@
-"""Import official PyTorch CycleGAN state_dicts into the Flax networks of `models` (numpy only).
+"""Import official PyTorch CycleGAN / pix2pix state_dicts into the Flax networks of `models`
+(numpy only).
 
 A state_dict here is a mapping of key -> array in PyTorch layout, keys as the official
-`networks.py` names them (`model.1.weight`, `model.10.conv_block.5.bias`, ...), optionally with
-the `module.` prefix that DataParallel adds. The converters return the inner parameter dict
-(numpy float32 arrays), to be used as
+`networks.py` names them (`model.1.weight`, `model.10.conv_block.5.bias`,
+`model.model.1.model.3.model.1.weight`, `net.0.weight`, ...), optionally with the `module.`
+prefix that DataParallel adds. The converters return the inner parameter dict (numpy float32
+arrays) and the architecture, to be used as
 
     params, arch = generator_params_from_state_dict(state_dict)
-    ResnetGenerator(output_nc=arch['output_nc'], ngf=arch['ngf'], num_blocks=arch['num_blocks'],
-                    norm=arch['norm']).apply({'params': params}, x)
+    models.build_generator(<a model config with arch's fields>, arch['output_nc'])
+        .apply({'params': params}, x)
 
-Architecture and norm type are inferred from the keys and shapes; the keys and shapes expected
-then are those of the network's layout (`models.layout`), walked by `params_from_state_dict`. Norm buffers
-(`running_mean`, `running_var`, `num_batches_tracked`, e.g. the InstanceNorm statistics saved by
+Architecture (ResnetGenerator or UnetGenerator; NLayerDiscriminator or PixelDiscriminator) and
+norm type are inferred from the keys and shapes; the keys and shapes expected then are those of
+the network's layout (`models.layout`), walked by `params_from_state_dict`. Norm buffers
+(`running_mean`, `running_var`, `num_batches_tracked`: the batch-norm running statistics, which
+the official test.py does not use without --eval, and the InstanceNorm statistics saved by
 PyTorch < 0.4) are ignored; every other key must be used, and every expected key must be present.
+Dropout has no parameters: a ResNet's block indices show it, a U-Net's keys do not (its
+`use_dropout` is then False: dropout off, as test.py --no_dropout or --eval).
 """
 
 from typing import Mapping, Optional
 
+import ml_collections
 import numpy as np
 
+from cyclegan_jax import config_lib
 from cyclegan_jax import errors
+from cyclegan_jax import models
 from cyclegan_jax.models import layout as layout_lib
-from cyclegan_jax.models import patchgan
 from cyclegan_jax.models import resnet
+from cyclegan_jax.models import unet
 
 NORM_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 DATA_PARALLEL_PREFIX = 'module.'
@@ -106,51 +115,99 @@ def params_from_state_dict(state_dict: Mapping, layers: layout_lib.Layout, in_ch
 
 
 def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
-  """Official `ResnetGenerator` state_dict -> (params, arch).
+  """Official `ResnetGenerator` or `UnetGenerator` state_dict -> (params, arch).
 
-  params: the inner dict for `ResnetGenerator.apply({'params': params}, x)`.
-  arch: {'ngf', 'num_blocks', 'input_nc', 'output_nc', 'norm'}.
+  params: the inner dict for `module.apply({'params': params}, x)`.
+  arch: {'generator' ('resnet_<n>blocks' or 'unet_<n>'), 'ngf', 'norm', 'use_dropout' (the
+  config.model fields of those names), 'input_nc', 'output_nc'}.
   """
   state_dict = strip_data_parallel_prefix(state_dict)
+  if f'{unet.TORCH_OUTERMOST}.0.weight' in state_dict:
+    arch = _unet_arch(state_dict)
+  else:
+    arch = _resnet_arch(state_dict)
+  module = models.build_generator(ml_collections.ConfigDict(arch), arch['output_nc'])
+  return params_from_state_dict(state_dict, module.layout(arch['input_nc']), arch['input_nc'],
+                                'Generator'), arch
+
+
+def _resnet_arch(state_dict: Mapping) -> dict:
   block_indices = sorted(
       _layer_index(key)
       for key in state_dict
       if _layer_index(key) is not None and key.endswith('.conv_block.1.weight'))
   if not block_indices:
-    raise errors.InvalidValueError('Generator state_dict has no residual blocks '
-                                   '(no key model.<i>.conv_block.1.weight)')
+    raise errors.InvalidValueError('Generator state_dict has no residual blocks (no key '
+                                   'model.<i>.conv_block.1.weight) and no U-Net levels (no key '
+                                   f'{unet.TORCH_OUTERMOST}.0.weight)')
   num_blocks = block_indices[-1] - resnet.FIRST_BLOCK_INDEX + 1
   up_0 = resnet.FIRST_BLOCK_INDEX + num_blocks  # then norm, relu; up_1; norm, relu; pad; head conv
   ngf, input_nc = _require(state_dict, 'model.1.weight', 4, 'Generator')[:2]
   output_nc = _require(state_dict, f'model.{up_0 + 7}.weight', 4, 'Generator')[0]
-  norm = _infer_norm(state_dict, 'model.2', 'model.1')
+  # With dropout each block's second conv moves from conv_block.5 to conv_block.6 (where batch
+  # norm's 1-d weight sits otherwise).
+  use_dropout = np.ndim(state_dict.get(f'model.{block_indices[0]}.conv_block.6.weight')) == 4
+  return dict(generator=f'resnet_{num_blocks}blocks',
+              ngf=ngf,
+              input_nc=input_nc,
+              output_nc=output_nc,
+              norm=_infer_norm(state_dict, 'model.2', 'model.1'),
+              use_dropout=use_dropout)
 
-  layers = resnet.resnet_layout(output_nc, ngf, num_blocks, norm)
-  params = params_from_state_dict(state_dict, layers, input_nc, 'Generator')
-  arch = dict(ngf=ngf, num_blocks=num_blocks, input_nc=input_nc, output_nc=output_nc, norm=norm)
-  return params, arch
+
+def _unet_arch(state_dict: Mapping) -> dict:
+  levels = 1
+  while f'{unet.torch_prefix(levels)}.1.weight' in state_dict:
+    levels += 1
+  if levels < config_lib.UNET_MIN_DOWNS:
+    raise errors.InvalidValueError(
+        f'Generator state_dict has a U-Net of {levels} levels; the official UnetGenerator has '
+        f'at least {config_lib.UNET_MIN_DOWNS}')
+  ngf, input_nc = _require(state_dict, f'{unet.TORCH_OUTERMOST}.0.weight', 4, 'Generator')[:2]
+  output_nc = _require(state_dict, f'{unet.TORCH_OUTERMOST}.3.weight', 4, 'Generator')[1]
+  level_1 = unet.torch_prefix(1)
+  return dict(generator=f'unet_{2**levels}',
+              ngf=ngf,
+              input_nc=input_nc,
+              output_nc=output_nc,
+              norm=_infer_norm(state_dict, f'{level_1}.2', f'{level_1}.1'),
+              use_dropout=False)
 
 
 def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
-  """Official `NLayerDiscriminator` state_dict -> (params, arch).
+  """Official `NLayerDiscriminator` or `PixelDiscriminator` state_dict -> (params, arch).
 
-  params: the inner dict for `NLayerDiscriminator.apply({'params': params}, x)`.
-  arch: {'ndf', 'n_layers', 'input_nc', 'norm'}.
+  params: the inner dict for `module.apply({'params': params}, x)`.
+  arch: {'discriminator' ('basic', 'n_layers' or 'pixel'), 'ndf', 'n_layers_D' (0 for 'pixel'),
+  'input_nc', 'norm'}.
   """
   state_dict = strip_data_parallel_prefix(state_dict)
-  conv_indices = sorted(
-      _layer_index(key)
-      for key, value in state_dict.items()
-      if _layer_index(key) is not None and key.endswith('.weight') and np.ndim(value) == 4)
-  # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm, LeakyReLU).
-  if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
-    raise errors.InvalidValueError(
-        f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
-        'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2)')
-  n_layers = (conv_indices[-1] - 2) // 3
-  ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
-  norm = _infer_norm(state_dict, 'model.3', 'model.2')
-
-  layers = patchgan.patchgan_layout(ndf, n_layers, norm)
-  params = params_from_state_dict(state_dict, layers, input_nc, 'Discriminator')
-  return params, dict(ndf=ndf, n_layers=n_layers, input_nc=input_nc, norm=norm)
+  if 'net.0.weight' in state_dict:
+    ndf, input_nc = _require(state_dict, 'net.0.weight', 4, 'Discriminator')[:2]
+    arch = dict(discriminator='pixel',
+                ndf=ndf,
+                n_layers_D=0,
+                input_nc=input_nc,
+                norm=_infer_norm(state_dict, 'net.3', 'net.2'))
+  else:
+    conv_indices = sorted(
+        _layer_index(key)
+        for key, value in state_dict.items()
+        if _layer_index(key) is not None and key.endswith('.weight') and np.ndim(value) == 4)
+    # Convs sit at 0, 2, 5, ..., 3 * n_layers + 2 (each normed conv is followed by norm and
+    # LeakyReLU).
+    if not conv_indices or (conv_indices[-1] - 2) % 3 or conv_indices[-1] < 5:
+      raise errors.InvalidValueError(
+          f'Discriminator state_dict conv layers at indices {conv_indices} do not fit '
+          'an NLayerDiscriminator (convs at 0, 2, 5, ..., 3 * n_layers + 2) nor is it a '
+          'PixelDiscriminator (net.0.weight)')
+    n_layers = (conv_indices[-1] - 2) // 3
+    ndf, input_nc = _require(state_dict, 'model.0.weight', 4, 'Discriminator')[:2]
+    arch = dict(discriminator='basic' if n_layers == 3 else 'n_layers',
+                ndf=ndf,
+                n_layers_D=n_layers,
+                input_nc=input_nc,
+                norm=_infer_norm(state_dict, 'model.3', 'model.2'))
+  module = models.build_discriminator(ml_collections.ConfigDict(arch))
+  return params_from_state_dict(state_dict, module.layout(input_nc), input_nc,
+                                'Discriminator'), arch

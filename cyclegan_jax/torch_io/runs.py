@@ -57,7 +57,8 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
     try:
       params[name], arches[name] = convert(state_dict)
     except ValueError as error:
-      kind = 'a ResnetGenerator' if name in ('G', 'F') else 'an NLayerDiscriminator'
+      kind = ('a ResnetGenerator or UnetGenerator'
+              if name in ('G', 'F') else 'an NLayerDiscriminator or PixelDiscriminator')
       raise errors.InvalidValueError(f'the {name} state_dict is not {kind}: {error}') from None
   norms = {arch['norm'] for arch in arches.values()}
   if len(norms) > 1:
@@ -81,15 +82,13 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
   config.model.channels_A = channels.get('A', {3}).pop()
   config.model.channels_B = channels.get('B', {3}).pop()
 
-  generator_shape = _shared(arches, state_lib.GENERATOR_NAMES, ('ngf', 'num_blocks'))
-  if generator_shape:
-    config.model.ngf, blocks = generator_shape
-    config.model.generator = f'resnet_{blocks}blocks'
-  discriminator_shape = _shared(arches, state_lib.DISCRIMINATOR_NAMES, ('ndf', 'n_layers'))
-  if discriminator_shape:
-    config.model.ndf, n_layers = discriminator_shape
-    config.model.discriminator = 'basic' if n_layers == 3 else 'n_layers'
-    config.model.n_layers_D = n_layers
+  # The arch fields are config.model fields of the same names.
+  for names, fields in ((state_lib.GENERATOR_NAMES, ('generator', 'ngf', 'use_dropout')),
+                        (state_lib.DISCRIMINATOR_NAMES, ('discriminator', 'ndf', 'n_layers_D'))):
+    for field, value in zip(fields, _shared(arches, names, fields)):
+      config.model[field] = value
+  if config.model.discriminator == 'pixel':
+    config.model.n_layers_D = config_lib.base_config().model.n_layers_D
   if config.lambda_identity > 0 and config.model.channels_A != config.model.channels_B:
     config.lambda_identity = 0.0
   return params, config
