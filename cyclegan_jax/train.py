@@ -201,28 +201,30 @@ class Trainer(NamedTuple):
 
 class _BoundStep:
   """The step with its hyperparameter arguments bound: (state, batch) -> (state, metrics). For an
-  ensemble (`slotted`), the one compiled program is called on each slot of members: the state,
-  the batch and the metrics are tuples over slots (`ensemble.slot_layout`), and `varying` holds
-  each slot's arguments. `lower`/`compile` work on one slot; other attributes are the program's."""
+  ensemble (`slotted`), the state, the batch and the metrics are tuples over slots of members
+  (`ensemble.slot_layout`), slot i runs program `fns[i]` with arguments `varying[i]` (slots that
+  share a program share its compilation). `lower`/`compile` work on the first slot's program;
+  other attributes are that program's."""
 
-  def __init__(self, fn: Any, varying: Any, slotted: bool):
-    self.fn, self.varying, self.slotted = fn, varying, slotted
+  def __init__(self, fns: list[Any], varying: list[Any], slotted: bool):
+    self.fns, self.varying, self.slotted = fns, varying, slotted
 
   def __call__(self, state, batch):
     if not self.slotted:
-      return self.fn(state, batch, self.varying)
-    results = [self.fn(*args) for args in zip(state, batch, self.varying)]
+      return self.fns[0](state, batch, self.varying[0])
+    results = [fn(*args) for fn, *args in zip(self.fns, state, batch, self.varying)]
     return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
   def lower(self, state, batch) -> '_BoundStep':
-    args = (state[0], batch[0], self.varying[0]) if self.slotted else (state, batch, self.varying)
-    return _BoundStep(self.fn.lower(*args), self.varying, self.slotted)
+    if self.slotted:
+      state, batch = state[0], batch[0]
+    return _BoundStep([self.fns[0].lower(state, batch, self.varying[0])], self.varying[:1], False)
 
   def compile(self) -> '_BoundStep':
-    return _BoundStep(self.fn.compile(), self.varying, self.slotted)
+    return _BoundStep([self.fns[0].compile()], self.varying, self.slotted)
 
   def __getattr__(self, name):
-    return getattr(self.fn, name)
+    return getattr(self.fns[0], name)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -244,7 +246,6 @@ def build_trainer(config: ml_collections.ConfigDict,
   single = members is None or len(members) == 1
   configs = [members[0].config if members else config
             ] if single else [member.config for member in members]
-  fixed, varying = state_lib.split_hyperparams(configs)
   layout = None
   if not single:
     mesh = ensemble.member_mesh(len(members), config.batch_size) if mesh is None else mesh
@@ -256,17 +257,25 @@ def build_trainer(config: ml_collections.ConfigDict,
     mesh = make_mesh() if mesh is None else mesh
     replicated = jax.sharding.NamedSharding(mesh, spec())
     batch_sharding = jax.sharding.NamedSharding(mesh, spec('data'))
-    jitted = jax.jit(functools.partial(step_fn, fixed=fixed),
-                     in_shardings=(replicated, batch_sharding, replicated),
-                     out_shardings=(replicated, replicated),
-                     donate_argnums=0)
     state_sharding = replicated
-    member_varying = [
-        jax.device_put({
-            name: value[k] for name, value in varying.items()
-        }, replicated) for k in range(len(configs))
-    ]
+    # Each member runs the program its own run would (the same hyperparameters compiled in);
+    # members with equal ones share it.
+    programs, slot_programs, slot_varying = {}, [], []
+    for member_config in configs:
+      fixed, varying = state_lib.split_hyperparams([member_config])
+      key = tuple(sorted(fixed.items()))
+      if key not in programs:
+        programs[key] = jax.jit(functools.partial(step_fn, fixed=fixed),
+                                in_shardings=(replicated, batch_sharding, replicated),
+                                out_shardings=(replicated, replicated),
+                                donate_argnums=0)
+      slot_programs.append(programs[key])
+      slot_varying.append(
+          jax.device_put({
+              name: value[0] for name, value in varying.items()
+          }, replicated))
   else:
+    fixed, varying = state_lib.split_hyperparams(configs)
     state_sharding = jax.sharding.NamedSharding(mesh, spec('member'))
     batch_sharding = jax.sharding.NamedSharding(mesh, spec('member', 'data'))
     member_step = functools.partial(step_fn, fixed=fixed)
@@ -287,9 +296,14 @@ def build_trainer(config: ml_collections.ConfigDict,
                      in_shardings=(state_sharding, batch_sharding, state_sharding),
                      out_shardings=(state_sharding, state_sharding),
                      donate_argnums=0)
+    slot_varying = jax.device_put(
+        ensemble.to_slots([{
+            name: value[k] for name, value in varying.items()
+        } for k in range(len(members))], layout), state_sharding)
+    slot_programs = [jitted] * len(slot_varying)
   if single:
     init = jax.jit(state_lib.train_state_initializer(configs[0]), out_shardings=state_sharding)
-    step = _BoundStep(jitted, member_varying[0], slotted=False)
+    step = _BoundStep(slot_programs, slot_varying, slotted=False)
     translate_sharding, num_members = state_sharding, 1
   else:
     single_init = jax.jit(lambda seed: state_lib.train_state_initializer(config)(seed=seed))
@@ -299,10 +313,7 @@ def build_trainer(config: ml_collections.ConfigDict,
       return tuple(
           jax.device_put(slot, state_sharding) for slot in ensemble.to_slots(states, layout))
 
-    slot_varying = ensemble.to_slots([{
-        name: value[k] for name, value in varying.items()
-    } for k in range(len(members))], layout)
-    step = _BoundStep(jitted, jax.device_put(slot_varying, state_sharding), slotted=True)
+    step = _BoundStep(slot_programs, list(slot_varying), slotted=True)
     translate_sharding, num_members = None, len(members)
   translate_kwargs = {} if translate_sharding is None else {'out_shardings': translate_sharding}
 
