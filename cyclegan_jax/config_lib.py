@@ -25,7 +25,7 @@ GENERATOR_HELP = ("expected 'resnet_<n>blocks' with n >= 1 (e.g. 'resnet_9blocks
 DISCRIMINATOR_TYPES = ('basic', 'n_layers', 'pixel')
 NORM_TYPES = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
-GAN_MODES = ('lsgan', 'vanilla')
+GAN_MODES = ('lsgan', 'vanilla', 'wgangp', 'hinge')
 LR_POLICIES = ('linear', 'step', 'cosine')
 DATA_SOURCES = ('embedded', 'folder', 'tfds')
 PREPROCESS_MODES = ('resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop', 'none')
@@ -76,7 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.lr_decay_epochs = 50  # Only for lr_policy='step'.
 
   # Objective.
-  config.gan_mode = 'lsgan'  # 'lsgan' (least squares) or 'vanilla' (BCE with logits).
+  # 'lsgan' (least squares; the paper's), 'vanilla' (BCE with logits), 'wgangp' (critic values
+  # with the gradient penalty below) or 'hinge'.
+  config.gan_mode = 'lsgan'
+  config.lambda_gp = 10.0  # WGAN-GP's gradient penalty weight (gan_mode='wgangp' only).
+  config.r1_gamma = 0.0  # R1 penalty on real images for both discriminators (0: off).
   config.lambda_cycle = 10.0  # λ_A = λ_B: weight of both cycle-consistency L1 terms.
   config.lambda_identity = 0.5  # Identity loss weight relative to λ (0 disables it).
   # Loss terms, switched off one by one for ablations (the paper's Table 4); all on is CycleGAN.
@@ -279,6 +283,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_choice(config, 'gan_mode', GAN_MODES)
   _require_number(config, 'lambda_cycle', 0.0)
   _require_number(config, 'lambda_identity', 0.0)
+  _require_number(config, 'lambda_gp', 0.0)
+  _require_number(config, 'r1_gamma', 0.0)
   _require_int(config, 'pool_size', 0)
   for field in LOSS_SWITCHES:
     if not isinstance(config[field], bool):

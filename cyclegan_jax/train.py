@@ -46,6 +46,7 @@ SWITCHED_TERMS = {
 DISCRIMINATOR_SWITCH = {'D_Y': 'use_gan_G', 'D_X': 'use_gan_F'}
 # Dropout keys are folded out of the step's key with this tag, apart from the pools' splits.
 DROPOUT_STREAM = 1
+PENALTY_STREAM = 2
 
 
 def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, Any]) -> jax.Array:
@@ -127,6 +128,10 @@ def train_step(state: state_lib.TrainState,
   fake_B = jax.lax.stop_gradient(fake_B)
   pool_A, pooled_fake_A = image_pool.query_pool(state.pool_A, fake_A, pool_key_A)
   pool_B, pooled_fake_B = image_pool.query_pool(state.pool_B, fake_B, pool_key_B)
+  # WGAN-GP's interpolation weights, one per example (a stream of their own: other modes draw
+  # exactly what they drew before).
+  alpha_X, alpha_Y = jax.random.uniform(jax.random.fold_in(state.rng, PENALTY_STREAM),
+                                        (2, real_A.shape[0]))
 
   def discriminator_objective(discriminator_params):
     D_X = functools.partial(networks.D_X.apply, {'params': discriminator_params['D_X']})
@@ -137,8 +142,20 @@ def train_step(state: state_lib.TrainState,
         'D_X': losses.discriminator_loss(scores['D_X/real'], scores['D_X/fake'], gan_mode),
         'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),
     }
-    mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
+    # Penalties on each discriminator's input gradients, added to its loss (reported apart).
+    judged = {
+        'D_X': (D_X, real_A, pooled_fake_A, alpha_X),
+        'D_Y': (D_Y, real_B, pooled_fake_B, alpha_Y)
+    }
     weights = {name: hyper[switch] for name, switch in DISCRIMINATOR_SWITCH.items()}
+    for name, (critic, real, fake, alpha) in judged.items():
+      if gan_mode == 'wgangp':
+        terms[f'gp_{name}'] = losses.gradient_penalty(critic, real, fake, alpha, config.lambda_gp)
+        weights[f'gp_{name}'] = weights[name]
+      if config.r1_gamma > 0:
+        terms[f'r1_{name}'] = losses.r1_penalty(critic, real, config.r1_gamma)
+        weights[f'r1_{name}'] = weights[name]
+    mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
     return weighted_sum(terms, weights), (terms, mean_scores)
 
   discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATOR_NAMES}
@@ -576,8 +593,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
       config.batch_size * len(runs) // jax.device_count(), config.batch_size // jax.process_count(),
       jax.process_count())
   if len(runs) > 1:
-    logging.info('Ensemble of %d members in one program: %s.', len(runs),
-                 '; '.join(run.name for run in runs))
+    layout = trainer.layout
+    programs = len({id(fn) for fn in trainer.step.fns})
+    logging.info(
+        'Ensemble of %d members in %d slot(s) per step (%s), %d compiled program(s): %s.',
+        len(runs), len(layout.slots), f'{len(layout.slots[0])} member(s) each, '
+        f'{layout.members_per_call} per device and call' if layout.stacked else
+        'one member each, on all devices', programs, '; '.join(run.name for run in runs))
 
   for run in runs:
     run.manager = checkpointing.create_manager(run.workdir, run.config.keep_checkpoints)

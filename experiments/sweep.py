@@ -157,8 +157,8 @@ def define_flags():
   flags.DEFINE_bool('stream', False, "Also copy the runs' output to the console.")
   flags.DEFINE_bool(
       'vectorize', False, 'Train runs that differ only in ensemble member fields (seed, learning '
-      'rate, betas, cycle and identity weights, loss switches) as one program each: an ensemble '
-      '(README, "Ensembles"). Results are those of the runs trained one by one.')
+      'rate, betas, cycle and identity weights, loss switches) together, as one ensemble '
+      'per group (README, "Ensembles"). Results are those of the runs trained one by one.')
   flags.mark_flags_as_required(['config', 'sweep', 'root'])
 
 

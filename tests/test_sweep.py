@@ -357,7 +357,7 @@ def test_results_average_seeds_and_keep_the_latest_evaluation(tmp_path):
   assert read[0]['heldout_mae_AtoB'] == '1.0' and read[3]['heldout_mae_AtoB'] == ''
 
 
-def test_vectorized_sweep_trains_compatible_runs_in_one_program(tmp_path, finished_tiny_run):
+def test_vectorized_sweep_trains_compatible_runs_as_one_ensemble(tmp_path, finished_tiny_run):
   sweep_file = write_sweep_file(
       tmp_path / 'vectorized.py', f"""
       def get_sweep():
@@ -369,13 +369,13 @@ def test_vectorized_sweep_trains_compatible_runs_in_one_program(tmp_path, finish
   args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize')
   dry = run_cli(*args, '--dry_run')
   assert dry.returncode == 0, dry.stdout + dry.stderr
-  assert '3 runs in 2 programs' in dry.stdout and 'they differ in seed' in dry.stdout
+  assert '3 runs in 2 ensembles' in dry.stdout and 'they differ in seed' in dry.stdout
   assert '--config.ensemble.seed=0,1 --config.ensemble.names=tiny,seed=0:tiny,seed=1' in dry.stdout
   assert not root.exists()
 
   result = run_cli(*args, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert '2 runs in one program' in result.stdout
+  assert '2 runs as one ensemble' in result.stdout
   for name in ('tiny,seed=0', 'tiny,seed=1'):
     assert '--config.ensemble.names=tiny,seed=0:tiny,seed=1' in (root / name /
                                                                  'log.txt').read_text()

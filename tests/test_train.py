@@ -246,3 +246,27 @@ def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_config, tmp_path)
   tiny_config.log_every_steps = 1
   with pytest.raises(FloatingPointError, match=r'Non-finite .*loss.* at step \d+'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+@pytest.mark.parametrize('gan_mode', ['wgangp', 'hinge'])
+def test_penalised_objectives_train_their_discriminators_only_when_switched_on(
+    tiny_config, gan_mode):
+  """WGAN-GP's gradient penalty (and R1, for any mode) enter the discriminators' objective and are
+  reported; a discriminator whose GAN term is off stays untrained, penalties included."""
+  tiny_config.update(dict(gan_mode=gan_mode, r1_gamma=1.0, use_gan_F=False))
+  trainer, dataset = tiny_setup(tiny_config)
+  init_params = jax.device_get(trainer.init().params)
+  state, metrics = trainer.step(trainer.init(),
+                                jax.device_put(train_batch(dataset, 0, 2), trainer.batch_sharding))
+  metrics = jax.device_get(metrics)
+  penalties = ['r1_D_X', 'r1_D_Y'] + (['gp_D_X', 'gp_D_Y'] if gan_mode == 'wgangp' else [])
+  for name in penalties:
+    assert np.isfinite(metrics[f'loss/{name}']) and metrics[f'loss/{name}'] > 0, name
+  assert ('loss/gp_D_X' in metrics) == (gan_mode == 'wgangp')
+  new = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, new['D_X'], init_params['D_X'])
+  # Every kernel of D_Y moves (the head's bias may not: critic losses are blind to a constant).
+  kernels = [(path, x, y) for (path, x), y in zip(
+      jax.tree_util.tree_leaves_with_path(new['D_Y']), jax.tree.leaves(init_params['D_Y']))
+             if 'kernel' in jax.tree_util.keystr(path)]
+  assert kernels and all(np.any(x != y) for _, x, y in kernels)

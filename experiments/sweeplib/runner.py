@@ -198,7 +198,7 @@ def ensemble_command(config: str,
                      group: spec.Group,
                      runs: Sequence[PlannedRun],
                      python: str = sys.executable) -> list[str]:
-  """The command that trains `runs` (of `group`) as one program, members in `root/<name>`."""
+  """The command that trains `runs` (of `group`) as one ensemble, members in `root/<name>`."""
   indices = [group.runs.index(run) for run in runs]
   command = [
       python, '-m', 'cyclegan_jax.main', f'--config={config}', f'--workdir={root}',
@@ -223,7 +223,7 @@ def execute(
     stream: bool,
     groups: Sequence[spec.Group] | None = None) -> tuple[dict[str, str], list[Failure], bool]:
   """Trains the unfinished runs in order, each alone or, with `groups`, each group's runs in one
-  program: ({name: status}, failures, whether it was stopped)."""
+  ensemble: ({name: status}, failures, whether it was stopped)."""
   statuses: dict[str, str] = {}
   failures: list[Failure] = []
   evaluate = evaluate and has_evaluate_module()
@@ -236,7 +236,7 @@ def execute(
       first = done_runs + 1
       done_runs += len(group.runs)
       prefix = (f'[{first}/{len(planned)}] {group.runs[0].name}:' if len(group.runs) == 1 else
-                f'[{first}-{done_runs}/{len(planned)}] {len(group.runs)} runs in one program:')
+                f'[{first}-{done_runs}/{len(planned)}] {len(group.runs)} runs as one ensemble:')
       label = functools.partial(_label, prefix, len(group.runs))
       for run in group.runs:
         if _finished(root, run):
@@ -262,7 +262,7 @@ def _label(prefix: str, group_size: int, run: PlannedRun) -> str:
 def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun], prefix: str,
            label: Any, statuses: dict[str, str], failures: list[Failure], stream: bool,
            stop: _Stop) -> None:
-  """Trains `runs` (one program for several), recording each one's status and failure."""
+  """Trains `runs` (one ensemble for several), recording each one's status and failure."""
   workdirs = [run.workdir(root) for run in runs]
   log_paths = [workdir / LOG_FILE for workdir in workdirs]
   resuming = any(workdir_lib.checkpoint_dir(workdir).is_dir() for workdir in workdirs)

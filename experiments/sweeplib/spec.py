@@ -245,14 +245,14 @@ def format_value(value: Any) -> str:
 RESERVED_NAMES = frozenset({workdir_lib.PLOTS_DIR, SWEEP_FILE, RESULTS_CSV, RESULTS_MD})
 
 
-# Vectorized sweeps: runs that differ only in ensemble member fields train in one program.
+# Vectorized sweeps: runs that differ only in ensemble member fields train as one ensemble.
 
 MEMBER_FIELDS = config_lib.ENSEMBLE_MEMBER_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Runs trained by one program: the overrides they share, and one value per run of each member
+  """Runs trained as one ensemble: the overrides they share, and one value per run of each member
   field in which they differ."""
   runs: tuple[PlannedRun, ...]
   shared: Overrides
@@ -269,7 +269,7 @@ def load_config_file(config: str) -> Any:
 
 
 def group_runs(planned: Sequence[PlannedRun], base: Any) -> list[Group]:
-  """The planned runs grouped into programs: runs whose overrides agree outside MEMBER_FIELDS
+  """The planned runs grouped into ensembles: runs whose overrides agree outside MEMBER_FIELDS
   share one (an ensemble), in the order of their first run. `base` is the sweep's config, for
   the value of a member field a run does not set."""
   by_key: dict[str, list[PlannedRun]] = {}
@@ -292,17 +292,17 @@ def group_runs(planned: Sequence[PlannedRun], base: Any) -> list[Group]:
 
 
 def describe_groups(groups: Sequence[Group]) -> str:
-  """Which programs the runs form, and why they could not share fewer."""
+  """Which ensembles the runs form, and why they could not form fewer."""
   lines = [
       f'{sum(len(g.runs) for g in groups)} runs in {len(groups)} '
-      f'program{"s" * (len(groups) != 1)}:'
+      f'ensemble{"s" * (len(groups) != 1)}:'
   ]
   for index, group in enumerate(groups, start=1):
     differ = ', '.join(group.members) or 'nothing (one run)'
     lines.append(
-        f'  program {index}: {len(group.runs)} run(s) ({", ".join(r.name for r in group.runs)}); '
+        f'  ensemble {index}: {len(group.runs)} run(s) ({", ".join(r.name for r in group.runs)}); '
         f'they differ in {differ}')
   if len(groups) > 1:
-    lines.append('  Runs share a program only if their overrides agree on every field outside '
-                 f'{", ".join(MEMBER_FIELDS)} (those change array shapes or the program).')
+    lines.append('  Runs share an ensemble only if their overrides agree on every field outside '
+                 f'{", ".join(MEMBER_FIELDS)} (those change array shapes).')
   return '\n'.join(lines)
