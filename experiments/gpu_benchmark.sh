@@ -16,8 +16,9 @@
 #     pytorch-CycleGAN-and-pix2pix code, its train step at 256 px, batch 1
 #     (experiments/official_step.py; torch is not installed by this script).
 # Each result is appended to $OUT_DIR/results.jsonl and a markdown table of all is printed at
-# the end ($OUT_DIR/table.md); each run's full output is in $OUT_DIR/logs/. About 10 minutes on
-# one H200 with a cold pip cache (most of it pip and compilation).
+# the end ($OUT_DIR/table.md); each run's full output is in $OUT_DIR/logs/. Sized for about 10
+# minutes on one H200 with a cold pip cache, most of it pip and compilation (an estimate: no GPU
+# was at hand when it was written; TIME_BUDGET bounds it, and the most wanted runs come first).
 #
 # Settings (environment variables):
 #   VENV=.venv            venv to create or reuse (SKIP_INSTALL=1: use the active Python as is)
