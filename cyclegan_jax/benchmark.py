@@ -41,22 +41,38 @@ flags.DEFINE_integer('steps', 10, 'Timed steps.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 flags.DEFINE_bool('inference', False, 'Benchmark generator G inference instead of training.')
 
-# Dense peak FLOP/s per device by `device_kind` prefix and compute dtype (vendor data sheets).
+# Dense peak FLOP/s per device, (float32, bfloat16), by `device_kind` prefix (the longest matching
+# prefix wins), from the vendors' data sheets: NVIDIA H100 and H200 (plain names: the SXM parts),
+# A100 (SXM and PCIe alike), L4, L40, L40S and V100 (SXM2, PCIe) product data sheets; Google Cloud
+# TPU system architecture pages. Dense means without 2:4 sparsity (NVIDIA also quotes twice these
+# tensor figures "with sparsity"). float32 is the FP32 (non-tensor-core) peak; XLA's default
+# precision lets cuDNN and cuBLAS run float32 convolutions and matmuls as TF32 on tensor cores from
+# the A100 on (H100 SXM: 495 TFLOP/s dense TF32), so a float32 fraction above 1 is possible there.
+# The V100 has no bfloat16 units: its bfloat16 entry is its FP32 peak.
 PEAK_FLOPS = {
-    'NVIDIA H100': {'float32': 67e12, 'bfloat16': 989e12},
-    'NVIDIA H200': {'float32': 67e12, 'bfloat16': 989e12},
-    'NVIDIA A100': {'float32': 19.5e12, 'bfloat16': 312e12},
-    'TPU v4': {'float32': 275e12, 'bfloat16': 275e12},
-    'TPU v5 lite': {'float32': 197e12, 'bfloat16': 197e12},
-    'TPU v5': {'float32': 459e12, 'bfloat16': 459e12},
-    'TPU v6 lite': {'float32': 918e12, 'bfloat16': 918e12},
+    'NVIDIA H100': (67e12, 989e12),
+    'NVIDIA H100 PCIe': (51e12, 756e12),
+    'NVIDIA H100 NVL': (60e12, 835e12),
+    'NVIDIA H200': (67e12, 989e12),
+    'NVIDIA H200 NVL': (60e12, 835e12),
+    'NVIDIA A100': (19.5e12, 312e12),
+    'NVIDIA L4': (30.3e12, 121e12),
+    'NVIDIA L40': (90.5e12, 181e12),
+    'NVIDIA L40S': (91.6e12, 362e12),
+    'Tesla V100-SXM2': (15.7e12, 15.7e12),
+    'Tesla V100-PCIE': (14e12, 14e12),
+    'TPU v4': (275e12, 275e12),
+    'TPU v5 lite': (197e12, 197e12),
+    'TPU v5': (459e12, 459e12),
+    'TPU v6 lite': (918e12, 918e12),
 }
 
 
 def peak_flops(device: jax.Device, dtype: str) -> float | None:
-  for prefix, peaks in PEAK_FLOPS.items():
+  """The device's dense peak for `dtype` (PEAK_FLOPS), or None for a device not listed."""
+  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
     if device.device_kind.startswith(prefix):
-      return peaks[dtype]
+      return dict(zip(('float32', 'bfloat16'), PEAK_FLOPS[prefix]))[dtype]
   return None
 
 

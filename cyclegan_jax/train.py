@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -468,6 +469,56 @@ def exclusive_workdirs(workdirs: list[Path]):
       lock.release()
 
 
+# The train step measured on this project's 2-core CPU (x86_64, jax 0.10.2, float32, batch 1,
+# ngf 64, the default fast_convs; README, "Results"): generator -> (crop size, seconds per step).
+CPU_STEP_ANCHORS = {'resnet_9blocks': (256, 23.0), 'resnet_6blocks': (128, 2.7)}
+CPU_ANCHOR_CORES = 2
+# A run found on CPU devices alone warns when its estimated step takes at least this long.
+CPU_WARNING_SECONDS = 1.0
+
+
+def cpu_seconds_per_step(generator: str,
+                         ngf: int,
+                         crop_size: int,
+                         batch_size: int,
+                         members: int = 1,
+                         cores: int = CPU_ANCHOR_CORES) -> float | None:
+  """Roughly the seconds one train step takes on `cores` CPU cores: the measured anchor of the
+  generator (CPU_STEP_ANCHORS) scaled by pixels x batch x members, by (ngf / 64)^2 (the bulk of
+  the FLOPs) and by 2 / cores. None for a generator without an anchor."""
+  if generator not in CPU_STEP_ANCHORS:
+    return None
+  anchor_crop, anchor_seconds = CPU_STEP_ANCHORS[generator]
+  work = (crop_size / anchor_crop)**2 * batch_size * members * (ngf / 64)**2
+  return anchor_seconds * work * CPU_ANCHOR_CORES / max(cores, 1)
+
+
+def cpu_only_warning(config: ml_collections.ConfigDict, members: int, devices: list[Any],
+                     cores: int) -> str | None:
+  """The start-of-run warning for a paper-sized run (estimated step >= CPU_WARNING_SECONDS)
+  that finds only CPU devices, or None."""
+  if any(device.platform != 'cpu' for device in devices):
+    return None
+  seconds = cpu_seconds_per_step(config.model.generator, config.model.ngf, config.data.crop_size,
+                                 config.batch_size, members, cores)
+  if seconds is None or seconds < CPU_WARNING_SECONDS:
+    return None
+  ensemble_note = f', {members} members' if members > 1 else ''
+  return (f'Only CPU devices found ({cores} cores): a train step of this config '
+          f'({config.model.generator}, ngf {config.model.ngf}, {config.data.crop_size} px, batch '
+          f'{config.batch_size}{ensemble_note}) takes roughly {seconds:.0f} s here, '
+          f'{seconds * 1000 / 3600:.1f} hours per 1,000 steps. To train on a GPU or TPU, install '
+          f'its jax wheel: pip install "jax[cuda12]=={jax.__version__}" (NVIDIA GPU) or '
+          f'"jax[tpu]=={jax.__version__}" (TPU VM); see README, "Install on accelerators".')
+
+
+def _cpu_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
 @dataclasses.dataclass
 class _Member:
   """What the loop keeps for one run: a single run, or one member of an ensemble."""
@@ -502,6 +553,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 seed=member_list[0].config.seed,
                                 channels_A=config.model.channels_A,
                                 channels_B=config.model.channels_B)
+  warning = cpu_only_warning(config, len(member_list), jax.devices(), _cpu_cores())
+  if warning and jax.process_index() == 0:
+    logging.warning(warning)
   runs = [
       _Member(member.name, member.config, workdir / member.name if member.name else workdir,
               dataset.reseeded(member.config.seed)) for member in member_list

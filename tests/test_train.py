@@ -1,6 +1,7 @@
 """The learning-rate schedule, the train step's update order, learning, and exact resume."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from conftest import train_batch
 from conftest import updated
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
+from cyclegan_jax import config_lib
 from cyclegan_jax import data
 from cyclegan_jax import losses
 from cyclegan_jax import train
@@ -270,3 +272,25 @@ def test_penalised_objectives_train_their_discriminators_only_when_switched_on(
       jax.tree_util.tree_leaves_with_path(new['D_Y']), jax.tree.leaves(init_params['D_Y']))
              if 'kernel' in jax.tree_util.keystr(path)]
   assert kernels and all(np.any(x != y) for _, x, y in kernels)
+
+
+def test_cpu_step_estimate_scales_the_measured_anchors():
+  assert train.cpu_seconds_per_step('resnet_9blocks', 64, 256, 1) == pytest.approx(23.0)
+  assert train.cpu_seconds_per_step('resnet_6blocks', 64, 128, 1) == pytest.approx(2.7)
+  # Pixels x batch, over the cores relative to two; (ngf / 64)^2.
+  assert train.cpu_seconds_per_step('resnet_9blocks', 64, 128, 4, cores=8) == pytest.approx(5.75)
+  assert train.cpu_seconds_per_step('resnet_6blocks', 32, 256, 1, members=2) == pytest.approx(5.4)
+  assert train.cpu_seconds_per_step('unet_256', 64, 256, 1) is None
+
+
+def test_paper_sized_run_on_cpu_alone_warns_with_the_estimate(tiny_config):
+  paper = config_lib.base_config()  # 256 px, resnet_9blocks, ngf 64, batch 1.
+  cpu, gpu = types.SimpleNamespace(platform='cpu'), types.SimpleNamespace(platform='gpu')
+  message = train.cpu_only_warning(paper, 1, [cpu], cores=2)
+  assert 'roughly 23 s' in message and '6.4 hours per 1,000 steps' in message
+  assert 'jax[cuda12]==' in message and 'Install on accelerators' in message
+  assert 'roughly 92 s' in train.cpu_only_warning(paper, 8, [cpu], cores=4)
+  assert train.cpu_only_warning(paper, 1, [gpu, cpu], cores=2) is None
+  assert train.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
+  tiny_config.model.generator = 'resnet_6blocks'  # 32 px, ngf 8: far below a second.
+  assert train.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
