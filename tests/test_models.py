@@ -541,6 +541,104 @@ def test_valid_conv_equals_the_plain_conv(kernel_shape, size):
   assert_relatively_close(expected, values_and_grads(fast_convs.valid_conv, x, kernel), 1e-4)
 
 
+@pytest.mark.parametrize('tile', sorted(fast_convs.WINOGRAD_POINTS))
+def test_winograd_transforms_compute_the_correlation(tile):
+  output_transform, kernel_transform, input_transform = fast_convs._winograd_transforms(
+      fast_convs.WINOGRAD_POINTS[tile])
+  assert output_transform.shape == (tile, tile + 2) and input_transform.shape == (tile + 2,) * 2
+  rng = np.random.default_rng(0)
+  d, g = rng.normal(size=tile + 2), rng.normal(size=3)
+  expected = [d[i:i + 3] @ g for i in range(tile)]
+  np.testing.assert_allclose(output_transform @ ((kernel_transform @ g) * (input_transform @ d)),
+                             expected,
+                             rtol=1e-12,
+                             atol=1e-12)
+
+
+def correlate64(x, kernel):
+  """A VALID stride-1 NHWC conv in float64, tap by tap."""
+  x, kernel = np.float64(x), np.float64(kernel)
+  kh, kw = kernel.shape[:2]
+  height, width = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  return sum(
+      np.einsum('nhwc,co->nhwo', x[:, i:i + height, j:j + width], kernel[i, j])
+      for i in range(kh)
+      for j in range(kw))
+
+
+def conv_and_gradients64(x, kernel, output_grad):
+  """correlate64 and its input and kernel gradients for `output_grad`, in float64."""
+  output_grad = np.float64(output_grad)
+  height, width = output_grad.shape[1:3]
+  x_grad = correlate64(np.pad(output_grad, ((0, 0), (2, 2), (2, 2), (0, 0))),
+                       kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+  kernel_grad = np.array([[
+      np.einsum('nhwc,nhwo->co', np.float64(x[:, i:i + height, j:j + width]), output_grad)
+      for j in range(3)
+  ]
+                          for i in range(3)])
+  return correlate64(x, kernel), x_grad, kernel_grad
+
+
+# Sizes that are not multiples of the tile (cropped blocks), down to a single output column.
+@pytest.mark.parametrize('tile', sorted(fast_convs.WINOGRAD_POINTS))
+@pytest.mark.parametrize('shape', [(2, 13, 11, 16, 8), (1, 7, 3, 8, 16)])
+def test_winograd_conv_and_gradients_within_their_rounding_bound(tile, shape):
+  """Winograd's conv and both gradients against float64, within a bound derived from the
+  computation. Each computed value is a sum of products of data and transform constants; to first
+  order, rounding changes it by at most k * eps times the same computation with the absolute
+  values of the data and of the transform matrices (the standard bound for sums and bilinear
+  algorithms, Higham, Accuracy and Stability of Numerical Algorithms, sections 3.1 and 3.5), k
+  being the longest chain of roundings on any path: 2 * 3 + 1 for the kernel transform (two passes
+  of up to 3 products and sums, and the rounded constants of G), 2 * (tile + 2) + 1 for the
+  input (or output-gradient) transform, 1 for the product, the matmul's sum (the input channels,
+  or for the kernel gradient the blocks), and 2 * (tile + 2) for the output transform. The float32
+  conv itself rounds the same way with smaller constants, so equality within its tolerance is
+  no substitute: this bound is what Winograd guarantees, and it is checked to be tight enough to
+  mean something (under 1% of the result's largest magnitude, where a wrong sum is off by ~100%)."""
+  batch, height, width, in_channels, out_channels = shape
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(batch, height, width, in_channels)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, in_channels, out_channels)).astype(np.float32)
+  output_grad = rng.normal(size=(batch, height - 2, width - 2, out_channels)).astype(np.float32)
+  y, vjp = jax.vjp(partial(fast_convs.winograd_conv, tile=tile), x, kernel)
+  actual = (y, *vjp(output_grad))
+  transforms = fast_convs._winograd_transforms(fast_convs.WINOGRAD_POINTS[tile])
+  absolute = tuple(np.abs(matrix) for matrix in transforms)
+  bounds = (fast_convs._winograd(np.abs(x), np.abs(kernel),
+                                 absolute), *fast_convs._winograd_gradients(
+                                     absolute, np.abs(x), np.abs(kernel), np.abs(output_grad)))
+  blocks = batch * -(-(height - 2) // tile) * -(-(width - 2) // tile)
+  chain = 2 * 3 + 1 + 2 * (tile + 2) + 1 + 1 + 2 * (tile + 2)
+  sum_lengths = (in_channels, out_channels, blocks)
+  for name, expected, got, bound, length in zip(('y', 'x_grad', 'kernel_grad'),
+                                                conv_and_gradients64(x, kernel, output_grad),
+                                                actual, bounds, sum_lengths):
+    assert got.shape == expected.shape, name
+    tolerance = (chain + length) * np.finfo(np.float32).eps * np.float64(bound)
+    assert np.all(np.abs(np.float64(got) - expected) <= tolerance), name
+    assert tolerance.max() < 1e-2 * np.abs(expected).max(), name
+
+
+def test_valid_conv_chooses_winograd_for_large_float32_maps_with_many_channels():
+  large, kernel = (1, 66, 66, 256), (3, 3, 256, 256)
+  choose = fast_convs._conv_formulations
+  assert choose(large, kernel) == (fast_convs.winograd_conv,) * 2
+  assert choose(large, kernel, jnp.bfloat16) != (fast_convs.winograd_conv,) * 2
+  assert choose((1, 66, 66, 8), (3, 3, 8, 8)) != (fast_convs.winograd_conv,) * 2
+  assert choose(large, (7, 7, 256, 256)) != (fast_convs.winograd_conv,) * 2
+  assert choose((1, 10, 10, 256), kernel) == (fast_convs._plain_conv,) * 2
+  # End to end through valid_conv's custom VJP, on the smallest map that takes Winograd.
+  size = int(np.ceil(np.sqrt(fast_convs._LARGE_MAP_PIXELS))) + 2
+  channels = fast_convs._WINOGRAD_MIN_CHANNELS
+  assert choose((1, size, size, channels),
+                (3, 3, channels, channels))[0] is fast_convs.winograd_conv
+  x = jax.random.normal(jax.random.key(0), (1, size, size, channels))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels))
+  expected = values_and_grads(fast_convs._plain_conv, x, kernel)
+  assert_relatively_close(expected, values_and_grads(fast_convs.valid_conv, x, kernel), 1e-4)
+
+
 def test_fast_and_plain_generators_share_parameters_and_outputs():
   config = ml_collections.ConfigDict(
       dict(ngf=8, generator='resnet_1blocks', norm='instance', init_type='normal', init_gain=0.02,
