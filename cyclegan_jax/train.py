@@ -221,8 +221,8 @@ class _BoundStep:
   """The step with its hyperparameter arguments bound: (state, batch) -> (state, metrics). For an
   ensemble (`slotted`), the state, the batch and the metrics are tuples over slots of members
   (`ensemble.slot_layout`), slot i runs program `fns[i]` with arguments `varying[i]` (slots that
-  share a program share its compilation). `lower`/`compile` work on the first slot's program;
-  other attributes are that program's."""
+  share a program share its compilation). `lower(state, batch).compile()` gives the same step,
+  compiled ahead of time; other attributes are the first slot's program's."""
 
   def __init__(self, fns: list[Any], varying: list[Any], slotted: bool):
     self.fns, self.varying, self.slotted = fns, varying, slotted
@@ -234,12 +234,20 @@ class _BoundStep:
     return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
   def lower(self, state, batch) -> '_BoundStep':
-    if self.slotted:
-      state, batch = state[0], batch[0]
-    return _BoundStep([self.fns[0].lower(state, batch, self.varying[0])], self.varying[:1], False)
+    if not self.slotted:
+      return _BoundStep([self.fns[0].lower(state, batch, self.varying[0])], self.varying, False)
+    lowered = {}
+    for fn, *args in zip(self.fns, state, batch, self.varying):
+      if id(fn) not in lowered:
+        lowered[id(fn)] = fn.lower(*args)
+    return _BoundStep([lowered[id(fn)] for fn in self.fns], self.varying, True)
 
   def compile(self) -> '_BoundStep':
-    return _BoundStep([self.fns[0].compile()], self.varying, self.slotted)
+    compiled = {}
+    for fn in self.fns:
+      if id(fn) not in compiled:
+        compiled[id(fn)] = fn.compile()
+    return _BoundStep([compiled[id(fn)] for fn in self.fns], self.varying, self.slotted)
 
   def __getattr__(self, name):
     return getattr(self.fns[0], name)

@@ -136,6 +136,19 @@ def restored_states(root, names):
   return states
 
 
+def test_the_step_compiled_ahead_of_time_is_the_same_step():
+  """As the benchmark uses it: `lower(...).compile()` of an ensemble whose members run two
+  programs (a switch differs) takes the slots and gives what the step gives."""
+  config = ensemble_config(ensemble__seed='0,1,2', ensemble__use_gan_F='true,false,true')
+  members = ensemble.members(config)
+  trainer = train.build_trainer(config, 1000, members=members)
+  assert len({id(fn) for fn in trainer.step.fns}) == 2
+  dataset = data.create_dataset(config.data, seed=0)
+  batch = member_batches(trainer, members, dataset, 0, 2)
+  compiled = trainer.step.lower(trainer.init(), batch).compile()
+  assert trees_equal(compiled(trainer.init(), batch), trainer.step(trainer.init(), batch))
+
+
 def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
   config = ensemble_config(ensemble__seed='0,1', num_train_steps=6, checkpoint_every_steps=2,
                            sample_every_steps=6)
