@@ -1,4 +1,4 @@
-"""The offline default: CycleGAN on photos embedded in the package, ~7 minutes on 2 CPU cores.
+"""The offline default: CycleGAN on photos embedded in the package, ~8 minutes on 2 CPU cores.
 
     python -m cyclegan_jax.main --config=configs/default.py --workdir=runs/demo
 
