@@ -36,10 +36,16 @@ from cyclegan_jax import summaries
 from cyclegan_jax import train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-flags.DEFINE_integer('steps', 10, 'Timed steps.')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-flags.DEFINE_bool('inference', False, 'Benchmark generator G inference instead of training.')
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program, so that importing this module
+  (for `benchmark` or `peak_flops`) beside another command's flags does not redefine --config."""
+  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Timed steps.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+  flags.DEFINE_bool('inference', False, 'Benchmark generator G inference instead of training.')
+  flags.mark_flags_as_required(['config'])
 
 # Dense peak FLOP/s per device, (float32, bfloat16), by `device_kind` prefix (the longest matching
 # prefix wins), from the vendors' data sheets: NVIDIA H100 and H200 (plain names: the SXM parts),
@@ -193,5 +199,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
+  define_flags()
   cli.run(main)

@@ -30,3 +30,10 @@ def test_peak_flops_takes_the_longest_matching_prefix(kind, dtype, peak):
 def test_peak_flops_of_an_unlisted_device_is_unknown():
   assert benchmark.peak_flops(device('cpu'), 'float32') is None
   assert benchmark.peak_flops(device('NVIDIA GeForce RTX 4090'), 'bfloat16') is None
+
+
+def test_importing_the_benchmark_leaves_the_other_commands_their_flags():
+  """Regression: benchmark's module-level --config made importing cyclegan_jax.main afterwards
+  (as test_main does in the same pytest process) fail with a duplicate flag."""
+  from cyclegan_jax import main  # pylint: disable=g-import-not-at-top,unused-import
+  assert 'steps' not in benchmark.FLAGS
