@@ -31,6 +31,20 @@ def pytest_unconfigure(config):
   checkpointing.drop_aborted_read_noise()
 
 
+def simulated_devices_env(devices: int) -> dict[str, str]:
+  """The environment of a subprocess that sees `devices` simulated CPU devices.
+
+  Their collectives wait for every device's thread: on a 2-core machine that is busy with other
+  tests, one device's thread can reach an all-reduce long after the others, beyond XLA's default
+  limit of 40 s at which it aborts the process. Allow minutes."""
+  return {
+      **os.environ,
+      'XLA_FLAGS': (f'--xla_force_host_platform_device_count={devices} '
+                    '--xla_cpu_collective_call_terminate_timeout_seconds=600'),
+      'JAX_PLATFORMS': 'cpu',
+  }
+
+
 def load_config(name: str):
   """`configs/<name>.py`'s get_config(), as the command line would load it."""
   spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import assert_one_line_user_error
 from conftest import make_jpeg_dataset
+from conftest import simulated_devices_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -226,15 +227,14 @@ def test_horse2zebra_config_trains_from_each_source(tmp_path, source):
 
 
 def test_batch_shards_over_several_devices(tmp_path):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-         'JAX_PLATFORMS': 'cpu'}
+  env = simulated_devices_env(2)
   result = subprocess.run(command(tmp_path / 'run', '--config.num_train_steps=2'), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'global batch 2 over 2 devices' in result.stderr
   assert final_line(result.stdout)['step'] == '2'
 
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  env = simulated_devices_env(4)
   result = subprocess.run(command(tmp_path / 'other', '--config.num_train_steps=2'), cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False, env=env)
   assert_one_line_user_error(result, 'config.batch_size = 2', '4 devices')

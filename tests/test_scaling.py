@@ -20,6 +20,7 @@ from conftest import fraction_above
 from conftest import relative_difference
 from conftest import train_batch
 from conftest import ROOT
+from conftest import simulated_devices_env
 from conftest import updated
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
@@ -30,12 +31,13 @@ CHECKS = pathlib.Path(__file__).resolve().parent / 'multi_device_checks.py'
 
 
 def run_check(name: str, devices: int, *args) -> dict:
-  env = {
-      **os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-      'JAX_PLATFORMS': 'cpu'
-  }
-  result = subprocess.run([sys.executable, str(CHECKS), name, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+  result = subprocess.run([sys.executable, str(CHECKS), name, *map(str, args)],
+                          cwd=ROOT,
+                          env=simulated_devices_env(devices),
+                          capture_output=True,
+                          text=True,
+                          timeout=900,
+                          check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   line = [line for line in result.stdout.splitlines() if line.startswith('RESULT ')][-1]
   return json.loads(line[len('RESULT '):])
@@ -44,21 +46,21 @@ def run_check(name: str, devices: int, *args) -> dict:
 def test_one_step_on_8_devices_equals_the_global_batch_on_1():
   result = run_check('equivalence', 8)
   assert result['devices'] == 8
-  plain = result['pool0']
-  assert plain['state_devices'] == [1, 8]
+  first = result['first_step']
+  assert first['state_devices'] == [1, 8]
   # The gradients (Adam's moments after one step) are those of the global batch.
-  assert plain['adam_mu_relative'] < 1e-4 and plain['adam_nu_relative'] < 1e-4
-  assert plain['metrics_relative'] < 1e-5
+  assert first['adam_mu_relative'] < 1e-4 and first['adam_nu_relative'] < 1e-4
+  assert first['metrics_relative'] < 1e-5
   # Adam's first step is lr * sign(g) where |g| >> eps, so parameters whose gradient is near zero
   # may round differently; everything else matches to 1e-6.
-  assert plain['params_fraction_above_1e-6'] < 0.01
+  assert first['params_fraction_above_1e-6'] < 0.01
   # One global pool: after three steps both hold the same images in the same slots (an image
   # chosen or placed differently would differ by O(1)); they differ only as much as the
   # generators producing them, which Adam's sign-like first steps pull apart by ~1e-3.
-  pooled = result['pool4']
-  assert pooled['pool_counts'] == [4, 4]
-  assert pooled['pool_max_difference'] < 1e-2
-  assert pooled['metrics_relative'] < 1e-3
+  third = result['third_step']
+  assert third['pool_counts'] == [4, 4]
+  assert third['pool_max_difference'] < 1e-2
+  assert third['metrics_relative'] < 1e-3
 
 
 def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
@@ -68,10 +70,11 @@ def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
 
 
 def test_ensembles_on_8_devices_equal_their_own_runs_and_resume_exactly(tmp_path):
-  """8 members at batch 1 (one per device) and 4 at batch 2 (each over two devices). Each member
-  matches its own run on one device: the first step's losses and gradients (Adam's moments) to
-  float rounding; later steps as far as the sign-like first Adam steps let rounding grow (as for
-  data parallelism above); the same images in the pools."""
+  """8 members at batch 1 (one per device) and 4 at batch 2 (each over two devices; these also
+  resume exactly, each member's folder alone too). Each member matches its own run on one
+  device: the first step's losses and gradients (Adam's moments) to float rounding; later steps
+  as far as the sign-like first Adam steps let rounding grow (as for data parallelism above);
+  the same images in the pools."""
   result = run_check('ensembles', 8, tmp_path)
   assert result['devices'] == 8
   for layout, mesh, batch_size in (('8x1', [8, 1], 1), ('4x2', [4, 2], 2)):
@@ -83,8 +86,9 @@ def test_ensembles_on_8_devices_equal_their_own_runs_and_resume_exactly(tmp_path
     assert outcome['later_metrics'] < 1e-3, layout
     assert all(counts == [pool_count] * 2 for counts in outcome['pool_counts']), layout
     assert outcome['pool_max_difference'] < 1e-2, layout
-    assert outcome['steps'] == [4] and outcome['unequal_leaves'] == 0, layout
-    assert all(step == 4 for step in outcome['restored_alone']), layout
+  resumed = result['4x2']
+  assert resumed['steps'] == [4] and resumed['unequal_leaves'] == 0
+  assert resumed['restored_alone'] == [4] * 4
 
 
 def free_port() -> int:
