@@ -3,30 +3,26 @@
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Grey levels (0–255) by which G must beat leaving the held-out patches untranslated. Seeds 0, 1
-# and 2 beat the baseline (46.2) by 27.5, 29.3 and 29.1 (README, "Results"); half the smallest
+# and 2 beat the baseline (46.2) by 28.4, 28.9 and 28.9 (README, "Results"); half the smallest
 # is required.
-MARGIN = 13.5
+MARGIN = 14.2
 
 
 @pytest.mark.slow
 def test_default_config_beats_the_no_translation_baseline(tmp_path):
-  start = time.monotonic()
+  # Its duration is the README's measurement, not asserted here: it runs beside other tests.
   result = subprocess.run(
       [sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/default.py',
        f'--workdir={tmp_path / "demo"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
-  elapsed = time.monotonic() - start
   assert result.returncode == 0, result.stderr[-3000:]
   line = [l for l in result.stdout.splitlines() if l.startswith('final: ')][-1]
   final = {k: float(v) for k, v in (pair.split('=') for pair in line.split()[1:])}
   assert final['heldout_mae_AtoB'] < final['baseline_mae_AtoB'] - MARGIN, line
   assert final['heldout_mae_BtoA'] < final['baseline_mae_BtoA'], line
-  assert elapsed < 600, f'the README promises under 10 minutes; took {elapsed:.0f} s'
-

@@ -3,8 +3,8 @@
     python -m experiments.sweep --config=configs/default.py \
         --sweep=experiments/sweeps/paper_ablation.py --root=runs/paper_ablation --plot
 
-Six variants × seeds 0, 1, 2 = 18 runs. Each run is shortened from the default's 150 + 136 epochs
-(4,004 steps) to 40 + 31 epochs of 14 steps (994 steps; the same schedule shape: a constant
+Six variants × seeds 0, 1, 2 = 18 runs. Each run is shortened from the default's 75 + 68 epochs
+(2,002 steps) to 40 + 31 epochs of 14 steps (994 steps; the same schedule shape: a constant
 learning rate, then a linear decay to zero): 80 s of training at 12 steps/s on 2 CPU cores, plus
 start-up and compilation.
 The variants switch loss terms off (config fields `use_gan_G`, `use_gan_F`, `use_cycle_forward`,
