@@ -312,12 +312,19 @@ def _shape_mismatches(current: Any, source: Any, name: str) -> list[str]:
 
 
 def merge(state: Any, source: Any, parts: list[str]) -> Any:
-  """`state` with the named parts taken from `source` (shapes must match exactly)."""
+  """`state` with the named parts taken from `source` (shapes must match exactly). A generator
+  taken into a run that keeps moving averages (config.ema_decay > 0) brings its average, or starts
+  one at its weights if the source kept none."""
   selected = {}
   if any(part in NETWORK_PARTS for part in parts):
-    selected['params'] = {
-        name: source.params[name] if name in parts else state.params[name] for name in NETWORK_PARTS
-    }
+    params = dict(state.params)
+    for name in NETWORK_PARTS:
+      if name in parts:
+        params[name] = source.params[name]
+        average = name + state_lib.EMA_SUFFIX
+        if average in params:
+          params[average] = source.params.get(average, source.params[name])
+    selected['params'] = params
   if 'optimizer' in parts:
     selected['opt_state_generators'] = source.opt_state_generators
     selected['opt_state_discriminators'] = source.opt_state_discriminators

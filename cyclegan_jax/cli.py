@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from cyclegan_jax import errors
+from cyclegan_jax import state
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -44,6 +45,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   sys.stderr.write(f'FATAL Flags parsing error: {one_line}. Pass --helpfull to see the flags; '
                    'config fields are defined in cyclegan_jax/config_lib.py.\n')
   sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def define_weights_flag() -> None:
+  """--weights, of the tools that translate with a run's generators."""
+  flags.DEFINE_enum(
+      'weights', None, list(state.WEIGHTS),
+      'Generator weights of a run trained with config.ema_decay > 0: ema (their moving average) '
+      'or raw (the trained weights). Default: the average if the run keeps one.')
 
 
 def no_extra_arguments(argv: Sequence[str]) -> None:

@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.gan_mode = 'lsgan'
   config.lambda_gp = 10.0  # WGAN-GP's gradient penalty weight (gan_mode='wgangp' only).
   config.r1_gamma = 0.0  # R1 penalty on real images for both discriminators (0: off).
+  # Exponential moving average of G's and F's weights, updated after every step (0: off; e.g.
+  # 0.999). Kept in the train state; evaluation, samples, translate and export use it (their
+  # --weights=raw the trained weights).
+  config.ema_decay = 0.0
   config.lambda_cycle = 10.0  # λ_A = λ_B: weight of both cycle-consistency L1 terms.
   config.lambda_identity = 0.5  # Identity loss weight relative to λ (0 disables it).
   # Loss terms, switched off one by one for ablations (the paper's Table 4); all on is CycleGAN.
@@ -285,6 +289,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_number(config, 'lambda_identity', 0.0)
   _require_number(config, 'lambda_gp', 0.0)
   _require_number(config, 'r1_gamma', 0.0)
+  value = config.ema_decay
+  if (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0):
+    _fail('ema_decay', value, 'expected a number in [0, 1) (0: off; e.g. 0.999)')
   _require_int(config, 'pool_size', 0)
   for field in LOSS_SWITCHES:
     if not isinstance(config[field], bool):
@@ -429,4 +436,8 @@ def architecture_mismatches(saved: dict, config: ml_collections.ConfigDict) -> l
     current = _get(config, field)
     if saved_value != current:
       mismatches.append(f'{field}: saved {saved_value!r}, now {current!r}')
+  # Whether the state keeps the generators' moving averages (runs from before the field: no).
+  saved_decay = saved.get('ema_decay', 0.0) if isinstance(saved, dict) else 0.0
+  if (saved_decay > 0) != (config.ema_decay > 0):
+    mismatches.append(f'ema_decay: saved {saved_decay!r}, now {config.ema_decay!r} (on or off)')
   return mismatches

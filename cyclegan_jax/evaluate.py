@@ -27,7 +27,7 @@ def main(argv):
   if FLAGS.batch_size < 1:
     raise app.UsageError('--batch_size must be >= 1')
   step, results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
-                                              FLAGS.data_root, FLAGS.batch_size)
+                                              FLAGS.data_root, FLAGS.batch_size, FLAGS.weights)
   evaluation.log_summary(step, results)
   logging.info('Wrote %s.', workdir_lib.eval_file(FLAGS.workdir, step))
   print('eval: ' + summaries.key_values({'step': step, **results}), flush=True)
@@ -37,6 +37,7 @@ def define_flags():
   """Command-line flags (defined only when run as a program, so modules import together)."""
   flags.DEFINE_string('workdir', None, 'The run to evaluate.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  cli.define_weights_flag()
   flags.DEFINE_string(
       'inception_weights', None,
       "FID Inception weights file (default: the run's config.inception_weights; "

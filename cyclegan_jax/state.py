@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from cyclegan_jax import config_lib
+from cyclegan_jax import errors
 from cyclegan_jax import image_pool
 from cyclegan_jax import models
 
@@ -24,6 +25,11 @@ from cyclegan_jax import models
 GENERATOR_NAMES = ('G', 'F')  # G: A -> B, F: B -> A.
 DISCRIMINATOR_NAMES = ('D_X', 'D_Y')  # D_X judges domain A, D_Y domain B.
 ImageShape = tuple[int, int, int]  # (height, width, channels)
+# A run with config.ema_decay > 0 also keeps the moving average of each generator's weights in
+# `TrainState.params`, under the generator's name with this suffix ('G_ema', 'F_ema').
+EMA_SUFFIX = '_ema'
+# Which weights of a generator a translation uses: its moving average, or the trained weights.
+WEIGHTS = ('ema', 'raw')
 
 
 class Networks(NamedTuple):
@@ -37,7 +43,7 @@ class Networks(NamedTuple):
 class TrainState:
   """Everything a resumed run needs, as one pytree."""
   step: jax.Array
-  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'}: each network's Flax params.
+  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'[, 'G_ema', 'F_ema']}: Flax params.
   opt_state_generators: optax.OptState  # Adam state of G and F (one joint step).
   opt_state_discriminators: optax.OptState  # Adam state of D_X and D_Y (one joint step).
   pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
@@ -157,6 +163,8 @@ def init_train_state(config: ml_collections.ConfigDict,
   }
   generator_params = {k: params[k] for k in GENERATOR_NAMES}
   discriminator_params = {k: params[k] for k in DISCRIMINATOR_NAMES}
+  if config.ema_decay > 0:  # The averages start at the initial weights.
+    params.update({k + EMA_SUFFIX: jax.tree.map(jnp.copy, params[k]) for k in GENERATOR_NAMES})
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -165,6 +173,36 @@ def init_train_state(config: ml_collections.ConfigDict,
       pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
       pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
       rng=rng)
+
+
+def update_averages(params: dict[str, Any], generator_params: dict[str, Any],
+                    decay: float) -> dict[str, Any]:
+  """The moving averages of `params` (none if it keeps none) after the generators' update to
+  `generator_params`: decay · average + (1 − decay) · new weights."""
+  return {
+      name + EMA_SUFFIX:
+          optax.incremental_update(generator_params[name], params[name + EMA_SUFFIX], 1.0 - decay)
+      for name in GENERATOR_NAMES
+      if name + EMA_SUFFIX in params
+  }
+
+
+def generator_weights(params: dict[str, Any], name: str, weights: str | None = None) -> Any:
+  """The weights of generator `name` ('G' or 'F') that a translation uses: `weights` 'ema' (its
+  moving average) or 'raw' (the trained weights); None: the average if the run keeps one."""
+  if weights not in (None, *WEIGHTS):
+    raise ValueError(f'Unknown weights {weights!r}: expected one of {", ".join(WEIGHTS)}')
+  average = name + EMA_SUFFIX
+  if weights == 'ema' and average not in params:
+    raise errors.InvalidValueError(
+        f'this run keeps no moving average of {name} (config.ema_decay was 0); use the trained '
+        'weights (--weights=raw, or leave --weights unset)')
+  return params[average] if weights != 'raw' and average in params else params[name]
+
+
+def translation_params(params: dict[str, Any], weights: str | None = None) -> dict[str, Any]:
+  """`params` with G and F replaced by the weights a translation uses (`generator_weights`)."""
+  return {**params, **{name: generator_weights(params, name, weights) for name in GENERATOR_NAMES}}
 
 
 def image_shapes(config: ml_collections.ConfigDict) -> tuple[ImageShape, ImageShape]:

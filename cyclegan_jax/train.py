@@ -124,6 +124,7 @@ def train_step(state: state_lib.TrainState,
   updates, opt_state_generators = optimizer.update(
       grads, state.opt_state_generators, generator_params)
   generator_params = optax.apply_updates(generator_params, updates)
+  averages = state_lib.update_averages(params, generator_params, config.ema_decay)
 
   fake_A = jax.lax.stop_gradient(fake_A)
   fake_B = jax.lax.stop_gradient(fake_B)
@@ -172,12 +173,17 @@ def train_step(state: state_lib.TrainState,
   metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
   metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
 
-  new_state = state.replace(
-      step=state.step + 1,
-      params={**generator_params, **discriminator_params},
-      opt_state_generators=opt_state_generators,
-      opt_state_discriminators=opt_state_discriminators,
-      pool_A=pool_A, pool_B=pool_B, rng=rng)
+  new_state = state.replace(step=state.step + 1,
+                            params={
+                                **generator_params,
+                                **discriminator_params,
+                                **averages
+                            },
+                            opt_state_generators=opt_state_generators,
+                            opt_state_discriminators=opt_state_discriminators,
+                            pool_A=pool_A,
+                            pool_B=pool_B,
+                            rng=rng)
   return new_state, metrics
 
 
@@ -673,8 +679,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
                        if has_test_data else ({}, False))
   features = evaluation.inception_features(config.inception_weights)
 
-  def member_params(k):
-    params = _member_state(trainer, state, k).params
+  def member_params(k):  # What evaluations and samples translate with (G's and F's averages).
+    params = state_lib.translation_params(_member_state(trainer, state, k).params)
     return params if trainer.num_members == 1 else state_lib.to_host(params)
 
   def evaluate(run, k, step) -> dict[str, float]:

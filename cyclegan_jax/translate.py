@@ -50,6 +50,7 @@ def main(argv):
                                              grid=FLAGS.grid,
                                              overwrite=FLAGS.overwrite,
                                              eval_mode=FLAGS.eval,
+                                             weights=FLAGS.weights,
                                              seed=FLAGS.seed,
                                              tile=FLAGS.tile,
                                              max_memory=FLAGS.max_memory)
@@ -78,6 +79,7 @@ def define_flags():
       'eval', None, 'Dropout off, as the official test.py --eval (default: the workdir\'s '
       'config.model.eval_mode; off for a .pth). Only generators with dropout layers differ.')
   flags.DEFINE_integer('seed', 0, 'Draws the dropout masks of a generator that keeps dropout on.')
+  cli.define_weights_flag()
   flags.DEFINE_integer(
       'tile', None, 'Translate every image in tiles of at most N x N pixels (the same output as '
       'the whole image, in memory bounded by N; not with dropout on: add --eval). Default: '

@@ -184,13 +184,16 @@ def evaluate_workdir(workdir: str,
                      step: int | None = None,
                      inception_weights: str | None = None,
                      data_root: str | None = None,
-                     batch_size: int = 16) -> tuple[int, dict[str, float]]:
-  """(step, metrics) of the checkpoint at `step` (default latest); also written to the workdir."""
+                     batch_size: int = 16,
+                     weights: str | None = None) -> tuple[int, dict[str, float]]:
+  """(step, metrics) of the checkpoint at `step` (default latest), with G's and F's `weights`
+  (`state.generator_weights`); also written to the workdir."""
   config = checkpointing.saved_config(workdir)
   if data_root:
     config.data.source, config.data.root = 'folder', data_root
-  weights = config.inception_weights if inception_weights is None else inception_weights
-  features = inception_features(weights)  # Fails early on a missing weights file.
+  if inception_weights is None:
+    inception_weights = config.inception_weights
+  features = inception_features(inception_weights)  # Fails early on a missing weights file.
   dataset = data.create_dataset(config.data,
                                 seed=config.seed,
                                 channels_A=config.model.channels_A,
@@ -209,7 +212,8 @@ def evaluate_workdir(workdir: str,
 
   def translate(name):
     network = models.for_test(getattr(networks, name), config.model.eval_mode)
-    return jax.jit(models.network_fn(network, state.params[name], dropout_key))
+    params = state_lib.generator_weights(state.params, name, weights)
+    return jax.jit(models.network_fn(network, params, dropout_key))
 
   translate_AtoB, translate_BtoA = translate('G'), translate('F')
   results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)

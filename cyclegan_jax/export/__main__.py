@@ -32,7 +32,8 @@ def main(argv):
                                        FLAGS.torch_checkpoint,
                                        FLAGS.direction,
                                        FLAGS.step,
-                                       fast_convs=False)
+                                       fast_convs=False,
+                                       weights=FLAGS.weights)
   logging.info('Exporting %s as %s.', generator.description, FLAGS.format)
   path = export.export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite,
                        platforms, input_shape)
@@ -51,6 +52,7 @@ def define_flags():
                     'AtoB exports G (domain A to B), BtoA exports F. Ignored with '
                     '--torch_checkpoint.')
   flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  cli.define_weights_flag()
   flags.DEFINE_enum('format', None, list(export.FORMATS),
                     'stablehlo (jax.export), onnx (ONNX Runtime) or tflite (LiteRT).')
   flags.DEFINE_enum('quantize', 'none', list(export.QUANTIZE),

@@ -35,6 +35,7 @@ import numpy as np
 from cyclegan_jax import checkpointing
 from cyclegan_jax import errors
 from cyclegan_jax import models
+from cyclegan_jax import state as state_lib
 from cyclegan_jax.inference import tiling
 from cyclegan_jax.models import layout as layout_lib
 from cyclegan_jax.torch_io import pth
@@ -72,13 +73,16 @@ def load_generator(workdir: str | Path | None = None,
                    direction: str = 'AtoB',
                    step: int | None = None,
                    fast_convs: bool = True,
-                   eval_mode: bool | None = None) -> Generator:
+                   eval_mode: bool | None = None,
+                   weights: str | None = None) -> Generator:
   """The generator of `direction` ('AtoB' = G, 'BtoA' = F) from a workdir, or the one generator
   that an official `.pth` file holds (then `direction` only labels it).
 
   fast_convs=False gives plain lax convolutions (for exporters); both compute the same function.
   eval_mode: dropout off (test.py --eval); None: the workdir's config.model.eval_mode, or off for
   a `.pth` file (whose dropout layers only a ResNet's keys reveal).
+  weights: 'ema' (the moving average of a run with config.ema_decay > 0) or 'raw' (the trained
+  weights); None: the average if the run keeps one (`state.generator_weights`).
   """
   if (workdir is None) == (torch_checkpoint is None):
     raise ValueError('Give exactly one of a workdir and a PyTorch checkpoint.')
@@ -86,6 +90,10 @@ def load_generator(workdir: str | Path | None = None,
     raise errors.InvalidValueError(
         f'Unknown direction {direction!r}: expected one of {", ".join(DIRECTIONS)}')
   if torch_checkpoint is not None:
+    if weights == 'ema':
+      raise errors.InvalidValueError(
+          f'{torch_checkpoint} holds one set of generator weights, no moving average: leave '
+          '--weights unset')
     generator = generator_from_torch(torch_checkpoint, fast_convs)
     return generator._replace(module=generator.module.clone(deterministic=bool(eval_mode)))
 
@@ -103,12 +111,14 @@ def load_generator(workdir: str | Path | None = None,
   if eval_mode is None:
     eval_mode = config.model.eval_mode
   module = _build(config, out_channels, fast_convs).clone(deterministic=eval_mode)
+  params = state_lib.generator_weights(state.params, network, weights)
+  average = params is not state.params[network]
   return Generator(module=module,
-                   params=state.params[network],
+                   params=params,
                    in_channels=in_channels,
                    out_channels=out_channels,
                    description=f'{direction} generator {network} of {workdir} at step '
-                   f'{restored_step}')
+                   f'{restored_step}' + (' (moving average)' if average else ''))
 
 
 def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator:

@@ -198,11 +198,13 @@ def translate_path(pattern: str,
                    grid: bool = False,
                    overwrite: bool = False,
                    eval_mode: bool | None = None,
+                   weights: str | None = None,
                    seed: int = 0,
                    tile: int | None = None,
                    max_memory: int | str | None = None) -> tuple[int, list[str]]:
   """Translates the images `pattern` names (`find_inputs`) into `output` with the generator of a
-  workdir or an official `.pth` (`inference.load_generator`, which `eval_mode` goes to);
+  workdir or an official `.pth` (`inference.load_generator`, which `eval_mode` and `weights` go
+  to);
   (images written, unreadable ones). `seed` draws the masks of dropout that stays on. `tile`
   forces tiles of at most tile x tile pixels; otherwise images whose whole-image program needs
   more than `max_memory` (bytes or e.g. '2G'; default `inference.default_memory_budget()`) are
@@ -219,7 +221,8 @@ def translate_path(pattern: str,
                                        torch_checkpoint,
                                        direction,
                                        step,
-                                       eval_mode=eval_mode)
+                                       eval_mode=eval_mode,
+                                       weights=weights)
   if tile is not None:
     inference.check_tile(generator.module, generator.in_channels, tile)
   logging.info('Translating %d image(s) with %s into %s.', len(jobs), generator.description, output)
