@@ -629,7 +629,7 @@ def test_valid_conv_chooses_winograd_for_large_float32_maps_with_many_channels()
   assert choose(large, (7, 7, 256, 256)) != (fast_convs.winograd_conv,) * 2
   assert choose((1, 10, 10, 256), kernel) == (fast_convs._plain_conv,) * 2
   # End to end through valid_conv's custom VJP, on the smallest map that takes Winograd.
-  size = int(np.ceil(np.sqrt(fast_convs._LARGE_MAP_PIXELS))) + 2
+  size = int(np.ceil(np.sqrt(fast_convs._WINOGRAD_MIN_PIXELS))) + 2
   channels = fast_convs._WINOGRAD_MIN_CHANNELS
   assert choose((1, size, size, channels),
                 (3, 3, channels, channels))[0] is fast_convs.winograd_conv
