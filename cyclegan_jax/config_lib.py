@@ -277,9 +277,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _fail('num_train_steps', config.num_train_steps, 'expected an integer (<= 0 means derived)')
 
   _require_number(config, 'learning_rate', 0.0, strictly_greater=True)
-  for field in ('beta1', 'beta2'):
+  for field in ('beta1', 'beta2', 'ema_decay'):  # ema_decay 0: no moving average.
     value = config[field]
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
       _fail(field, value, 'expected a number in [0, 1)')
   _require_choice(config, 'lr_policy', LR_POLICIES)
   _require_int(config, 'lr_decay_epochs', 1)
@@ -289,9 +289,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_number(config, 'lambda_identity', 0.0)
   _require_number(config, 'lambda_gp', 0.0)
   _require_number(config, 'r1_gamma', 0.0)
-  value = config.ema_decay
-  if (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0):
-    _fail('ema_decay', value, 'expected a number in [0, 1) (0: off; e.g. 0.999)')
   _require_int(config, 'pool_size', 0)
   for field in LOSS_SWITCHES:
     if not isinstance(config[field], bool):
