@@ -7,6 +7,7 @@ the identity of the dataset), so a resumed run continues the same data order.
 """
 
 import json
+import math
 import logging as logging_std
 from pathlib import Path
 import sys
@@ -29,12 +30,34 @@ def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir), options=options)
 
 
+def _without_empty(tree: Any) -> Any:
+  """`tree` with its zero-size arrays (the images of a disabled pool, pool_size 0) as None:
+  Orbax cannot save an array without elements."""
+  return jax.tree.map(lambda x: None if math.prod(x.shape) == 0 else x, tree)
+
+
+def _refilled(restored: Any, abstract: Any) -> Any:
+  """`restored` (saved by way of `_without_empty`) with the zero-size arrays of `abstract` back."""
+  abstract_leaves, treedef = jax.tree.flatten(abstract)
+  restored_leaves = iter(jax.tree.leaves(restored))
+  leaves = []
+  for leaf in abstract_leaves:
+    if math.prod(leaf.shape):
+      leaves.append(next(restored_leaves))
+    else:
+      empty = np.zeros(leaf.shape, leaf.dtype)
+      sharding = getattr(leaf, 'sharding', None)
+      leaves.append(jax.device_put(empty, sharding) if sharding is not None else empty)
+  return treedef.unflatten(leaves)
+
+
 def save(manager: ocp.CheckpointManager,
          state: Any,
          config: ml_collections.ConfigDict,
          data_state: dict | None = None) -> None:
   step = int(state_lib.to_host(state.step))
-  items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
+  items = dict(state=ocp.args.StandardSave(_without_empty(state)),
+               config=ocp.args.JsonSave(config.to_dict()))
   if data_state is not None:
     items['data'] = ocp.args.JsonSave(data_state)
   manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -52,13 +75,14 @@ def restore_with_data_state(manager: ocp.CheckpointManager,
   step = manager.latest_step() if step is None else step
   if step is None:
     raise errors.PathNotFoundError(f'No checkpoint under {manager.directory}.')
-  items = dict(state=ocp.args.StandardRestore(abstract_state))
+  items = dict(state=ocp.args.StandardRestore(_without_empty(abstract_state)))
   # Read from disk: asking Orbax (`item_metadata`) warns about every item it is not restoring.
   has_data_state = (Path(manager.directory) / str(step) / 'data').is_dir()
   if has_data_state:
     items['data'] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return restored.state, (restored.data if has_data_state else None)
+  state = _refilled(restored.state, abstract_state)
+  return state, (restored.data if has_data_state else None)
 
 
 class Restored(NamedTuple):
