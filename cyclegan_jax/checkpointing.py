@@ -290,7 +290,7 @@ def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[A
 def warm_started(state: state_lib.TrainState, config: ml_collections.ConfigDict,
                  sharding: jax.sharding.Sharding) -> state_lib.TrainState:
   """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
-  parts = config_lib.parse_init_parts(config.init_parts)
+  parts = config_lib.parse_init_parts(config.init_parts, config.model_type)
   source_workdir, step = locate(config.init_from)
   check_imported(source_workdir, parts, config.init_from)
   source, source_step = restore_train_state(source_workdir, step)
@@ -301,7 +301,7 @@ def warm_started(state: state_lib.TrainState, config: ml_collections.ConfigDict,
 
 # Warm starts: a new run takes selected parts of another run's state.
 
-NETWORK_PARTS = ('G', 'F', 'D_X', 'D_Y')
+NETWORK_PARTS = ('G', 'F', 'D_X', 'D_Y', 'D')
 
 
 def locate(init_from: str | Path) -> tuple[Path, int | None]:
@@ -340,6 +340,12 @@ def merge(state: Any, source: Any, parts: list[str]) -> Any:
   taken into a run that keeps moving averages (config.ema_decay > 0) brings its average, or starts
   one at its weights if the source kept none."""
   selected = {}
+  absent = [part for part in parts if part in NETWORK_PARTS and part not in source.params]
+  if absent:
+    raise errors.InvalidValueError(
+        f'config.init_from holds no {", ".join(absent)} (its networks: '
+        f'{", ".join(k for k in source.params if k in NETWORK_PARTS)}): drop '
+        f'{"it" if len(absent) == 1 else "them"} from config.init_parts.')
   if any(part in NETWORK_PARTS for part in parts):
     params = dict(state.params)
     for name in NETWORK_PARTS:

@@ -25,6 +25,11 @@ GENERATOR_HELP = ("expected 'resnet_<n>blocks' with n >= 1 (e.g. 'resnet_9blocks
 DISCRIMINATOR_TYPES = ('basic', 'n_layers', 'pixel')
 NORM_TYPES = ('instance', 'batch', 'none')
 INIT_TYPES = ('normal', 'xavier', 'kaiming', 'orthogonal')
+# 'cyclegan': unpaired, G: A -> B and F: B -> A, discriminators D_X and D_Y. 'pix2pix': paired
+# (aligned data), G: A -> B alone and one conditional discriminator D judging concat(A, B).
+MODEL_TYPES = ('cyclegan', 'pix2pix')
+DATASET_MODES = ('unaligned', 'aligned')
+DIRECTIONS = ('AtoB', 'BtoA')
 GAN_MODES = ('lsgan', 'vanilla', 'wgangp', 'hinge')
 LR_POLICIES = ('linear', 'step', 'cosine')
 DATA_SOURCES = ('embedded', 'folder', 'tfds')
@@ -32,7 +37,8 @@ PREPROCESS_MODES = ('resize_and_crop', 'crop', 'scale_width', 'scale_width_and_c
 # Modes whose output size depends on the image: batches need equal sizes, pools are impossible.
 UNCROPPED_MODES = ('scale_width', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-INIT_PARTS = ('G', 'F', 'D_X', 'D_Y', 'optimizer', 'pools')  # See checkpointing.merge.
+# The networks of each model type's train state: (generators, discriminators).
+MODEL_NETWORKS = {'cyclegan': (('G', 'F'), ('D_X', 'D_Y')), 'pix2pix': (('G',), ('D',))}
 # Fields that may differ between the members of an ensemble (no array shape depends on them).
 ENSEMBLE_MEMBER_FIELDS = ('seed', 'learning_rate', 'beta1', 'beta2', 'lambda_cycle',
                           'lambda_identity', 'use_gan_G', 'use_gan_F', 'use_cycle_forward',
@@ -58,6 +64,10 @@ ARCHITECTURE_FIELDS = (
 def base_config() -> ml_collections.ConfigDict:
   """The paper's recipe (official defaults): 256 px, resnet_9blocks, 100 + 100 epochs."""
   config = ml_collections.ConfigDict()
+  # 'cyclegan' (unpaired: two generators, two discriminators, the objective below) or 'pix2pix'
+  # (paired: one generator, a conditional discriminator, GAN + lambda_L1 · L1; needs
+  # data.dataset_mode='aligned'; configs/pix2pix_*.py and README, "pix2pix").
+  config.model_type = 'cyclegan'
 
   # Reproducibility and duration.
   config.seed = 0  # Seeds parameter init, data order, augmentation and the image pools.
@@ -86,8 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   # --weights=raw the trained weights).
   config.ema_decay = 0.0
   config.lambda_cycle = 10.0  # λ_A = λ_B: weight of both cycle-consistency L1 terms.
+  config.lambda_L1 = 100.0  # pix2pix only: weight of the L1 term |G(a) − b|₁.
   config.lambda_identity = 0.5  # Identity loss weight relative to λ (0 disables it).
   # Loss terms, switched off one by one for ablations (the paper's Table 4); all on is CycleGAN.
+  # pix2pix reads use_gan_G only (off: L1 alone, D untrained), and has no identity loss.
   # A switched-off term is still computed and logged, but does not train anything; with its GAN
   # term off a discriminator is not trained either.
   config.use_gan_G = True  # G's adversarial loss: D_Y judges G(x).
@@ -135,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_name = 'cycle_gan/horse2zebra'  # TFDS source: dataset/config name.
   config.data.tfds_data_dir = ''  # TFDS source: data_dir ('' = TFDS's default or $TFDS_DATA_DIR).
   config.data.root = ''  # Folder source: folder or .zip holding trainA/ trainB/ [testA/ testB/].
+  # 'unaligned' (CycleGAN's: trainA/, trainB/ drawn independently) or 'aligned' (pix2pix's: each
+  # image of train/ [test/ or val/] holds A | B side by side, cropped and flipped together; the
+  # embedded source: pairs a | hue_rotate_120(a)).
+  config.data.dataset_mode = 'unaligned'
+  config.data.direction = 'AtoB'  # 'BtoA' swaps domains A and B (the official --direction).
   # 'resize_and_crop', 'crop', 'scale_width', 'scale_width_and_crop' or 'none' (official modes).
   config.data.preprocess = 'resize_and_crop'
   config.data.load_size = 286  # Resize target (square, or the width for scale_width modes) ...
@@ -195,6 +212,42 @@ def paper_dataset_config(name: str, paired_test: bool = False) -> ml_collections
   config.data.tfds_name = f'cycle_gan/{name}'
   config.data.root = f'datasets/{name}'
   config.data.paired_test = paired_test
+  return config
+
+
+def pix2pix_config() -> ml_collections.ConfigDict:
+  """pix2pix's recipe (the official Pix2PixModel defaults): U-Net-256 with batch norm and dropout,
+  the 70×70 PatchGAN on concat(A, B) with batch norm, vanilla GAN + λ_L1 = 100, no pool, Adam 2e-4
+  (β 0.5, 0.999), batch 1, 286 px resized and 256 px cropped pairs, flipped, 100 + 100 epochs."""
+  config = base_config()
+  config.model_type = 'pix2pix'
+  config.model.generator = 'unet_256'
+  config.model.norm = 'batch'
+  config.model.use_dropout = True
+  config.gan_mode = 'vanilla'
+  config.lambda_L1 = 100.0
+  config.lambda_identity = 0.0
+  config.pool_size = 0
+  config.init_parts = 'G,D'
+  config.data.dataset_mode = 'aligned'
+  return config
+
+
+def pix2pix_dataset_config(name: str,
+                           direction: str,
+                           epochs: int = 200,
+                           batch_size: int = 1) -> ml_collections.ConfigDict:
+  """pix2pix on one of its official datasets (`datasets/download_pix2pix_dataset.sh <name>` of the
+  official repository), read from the extracted folder `datasets/<name>` (train/, test/ or val/):
+  the paper's epochs and batch size, split as the official code into constant and linearly
+  decaying halves."""
+  config = pix2pix_config()
+  config.data.source = 'folder'
+  config.data.root = f'datasets/{name}'
+  config.data.direction = direction
+  config.batch_size = batch_size
+  config.num_epochs = (epochs + 1) // 2
+  config.num_epochs_decay = epochs // 2
   return config
 
 
@@ -289,11 +342,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_number(config, 'lambda_identity', 0.0)
   _require_number(config, 'lambda_gp', 0.0)
   _require_number(config, 'r1_gamma', 0.0)
+  _require_number(config, 'lambda_L1', 0.0)
   _require_int(config, 'pool_size', 0)
   for field in LOSS_SWITCHES:
     if not isinstance(config[field], bool):
       _fail(field, config[field], 'expected True or False')
-  if not any(config[field] for field in LOSS_SWITCHES) and config.lambda_identity == 0:
+  _require_choice(config, 'model_type', MODEL_TYPES)
+  if config.model_type == 'pix2pix':
+    _validate_pix2pix(config)
+  elif not any(config[field] for field in LOSS_SWITCHES) and config.lambda_identity == 0:
     _fail('use_gan_G', config.use_gan_G,
           'every loss term is switched off (use_gan_G/F, use_cycle_forward/backward and '
           'lambda_identity): nothing would be trained')
@@ -343,7 +400,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _require_int(config, 'num_sample_images', 0)
   _require_int(config, 'eval_every_steps', 0)
   if config.init_from:
-    parse_init_parts(config.init_parts)
+    parse_init_parts(config.init_parts, config.model_type)
   for field in (*ENSEMBLE_MEMBER_FIELDS, 'names'):
     if not isinstance(config.ensemble[field], str):
       _fail(f'ensemble.{field}', config.ensemble[field],
@@ -353,11 +410,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _fail('ensemble.fail_fast', config.ensemble.fail_fast, 'expected True or False')
 
 
+def _validate_pix2pix(config: ml_collections.ConfigDict) -> None:
+  """What pix2pix needs beyond the shared checks (`validate`)."""
+  if config.data.dataset_mode != 'aligned':
+    _fail(
+        'data.dataset_mode', config.data.dataset_mode,
+        "pix2pix trains on pairs: set it to 'aligned' (images holding A | B side by side, the "
+        'official pix2pix datasets; or the embedded source)')
+  if config.pool_size:
+    _fail('pool_size', config.pool_size,
+          'pix2pix shows its discriminator the current fakes only (as the official code): set 0')
+  if config.lambda_identity:
+    _fail('lambda_identity', config.lambda_identity, 'pix2pix has no identity loss: set 0')
+  if not config.use_gan_G and config.lambda_L1 == 0:
+    _fail('lambda_L1', config.lambda_L1,
+          'with use_gan_G=False the L1 term is the only loss: nothing would be trained')
+  if any(str(config.ensemble[field]).strip() for field in ENSEMBLE_MEMBER_FIELDS):
+    _fail(
+        'model_type', config.model_type,
+        'ensembles train CycleGANs only; run pix2pix variants one by one (experiments.sweep '
+        'without --vectorize)')
+
+
 def validate_data(data: ml_collections.ConfigDict) -> None:
   """Raises naming the first invalid field of a `config.data` section (`validate` runs it too)."""
   config = {'data': data}
   _require_choice(config, 'data.source', DATA_SOURCES)
   _require_choice(config, 'data.preprocess', PREPROCESS_MODES)
+  _require_choice(config, 'data.dataset_mode', DATASET_MODES)
+  _require_choice(config, 'data.direction', DIRECTIONS)
+  if data.dataset_mode == 'aligned' and data.source == 'tfds':
+    _fail(
+        'data.dataset_mode', data.dataset_mode,
+        "aligned data is read from a folder or .zip (train/ [test/ or val/] of A | B images, "
+        "the official pix2pix datasets): set config.data.source='folder' and config.data.root")
   _require_int(config, 'data.crop_size', 4)
   if data.crop_size % 4:
     _fail('data.crop_size', data.crop_size, 'the generator needs a multiple of 4')
@@ -377,14 +463,22 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
   _require_int(config, 'data.prefetch', 0)
 
 
-def parse_init_parts(init_parts: str) -> list[str]:
+def init_parts_of(model_type: str) -> tuple[str, ...]:
+  """The parts of a train state of `model_type` that a warm start can take."""
+  generators, discriminators = MODEL_NETWORKS[model_type]
+  pools = ('pools',) if model_type == 'cyclegan' else ()
+  return (*generators, *discriminators, 'optimizer', *pools)
+
+
+def parse_init_parts(init_parts: str, model_type: str = 'cyclegan') -> list[str]:
   """'G, F' -> ['G', 'F']; ValueError naming an unknown or repeated part."""
   parts = [part.strip() for part in init_parts.split(',') if part.strip()]
-  unknown = [part for part in parts if part not in INIT_PARTS]
+  known = init_parts_of(model_type)
+  unknown = [part for part in parts if part not in known]
   if unknown or not parts:
     raise errors.InvalidValueError(
         f'Invalid config.init_parts = {init_parts!r}: expected a comma-separated '
-        f'list of {", ".join(INIT_PARTS)}.')
+        f'list of {", ".join(known)} (a {model_type} run\'s parts).')
   if len(set(parts)) != len(parts):
     raise errors.InvalidValueError(
         f'Invalid config.init_parts = {init_parts!r}: a part is named twice.')
@@ -433,6 +527,10 @@ def architecture_mismatches(saved: dict, config: ml_collections.ConfigDict) -> l
     current = _get(config, field)
     if saved_value != current:
       mismatches.append(f'{field}: saved {saved_value!r}, now {current!r}')
+  # Runs saved before model_type existed are CycleGANs.
+  saved_type = saved.get('model_type', 'cyclegan') if isinstance(saved, dict) else 'cyclegan'
+  if saved_type != config.model_type:
+    mismatches.append(f'model_type: saved {saved_type!r}, now {config.model_type!r}')
   # Whether the state keeps the generators' moving averages (runs from before the field: no).
   saved_decay = saved.get('ema_decay', 0.0) if isinstance(saved, dict) else 0.0
   if (saved_decay > 0) != (config.ema_decay > 0):

@@ -9,7 +9,7 @@ that its CycleGAN never calls; `r1_penalty`: the zero-centred penalty on real im
 the discriminator with respect to its input inside its objective.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +89,30 @@ def gradient_penalty(critic: Critic,
 def r1_penalty(critic: Critic, real: jax.Array, gamma: float) -> jax.Array:
   """R1: gamma / 2 · mean over examples of ‖∇ critic(real)‖₂² (Mescheder et al. 2018)."""
   return 0.5 * gamma * jnp.mean(jnp.sum(jnp.square(_input_gradients(critic, real)), axis=1))
+
+
+def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, Any]) -> jax.Array:
+  """sum(weight * term): a weight known to be 0 drops its term from the program (no gradient is
+  computed for it), one known to be 1 adds it as is; an ensemble's traced weights multiply."""
+  total = jnp.zeros((), jnp.float32)
+  for name, value in terms.items():
+    weight = weights.get(name, 1.0)
+    if isinstance(weight, (int, float)):
+      if weight:
+        total = total + (value if weight == 1 else weight * value)
+    else:
+      total = total + weight * value
+  return total
+
+
+def discriminator_penalties(critic: Critic, real: jax.Array, fake: jax.Array, alpha: jax.Array,
+                            gan_mode: str, lambda_gp: float,
+                            r1_gamma: float) -> dict[str, jax.Array]:
+  """The penalties a discriminator's loss adds: 'gp' (WGAN-GP's, gan_mode 'wgangp') and 'r1'
+  (r1_gamma > 0)."""
+  penalties = {}
+  if gan_mode == 'wgangp':
+    penalties['gp'] = gradient_penalty(critic, real, fake, alpha, lambda_gp)
+  if r1_gamma > 0:
+    penalties['r1'] = r1_penalty(critic, real, r1_gamma)
+  return penalties

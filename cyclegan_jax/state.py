@@ -21,7 +21,8 @@ from cyclegan_jax import errors
 from cyclegan_jax import image_pool
 from cyclegan_jax import models
 
-# The networks of the train state (config_lib.DISCRIMINATOR_TYPES are architectures).
+# The networks of a CycleGAN's train state (config_lib.DISCRIMINATOR_TYPES are architectures);
+# pix2pix keeps G and D (`network_names`).
 GENERATOR_NAMES = ('G', 'F')  # G: A -> B, F: B -> A.
 DISCRIMINATOR_NAMES = ('D_X', 'D_Y')  # D_X judges domain A, D_Y domain B.
 ImageShape = tuple[int, int, int]  # (height, width, channels)
@@ -30,20 +31,32 @@ ImageShape = tuple[int, int, int]  # (height, width, channels)
 EMA_SUFFIX = '_ema'
 # Which weights of a generator a translation uses: its moving average, or the trained weights.
 WEIGHTS = ('ema', 'raw')
+# Keys folded out of the step's key with these tags, apart from the pools' splits: dropout masks,
+# and the gradient penalty's interpolation weights.
+DROPOUT_STREAM = 1
+PENALTY_STREAM = 2
 
 
 class Networks(NamedTuple):
+  """A CycleGAN's G, F, D_X and D_Y, or pix2pix's G and D (the others None)."""
   G: nn.Module  # A → B
-  F: nn.Module  # B → A
-  D_X: nn.Module  # judges domain A
-  D_Y: nn.Module  # judges domain B
+  F: nn.Module | None = None  # B → A
+  D_X: nn.Module | None = None  # judges domain A
+  D_Y: nn.Module | None = None  # judges domain B
+  D: nn.Module | None = None  # pix2pix: judges concat(a, b), a pair of A and B images
+
+
+def network_names(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(generator names, discriminator names) of the train state of `config.model_type`."""
+  return config_lib.MODEL_NETWORKS[config.model_type]
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs, as one pytree."""
   step: jax.Array
-  params: dict[str, Any]  # {'G', 'F', 'D_X', 'D_Y'[, 'G_ema', 'F_ema']}: Flax params.
+  # {'G', 'F', 'D_X', 'D_Y'[, 'G_ema', 'F_ema']} (pix2pix: {'G', 'D'[, 'G_ema']}): Flax params.
+  params: dict[str, Any]
   opt_state_generators: optax.OptState  # Adam state of G and F (one joint step).
   opt_state_discriminators: optax.OptState  # Adam state of D_X and D_Y (one joint step).
   pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
@@ -54,7 +67,10 @@ class TrainState:
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
   dtype = jnp.dtype(config.compute_dtype)
   model_config = config.model
-  return Networks(G=models.build_generator(model_config, model_config.channels_B, dtype=dtype),
+  G = models.build_generator(model_config, model_config.channels_B, dtype=dtype)
+  if config.model_type == 'pix2pix':
+    return Networks(G=G, D=models.build_discriminator(model_config, dtype=dtype))
+  return Networks(G=G,
                   F=models.build_generator(model_config, model_config.channels_A, dtype=dtype),
                   D_X=models.build_discriminator(model_config, dtype=dtype),
                   D_Y=models.build_discriminator(model_config, dtype=dtype))
@@ -155,16 +171,23 @@ def init_train_state(config: ml_collections.ConfigDict,
   key_G, key_F, key_DX, key_DY = jax.random.split(init_key, 4)
   x = jnp.zeros((1, *image_shape_A), jnp.float32)
   y = jnp.zeros((1, *image_shape_B), jnp.float32)
-  params = {
-      'G': networks.G.init(key_G, x)['params'],
-      'F': networks.F.init(key_F, y)['params'],
-      'D_X': networks.D_X.init(key_DX, x)['params'],
-      'D_Y': networks.D_Y.init(key_DY, y)['params'],
-  }
-  generator_params = {k: params[k] for k in GENERATOR_NAMES}
-  discriminator_params = {k: params[k] for k in DISCRIMINATOR_NAMES}
+  if config.model_type == 'pix2pix':  # D judges pairs: A and B images stacked on channels.
+    params = {
+        'G': networks.G.init(key_G, x)['params'],
+        'D': networks.D.init(key_DY, jnp.concatenate([x, y], axis=-1))['params'],
+    }
+  else:
+    params = {
+        'G': networks.G.init(key_G, x)['params'],
+        'F': networks.F.init(key_F, y)['params'],
+        'D_X': networks.D_X.init(key_DX, x)['params'],
+        'D_Y': networks.D_Y.init(key_DY, y)['params'],
+    }
+  generator_names, discriminator_names = network_names(config)
+  generator_params = {k: params[k] for k in generator_names}
+  discriminator_params = {k: params[k] for k in discriminator_names}
   if config.ema_decay > 0:  # The averages start at the initial weights.
-    params.update({k + EMA_SUFFIX: jax.tree.map(jnp.copy, params[k]) for k in GENERATOR_NAMES})
+    params.update({k + EMA_SUFFIX: jax.tree.map(jnp.copy, params[k]) for k in generator_names})
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -175,6 +198,12 @@ def init_train_state(config: ml_collections.ConfigDict,
       rng=rng)
 
 
+def sample_key(seed: int) -> jax.Array:
+  """The fixed key of a run's sample grids and evaluations, during training and after it (their
+  dropout masks, if any)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_STREAM)
+
+
 def update_averages(params: dict[str, Any], generator_params: dict[str, Any],
                     decay: float) -> dict[str, Any]:
   """The moving averages of `params` (none if it keeps none) after the generators' update to
@@ -182,7 +211,7 @@ def update_averages(params: dict[str, Any], generator_params: dict[str, Any],
   return {
       name + EMA_SUFFIX:
           optax.incremental_update(generator_params[name], params[name + EMA_SUFFIX], 1.0 - decay)
-      for name in GENERATOR_NAMES
+      for name in generator_params
       if name + EMA_SUFFIX in params
   }
 
@@ -192,6 +221,10 @@ def generator_weights(params: dict[str, Any], name: str, weights: str | None = N
   moving average) or 'raw' (the trained weights); None: the average if the run keeps one."""
   if weights not in (None, *WEIGHTS):
     raise ValueError(f'Unknown weights {weights!r}: expected one of {", ".join(WEIGHTS)}')
+  if name not in params:
+    raise errors.InvalidValueError(
+        f'this run has no generator {name} (a pix2pix run has only G, direction AtoB); '
+        'translate AtoB, or train a pix2pix run with config.data.direction swapped')
   average = name + EMA_SUFFIX
   if weights == 'ema' and average not in params:
     raise errors.InvalidValueError(
@@ -202,7 +235,8 @@ def generator_weights(params: dict[str, Any], name: str, weights: str | None = N
 
 def translation_params(params: dict[str, Any], weights: str | None = None) -> dict[str, Any]:
   """`params` with G and F replaced by the weights a translation uses (`generator_weights`)."""
-  return {**params, **{name: generator_weights(params, name, weights) for name in GENERATOR_NAMES}}
+  names = [name for name in GENERATOR_NAMES if name in params]
+  return {**params, **{name: generator_weights(params, name, weights) for name in names}}
 
 
 def image_shapes(config: ml_collections.ConfigDict) -> tuple[ImageShape, ImageShape]:

@@ -22,9 +22,10 @@ def image_grid(columns: list[np.ndarray]) -> np.ndarray:
 
 
 def translation_grid(images: dict[str, np.ndarray]) -> np.ndarray:
-  """uint8 grid, one row per sample: real A | G(A) | F(G(A)) | real B | F(B) | G(F(B))."""
+  """uint8 grid, one row per sample: real A | G(A) | F(G(A)) | real B | F(B) | G(F(B)), those
+  columns that `images` has (pix2pix: real A | G(A) | real B)."""
   order = ('real_A', 'fake_B', 'rec_A', 'real_B', 'fake_A', 'rec_B')
-  return image_grid([to_uint8(images[name]) for name in order])
+  return image_grid([to_uint8(images[name]) for name in order if name in images])
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

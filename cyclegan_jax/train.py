@@ -31,6 +31,7 @@ from cyclegan_jax import data
 from cyclegan_jax import ensemble
 from cyclegan_jax import losses
 from cyclegan_jax import models
+from cyclegan_jax import pix2pix
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import summaries
 from cyclegan_jax import workdir as workdir_lib
@@ -43,25 +44,12 @@ SWITCHED_TERMS = {
     'use_cycle_forward': 'cycle_A',
     'use_cycle_backward': 'cycle_B',
 }
+# The progress line's losses (label, metric), those the model has: CycleGAN's, pix2pix's.
+LOGGED_LOSSES = (('G', 'loss/gan_G'), ('F', 'loss/gan_F'), ('cycle_A', 'loss/cycle_A'),
+                 ('cycle_B', 'loss/cycle_B'), ('L1', 'loss/L1'), ('D_X', 'loss/D_X'),
+                 ('D_Y', 'loss/D_Y'), ('D', 'loss/D'))
 # Each discriminator trains only while the GAN term it judges for is on.
 DISCRIMINATOR_SWITCH = {'D_Y': 'use_gan_G', 'D_X': 'use_gan_F'}
-# Dropout keys are folded out of the step's key with this tag, apart from the pools' splits.
-DROPOUT_STREAM = 1
-PENALTY_STREAM = 2
-
-
-def weighted_sum(terms: dict[str, jax.Array], weights: dict[str, Any]) -> jax.Array:
-  """sum(weight * term): a weight known to be 0 drops its term from the program (no gradient is
-  computed for it), one known to be 1 adds it as is; an ensemble's traced weights multiply."""
-  total = jnp.zeros((), jnp.float32)
-  for name, value in terms.items():
-    weight = weights.get(name, 1.0)
-    if isinstance(weight, (int, float)):
-      if weight:
-        total = total + (value if weight == 1 else weight * value)
-    else:
-      total = total + weight * value
-  return total
 
 
 def train_step(state: state_lib.TrainState,
@@ -94,7 +82,7 @@ def train_step(state: state_lib.TrainState,
                    hyper['lambda_identity'] > 0)
   real_A, real_B = batch['A'], batch['B']
   rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
-  dropout_G, dropout_F = jax.random.split(jax.random.fold_in(state.rng, DROPOUT_STREAM))
+  dropout_G, dropout_F = jax.random.split(jax.random.fold_in(state.rng, state_lib.DROPOUT_STREAM))
   params = state.params
 
   def generator_objective(generator_params):
@@ -116,7 +104,7 @@ def train_step(state: state_lib.TrainState,
     if with_identity:
       terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
       terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
-    return weighted_sum(terms, term_weights), (terms, fake_A, fake_B)
+    return losses.weighted_sum(terms, term_weights), (terms, fake_A, fake_B)
 
   generator_params = {k: params[k] for k in state_lib.GENERATOR_NAMES}
   grads, (generator_terms, fake_A, fake_B) = jax.grad(
@@ -132,7 +120,7 @@ def train_step(state: state_lib.TrainState,
   pool_B, pooled_fake_B = image_pool.query_pool(state.pool_B, fake_B, pool_key_B)
   # WGAN-GP's interpolation weights, one per example (a stream of their own: other modes draw
   # exactly what they drew before).
-  alpha_X, alpha_Y = jax.random.uniform(jax.random.fold_in(state.rng, PENALTY_STREAM),
+  alpha_X, alpha_Y = jax.random.uniform(jax.random.fold_in(state.rng, state_lib.PENALTY_STREAM),
                                         (2, real_A.shape[0]))
 
   def discriminator_objective(discriminator_params):
@@ -151,14 +139,13 @@ def train_step(state: state_lib.TrainState,
     }
     weights = {name: hyper[switch] for name, switch in DISCRIMINATOR_SWITCH.items()}
     for name, (critic, real, fake, alpha) in judged.items():
-      if gan_mode == 'wgangp':
-        terms[f'gp_{name}'] = losses.gradient_penalty(critic, real, fake, alpha, config.lambda_gp)
-        weights[f'gp_{name}'] = weights[name]
-      if config.r1_gamma > 0:
-        terms[f'r1_{name}'] = losses.r1_penalty(critic, real, config.r1_gamma)
-        weights[f'r1_{name}'] = weights[name]
+      penalties = losses.discriminator_penalties(critic, real, fake, alpha, gan_mode,
+                                                 config.lambda_gp, config.r1_gamma)
+      for penalty, value in penalties.items():
+        terms[f'{penalty}_{name}'] = value
+        weights[f'{penalty}_{name}'] = weights[name]
     mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
-    return weighted_sum(terms, weights), (terms, mean_scores)
+    return losses.weighted_sum(terms, weights), (terms, mean_scores)
 
   discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATOR_NAMES}
   grads, (discriminator_terms, mean_scores) = jax.grad(
@@ -168,7 +155,7 @@ def train_step(state: state_lib.TrainState,
   discriminator_params = optax.apply_updates(discriminator_params, updates)
 
   metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
-  metrics['loss/generators'] = weighted_sum(generator_terms, term_weights)
+  metrics['loss/generators'] = losses.weighted_sum(generator_terms, term_weights)
   metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
   metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
   metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -185,11 +172,6 @@ def train_step(state: state_lib.TrainState,
                             pool_B=pool_B,
                             rng=rng)
   return new_state, metrics
-
-
-def sample_key(seed: int) -> jax.Array:
-  """The fixed key of a run's sample grids and evaluations (their dropout masks, if any)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_STREAM)
 
 
 def translate_all(networks: state_lib.Networks, dropout_key: jax.Array, params: dict[str, Any],
@@ -215,10 +197,10 @@ class Trainer(NamedTuple):
   batch_sharding: jax.sharding.NamedSharding
   init: Any  # () -> state_lib.TrainState, jitted
   step: Any  # (state_lib.TrainState, batch) -> (state_lib.TrainState, metrics), jitted, state donated
-  # The translations take the run's `sample_key` first (dropout masks, if any).
+  # The translations take the run's `state.sample_key` first (dropout masks, if any).
   translate: Any  # (key, params, real_A, real_B) -> dict of images for grids, jitted
   translate_AtoB: Any  # (key, params, real_A) -> G(real_A) as numpy, test mode (models.for_test)
-  translate_BtoA: Any  # (key, params, real_B) -> F(real_B) as numpy, test mode
+  translate_BtoA: Any  # (key, params, real_B) -> F(real_B) as numpy, test mode; pix2pix: None
   num_members: int = 1  # 1: a single run, no member axis.
   layout: ensemble.SlotLayout | None = None  # An ensemble's: state, batch, metrics are slots.
 
@@ -273,7 +255,11 @@ def build_trainer(config: ml_collections.ConfigDict,
   `ensemble.members`), whose shared fields are those of `config`."""
   networks = state_lib.build_networks(config)
   schedule = state_lib.learning_rate_schedule(config, epoch_steps)
-  step_fn = functools.partial(train_step, config=config, networks=networks, epoch_steps=epoch_steps)
+  paired = config.model_type == 'pix2pix'
+  step_fn = functools.partial(pix2pix.train_step if paired else train_step,
+                              config=config,
+                              networks=networks,
+                              epoch_steps=epoch_steps)
   spec = jax.sharding.PartitionSpec
   single = members is None or len(members) == 1
   configs = [members[0].config if members else config
@@ -361,9 +347,11 @@ def build_trainer(config: ml_collections.ConfigDict,
                  batch_sharding,
                  init,
                  step,
-                 translate=jax.jit(functools.partial(translate_all, networks), **translate_kwargs),
+                 translate=jax.jit(
+                     functools.partial(pix2pix.translate_all if paired else translate_all,
+                                       networks), **translate_kwargs),
                  translate_AtoB=test_translate('G'),
-                 translate_BtoA=test_translate('F'),
+                 translate_BtoA=None if paired else test_translate('F'),
                  num_members=num_members,
                  layout=layout)
 
@@ -687,10 +675,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
     if not has_test_data:
       return {}
     params = member_params(k)
-    key = sample_key(run.config.seed)
+    key = state_lib.sample_key(run.config.seed)
+    translate_BtoA = (None if trainer.translate_BtoA is None else functools.partial(
+        trainer.translate_BtoA, key, params))
     results = evaluation.evaluate(functools.partial(trainer.translate_AtoB, key, params),
-                                  functools.partial(trainer.translate_BtoA, key, params), test_sets,
-                                  paired, features)
+                                  translate_BtoA, test_sets, paired, features)
     run.writer.scalars(step, {workdir_lib.eval_scalar(k): v for k, v in results.items()})
     if is_chief:
       evaluation.log_summary(step, results)
@@ -702,7 +691,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
       return
     # Every process runs the computation (it spans all devices); process 0 writes the grid.
     images = state_lib.to_host(
-        trainer.translate(sample_key(run.config.seed), member_params(k), samples['A'],
+        trainer.translate(state_lib.sample_key(run.config.seed), member_params(k), samples['A'],
                           samples['B']))
     if not is_chief:
       return
@@ -759,11 +748,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
           if is_chief:
             m = run.last_metrics
             logging.info(
-                '%sstep %d/%d  epoch %.2f  G %.3f  F %.3f  cycle %.3f/%.3f  D_X %.3f  D_Y %.3f  '
-                'lr %.2e  %.2f steps/s  ETA %s', f'{run.name}: ' if run.name else '', step,
-                num_steps, step / epoch_steps, m['loss/gan_G'], m['loss/gan_F'], m['loss/cycle_A'],
-                m['loss/cycle_B'], m['loss/D_X'], m['loss/D_Y'], m['lr'], steps_per_s,
-                summaries.format_duration(eta_s))
+                '%sstep %d/%d  epoch %.2f  %s  lr %.2e  %.2f steps/s  ETA %s',
+                f'{run.name}: ' if run.name else '', step, num_steps, step / epoch_steps,
+                '  '.join(f'{label} {m[key]:.3f}' for label, key in LOGGED_LOSSES if key in m),
+                m['lr'], steps_per_s, summaries.format_duration(eta_s))
         if all(run.failure for run in runs):
           raise errors.DivergedError('Every member stopped on a non-finite loss: ' +
                                      '; '.join(run.failure for run in runs))

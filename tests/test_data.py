@@ -19,6 +19,7 @@ import pytest
 from conftest import train_batch
 from conftest import train_batch_uint8
 
+from cyclegan_jax import config_lib
 from cyclegan_jax import data
 from cyclegan_jax.data import embedded
 from cyclegan_jax.data import image_io
@@ -29,7 +30,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(
+  config = config_lib.base_config().data
+  config.update(
       dict(
           source='embedded',
           root='',

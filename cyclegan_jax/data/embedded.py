@@ -11,6 +11,8 @@ train-A cells), cropped at a random position inside it (preprocess and load_size
 Held-out pairs are the 3 x 3 grid of crops at offsets 0, (cell - crop) / 2 and cell - crop in
 every held-out cell, a, with ground truth T(a) = hue_rotate_120(a); they are ordered centre crops
 first, interleaving the photos, so any prefix is spread over all photos. They are the test split.
+In paired form (config.data.dataset_mode 'aligned', pix2pix's demo), training example i is cell i
+of train-A and its hue rotation, cropped alike; the train-B cells are left unused.
 """
 
 import dataclasses
@@ -122,9 +124,12 @@ def heldout_crops(photos: dict[str, np.ndarray], cells: list[Cell], crop_size: i
 
 
 def embedded_images(crop_size: int,
-                    num_heldout: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                    num_heldout: int = 0,
+                    aligned: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """({'A': train-A cells, 'B': hue-rotated train-B cells}, {'A': held-out crops a, 'B': T(a)}):
-  uint8 [n, H, W, 3] arrays; the first `num_heldout` held-out pairs (0: all)."""
+  uint8 [n, H, W, 3] arrays; the first `num_heldout` held-out pairs (0: all). `aligned`: the
+  training data in paired form (pix2pix's), {'A': train-A cells, 'B': the same cells hue-rotated}:
+  domain A as unpaired, and cell i of B its ground truth."""
   photos = _embedded_photos()
   cell_size = embedded_cell_size(crop_size)
   cells = embedded_cells({name: photo.shape for name, photo in photos.items()}, cell_size)
@@ -138,5 +143,6 @@ def embedded_images(crop_size: int,
   all_heldout_A = heldout_crops(photos, cells, crop_size)
   all_heldout_B = hue_rotate_120(all_heldout_A)
   count = min(num_heldout or len(all_heldout_A), len(all_heldout_A))
-  train = {'A': np.stack(by_role[TRAIN_A]), 'B': hue_rotate_120(np.stack(by_role[TRAIN_B]))}
+  train_A = np.stack(by_role[TRAIN_A])
+  train = {'A': train_A, 'B': hue_rotate_120(train_A if aligned else np.stack(by_role[TRAIN_B]))}
   return train, {'A': all_heldout_A[:count], 'B': all_heldout_B[:count]}

@@ -24,6 +24,10 @@ from cyclegan_jax.data import image_io
 
 SPLITS = ('trainA', 'trainB', 'testA', 'testB')
 REQUIRED_SPLITS = ('trainA', 'trainB')
+# Aligned (pix2pix) datasets: each image holds A | B side by side; the official ones have train/
+# and val/ (facades and night2day also test/).
+ALIGNED_SPLITS = ('train', 'test', 'val')
+ALIGNED_REQUIRED_SPLITS = ('train',)
 # Damaged data (CRC, deflate stream, truncation) or a compression method zipfile lacks.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
                    KeyError, ValueError)
@@ -117,14 +121,15 @@ class Layout:
   left_out: dict[str, str]  # Test splits without a folder or without images, and why.
 
 
-def _dataset_root(tree: Tree, context: str) -> str:
-  """The folder that holds trainA/ and trainB/; a user error ending in `context` if none does."""
+def _dataset_root(tree: Tree, context: str, all_splits: Sequence[str],
+                  required: Sequence[str]) -> str:
+  """The folder that holds the `required` splits; a user error ending in `context` if none does."""
   found: dict[str, list[str]] = {}
   for folder in sorted(tree.folders, key=lambda f: (f.count('/'), f)):
     parent, name = posixpath.split(folder)
-    if name in SPLITS:
+    if name in all_splits:
       found.setdefault(parent, []).append(name)
-  complete = [root for root, splits in found.items() if set(REQUIRED_SPLITS) <= set(splits)]
+  complete = [root for root, splits in found.items() if set(required) <= set(splits)]
   if '' in complete:
     return ''
   if len(complete) == 1:
@@ -133,24 +138,30 @@ def _dataset_root(tree: Tree, context: str) -> str:
     raise errors.InvalidValueError(f'{tree.location("")} holds several datasets, in '
                                    f'{", ".join(sorted(complete))}: pass one of them{context}')
   for root, splits in found.items():  # Shallowest first.
-    present = [split for split in SPLITS if split in splits]
-    missing = [split for split in REQUIRED_SPLITS if split not in splits]
+    present = [split for split in all_splits if split in splits]
+    missing = [split for split in required if split not in splits]
     raise errors.PathNotFoundError(
         f'{tree.location(root)} has {"/, ".join(present)}/ but no {"/ and ".join(missing)}/ '
         f'folder{context}')
-  raise errors.PathNotFoundError(f'{tree.location("")} holds no trainA/ and trainB/ folders, '
-                                 f'neither at its top nor in a folder below it{context}')
+  wanted = ' and '.join(f'{split}/' for split in required)
+  raise errors.PathNotFoundError(
+      f'{tree.location("")} holds no {wanted} folder{"s" if len(required) > 1 else ""}, '
+      f'neither at its top nor in a folder below it{context}')
 
 
-def find_layout(tree: Tree, context: str = '') -> Layout:
-  """The splits of the dataset in `tree`; user errors end in `context` (what to do).
+def find_layout(tree: Tree,
+                context: str = '',
+                all_splits: Sequence[str] = SPLITS,
+                required: Sequence[str] = REQUIRED_SPLITS) -> Layout:
+  """The splits of the dataset in `tree`; user errors end in `context` (what to do). CycleGAN's
+  splits by default; `ALIGNED_SPLITS` and `ALIGNED_REQUIRED_SPLITS` for pix2pix's.
 
   Raises PathNotFoundError or InvalidValueError naming the folder when there is no dataset,
-  several, or a trainA/ or trainB/ without images.
+  several, or a required split without images.
   """
-  root = _dataset_root(tree, context)
+  root = _dataset_root(tree, context, all_splits, required)
   splits, left_out = {}, {}
-  for split in SPLITS:
+  for split in all_splits:
     folder = posixpath.join(root, split)
     if folder not in tree.folders:
       left_out[split] = f'no {split}/ folder in {tree.location(root)}'
@@ -167,7 +178,7 @@ def find_layout(tree: Tree, context: str = '') -> Layout:
     problem = f'{split_files.location} holds no {extensions} images'
     if ignored:
       problem += f' (only {_count(len(ignored), "other file")}, e.g. {ignored[0]})'
-    if split in REQUIRED_SPLITS:
+    if split in required:
       raise errors.InvalidValueError(problem + context)
     left_out[split] = problem
   return Layout(root, splits, left_out)

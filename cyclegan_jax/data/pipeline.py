@@ -65,6 +65,11 @@ class Dataset:
    num_A, num_B: training images per domain (embedded: train cells, each cropped at a random
     position, so there are many more distinct crops than examples).
    epoch_size: max(num_A, num_B), iterations per epoch at batch size 1.
+   aligned: example i pairs image k of A with image k of B (pix2pix), both cropped and flipped
+    alike; else (CycleGAN) the B image is drawn independently.
+   halves: aligned A | B files, {'A': 0, 'B': 1} (the left half is A) or {'A': 1, 'B': 0}
+    (config.data.direction 'BtoA'): each domain reads its half of the same image; None: each
+    domain has its own images.
    crop_size: the training crop, None for preprocess modes without one.
    fingerprint: identifies the training images (names and counts), to detect a changed dataset
     when a run resumes.
@@ -87,6 +92,8 @@ class Dataset:
       prefetch: int = 2,
       heldout_uint8: dict[str, np.ndarray] | None = None,
       summary: str = '',
+      aligned: bool = False,
+      halves: dict[str, int] | None = None,
   ):
     self.seed = seed  # config_lib.validate checks it (>= 0), as every other field.
     self.sources = train
@@ -101,6 +108,9 @@ class Dataset:
     self.num_workers = num_workers or os.cpu_count() or 1
     self.prefetch = prefetch
     self.num_A, self.num_B = len(train['A']), len(train['B'])
+    if aligned and self.num_A != self.num_B:
+      raise ValueError(f'aligned data needs as many A as B images, got {self.num_A}, {self.num_B}')
+    self.aligned, self.halves = aligned, halves
     self.epoch_size = max(self.num_A, self.num_B)
     self.summary = summary
     self._heldout_uint8 = heldout_uint8
@@ -117,13 +127,22 @@ class Dataset:
 
   def example_indices(self, example: int) -> tuple[int, int]:
     """(A index, B index) of global example `example` = step * batch_size + j."""
-    return example_indices(self.seed, example, self.num_A, self.num_B)
+    index_A, index_B = example_indices(self.seed, example, self.num_A, self.num_B)
+    return (index_A, index_A) if self.aligned else (index_A, index_B)
 
-  def _decoded(self, source: sources_lib.Source, index: int, channels: int) -> Image.Image | np.ndarray:
+  def _decoded(self, source: sources_lib.Source, index: int,
+               domain: str) -> Image.Image | np.ndarray:
     data = source.read(index)
     if isinstance(data, np.ndarray):
       return data
-    return decode_image(data, channels, source.describe(index))
+    image = decode_image(data, self.channels[domain], source.describe(index))
+    if self.halves is None:
+      return image
+    # The official AlignedDataset: A is the left half, B the rest (w // 2 onwards).
+    width, height = image.size
+    left = (0, width // 2)[self.halves[domain]]
+    right = (width // 2, width)[self.halves[domain]]
+    return image.crop((left, 0, right, height))
 
   def _readable(self, sources: dict[str, sources_lib.Source], domain: str, index: int,
                 load: Callable[[int], np.ndarray]) -> tuple[int, np.ndarray]:
@@ -152,7 +171,7 @@ class Dataset:
     source = self.sources[domain]
 
     def load(candidate: int) -> np.ndarray:
-      image = self._decoded(source, candidate, self.channels[domain])
+      image = self._decoded(source, candidate, domain)
       if isinstance(image, Image.Image):
         image = as_hwc(
             preprocess_for_training(image, self.preprocess, self.load_size, self.test_size))
@@ -164,8 +183,9 @@ class Dataset:
     """uint8 [H, W, C]: global example `example` of `domain`, preprocessed, cropped, flipped."""
     index = self.example_indices(example)[DOMAINS.index(domain)]
     image = self._training_image(domain, index)
-    augmentation = sample_augmentation(self.seed, example, domain, image.shape, self.crop_size,
-                                       self.allow_flip)
+    # A pair shares one crop and flip (the draws of domain A).
+    augmentation = sample_augmentation(self.seed, example, 'A' if self.aligned else domain,
+                                       image.shape, self.crop_size, self.allow_flip)
     return apply_augmentation(image, augmentation, self.crop_size)
 
   def describe_example(self, example: int, domain: str) -> str:
@@ -205,7 +225,11 @@ class Dataset:
         try:
           data = source.read(index)
           with Image.open(io.BytesIO(data)) as image:
-            size = training_size(image.size, self.preprocess, self.load_size, self.test_size)
+            size = image.size
+          if self.halves is not None:
+            half = size[0] // 2
+            size = (half if self.halves[domain] == 0 else size[0] - half, size[1])
+          size = training_size(size, self.preprocess, self.load_size, self.test_size)
         except (UnreadableImageError, *DECODE_ERRORS):
           continue  # Skipped (or reported) when training reaches it.
         sizes.setdefault(size, source.describe(index))
@@ -253,7 +277,7 @@ class Dataset:
     names = source.names()
     for index in range(len(source)):
       try:
-        image = self._decoded(source, index, self.channels[domain])
+        image = self._decoded(source, index, domain)
       except UnreadableImageError as error:
         if not self.skip_bad_images:
           raise
@@ -272,7 +296,7 @@ class Dataset:
       source, images, index = sources[domain], [], 0
       while len(images) < n and index < len(source):
         try:
-          image = self._decoded(source, index, self.channels[domain])
+          image = self._decoded(source, index, domain)
           if isinstance(image, Image.Image):
             image = as_hwc(preprocess_for_test(image, 'resize_and_crop', self.test_size))
           images.append(image)
@@ -377,19 +401,31 @@ def create_dataset(data_config: ml_collections.ConfigDict,
                    seed: int,
                    channels_A: int = 3,
                    channels_B: int = 3) -> Dataset:
-  """The `Dataset` described by `config.data` (see the module docstring)."""
+  """The `Dataset` described by `config.data` (see the module docstring); with
+  config.data.direction 'BtoA' domains A and B of the source are swapped."""
   config_lib.validate_data(data_config)
   channels = {'A': channels_A, 'B': channels_B}
+  swap = data_config.direction == 'BtoA'
+  aligned = data_config.dataset_mode == 'aligned'
   if data_config.source == 'embedded':
-    return _create_embedded(data_config, seed, channels)
+    return _create_embedded(data_config, seed, channels, aligned, swap)
   if data_config.source == 'tfds':
     train, test, where = sources_lib.tfds_splits(data_config)
   else:
     train, test, where = sources_lib.folder_splits(data_config)
-  summary = (f'{where}: {len(train["A"])} trainA, {len(train["B"])} trainB, '
-             f'{len(test["A"])} testA, {len(test["B"])} testB images; preprocess '
-             f'{data_config.preprocess} (load {data_config.load_size}, crop '
-             f'{data_config.crop_size})')
+  halves = None
+  if aligned:
+    halves = {'A': 1, 'B': 0} if swap else {'A': 0, 'B': 1}
+    summary = (f'{where}: {len(train["A"])} train and {len(test["A"])} test pairs (A | B images, '
+               f'direction {data_config.direction})')
+  else:
+    if swap:
+      train, test = _swapped(train), _swapped(test)
+    summary = (f'{where}: {len(train["A"])} trainA, {len(train["B"])} trainB, '
+               f'{len(test["A"])} testA, {len(test["B"])} testB images' +
+               (' (direction BtoA: the source\'s B is domain A)' if swap else ''))
+  summary += (f'; preprocess {data_config.preprocess} (load {data_config.load_size}, crop '
+              f'{data_config.crop_size})')
   return Dataset(
       seed=seed,
       train=train,
@@ -403,17 +439,26 @@ def create_dataset(data_config: ml_collections.ConfigDict,
       num_workers=data_config.num_workers,
       prefetch=data_config.prefetch,
       summary=summary,
+      aligned=aligned,
+      halves=halves,
   )
 
 
-def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
+def _swapped(by_domain: dict) -> dict:
+  return {'A': by_domain['B'], 'B': by_domain['A']}
+
+
+def _create_embedded(config, seed: int, channels: dict[str, int], aligned: bool,
+                     swap: bool) -> Dataset:
   if tuple(channels.values()) != (3, 3):
     raise errors.InvalidValueError(
         'the embedded photos are RGB: set model.channels_A and model.channels_B to 3, '
         f'got {channels["A"]} and {channels["B"]}')
   crop_size = config.crop_size
   cell_size = embedded.embedded_cell_size(crop_size)
-  train_uint8, heldout = embedded.embedded_images(crop_size, config.num_heldout)
+  train_uint8, heldout = embedded.embedded_images(crop_size, config.num_heldout, aligned)
+  if swap:
+    train_uint8, heldout = _swapped(train_uint8), _swapped(heldout)
   train = {
       domain: sources_lib.ArraySource(images, f'embedded train-{domain} cell')
       for domain, images in train_uint8.items()
@@ -422,8 +467,10 @@ def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
       domain: sources_lib.ArraySource(images, f'heldout_{domain}')
       for domain, images in heldout.items()
   }
-  summary = (f'embedded photos: {len(train["A"])} train-A and {len(train["B"])} train-B cells '
-             f'of {cell_size} px, {len(heldout["A"])} held-out pairs, crop {crop_size} px')
+  cells = (f'{len(train["A"])} train pairs (a, hue-rotated a)'
+           if aligned else f'{len(train["A"])} train-A and {len(train["B"])} train-B')
+  summary = (f'embedded photos: {cells} cells of {cell_size} px, {len(heldout["A"])} held-out '
+             f'pairs, crop {crop_size} px' + (', direction BtoA' if swap else ''))
   return Dataset(
       seed=seed,
       train=train,
@@ -437,4 +484,5 @@ def _create_embedded(config, seed: int, channels: dict[str, int]) -> Dataset:
       prefetch=config.prefetch,
       heldout_uint8=heldout,
       summary=summary,
+      aligned=aligned,
   )

@@ -5,7 +5,7 @@
    trainB, testA, testB.
  - 'folder': `config.data.root` is a directory, or a zip file such as the official
    horse2zebra.zip read in place, holding trainA/ and trainB/ (testA/ and testB/ optional)
-   where `layout.find_layout` finds them.
+   where `layout.find_layout` finds them; aligned data (pix2pix's): train/ and test/ or val/.
 """
 
 from collections.abc import Sequence
@@ -27,6 +27,10 @@ from cyclegan_jax.data.preprocess import DOMAINS
 _FOLDER_LAYOUT = (
     'expected a folder or .zip holding trainA/ and trainB/ (optionally testA/, testB/) with '
     'images, the layout of the CycleGAN datasets (e.g. horse2zebra.zip)')
+_ALIGNED_LAYOUT = (
+    'expected a folder or .zip holding train/ (optionally test/ or val/) with images that each '
+    'show an A image and its B image side by side, the layout of the pix2pix datasets (e.g. '
+    'facades.tar.gz, extracted)')
 _TFDS_HELP = (
     'Prepare it once, without TensorFlow, from the official zip: `python -m '
     'cyclegan_jax.prepare_tfds --name={name} --source=/path/to/{name}.zip --data_dir={data_dir}`; '
@@ -150,19 +154,25 @@ class TfdsSource:
 
 
 def folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
-  """The splits of the folder or zip `config.root` (`layout.find_layout`)."""
+  """The splits of the folder or zip `config.root` (`layout.find_layout`). Aligned data
+  (config.dataset_mode): both domains read the same A | B images, of train/ and of test/ (val/
+  where there is no test/)."""
+  aligned = config.dataset_mode == 'aligned'
+  help_text = _ALIGNED_LAYOUT if aligned else _FOLDER_LAYOUT
   if not config.root:
     raise errors.InvalidValueError(
-        f'config.data.root is empty; source "folder" needs it: {_FOLDER_LAYOUT}')
+        f'config.data.root is empty; source "folder" needs it: {help_text}')
   root = pathlib.Path(config.root).expanduser()
-  context = f' (config.data.root={config.root!r}): {_FOLDER_LAYOUT}'
+  context = f' (config.data.root={config.root!r}): {help_text}'
+  splits = ((layout.ALIGNED_SPLITS, layout.ALIGNED_REQUIRED_SPLITS) if aligned else
+            (layout.SPLITS, layout.REQUIRED_SPLITS))
   if root.is_dir():
-    found = layout.find_layout(layout.FolderTree(root), context)
+    found = layout.find_layout(layout.FolderTree(root), context, *splits)
     sources = {
         split:
             FileSource(root / posixpath.join(found.root, split),
                        tuple(root / path for path in layout.split_paths(found, split)))
-        for split in layout.SPLITS
+        for split in splits[0]
     }
   elif root.is_file():
     try:
@@ -172,16 +182,19 @@ def folder_splits(config) -> tuple[dict[str, Source], dict[str, Source], str]:
           f'config.data.root={config.root!r} is neither a folder nor a readable zip ({error}); '
           f'{_FOLDER_LAYOUT}') from error
     with archive:
-      found = layout.find_layout(layout.ZipTree(archive, root), context)
+      found = layout.find_layout(layout.ZipTree(archive, root), context, *splits)
     sources = {
         split:
             ZipSource(root,
                       posixpath.join(found.root, split) + '/', layout.split_paths(found, split))
-        for split in layout.SPLITS
+        for split in splits[0]
     }
   else:
     raise errors.PathNotFoundError(
-        f'config.data.root={config.root!r}: {root} does not exist; {_FOLDER_LAYOUT}')
+        f'config.data.root={config.root!r}: {root} does not exist; {help_text}')
+  if aligned:
+    test = sources['test'] if len(sources['test']) else sources['val']
+    return dict.fromkeys(DOMAINS, sources['train']), dict.fromkeys(DOMAINS, test), str(root)
   return _by_domain(sources, 'train'), _by_domain(sources, 'test'), str(root)
 
 

@@ -94,33 +94,35 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def evaluate(translate_AtoB: Translate,
-             translate_BtoA: Translate,
+             translate_BtoA: Translate | None,
              test: dict[str, list[np.ndarray]],
              paired: bool,
              features: Callable[[np.ndarray], np.ndarray] | None = None,
              batch_size: int = 16) -> dict[str, float]:
-  """Metrics (module docstring) of the two generators on uint8 test images per domain.
+  """Metrics (module docstring) of the two generators on uint8 test images per domain; with
+  `translate_BtoA` None (pix2pix) those of AtoB alone, without cycle errors.
 
   `features` maps float [-1, 1] NHWC images to Inception pool features (FID/KID), or None.
   """
   real = {
       domain: [image_io.from_uint8(image) for image in images] for domain, images in test.items()
   }
-  fake = {
-      'B': apply_by_size(translate_AtoB, real['A'], batch_size),
-      'A': apply_by_size(translate_BtoA, real['B'], batch_size)
-  }
-  reconstructed = {
-      'A': apply_by_size(translate_BtoA, fake['B'], batch_size),
-      'B': apply_by_size(translate_AtoB, fake['A'], batch_size)
-  }
   results: dict[str, float] = {'num_test_A': len(real['A']), 'num_test_B': len(real['B'])}
-  for domain in ('A', 'B'):
-    results[f'cycle_mae_{domain}'] = _mean(
-        float(paired_errors(rec[None], x[None])['mae'][0])
-        for rec, x in zip(reconstructed[domain], real[domain]))
+  fake = {'B': apply_by_size(translate_AtoB, real['A'], batch_size)}
+  directions = [('AtoB', 'A', 'B')]
+  if translate_BtoA is not None:
+    directions.append(('BtoA', 'B', 'A'))
+    fake['A'] = apply_by_size(translate_BtoA, real['B'], batch_size)
+    reconstructed = {
+        'A': apply_by_size(translate_BtoA, fake['B'], batch_size),
+        'B': apply_by_size(translate_AtoB, fake['A'], batch_size)
+    }
+    for domain in ('A', 'B'):
+      results[f'cycle_mae_{domain}'] = _mean(
+          float(paired_errors(rec[None], x[None])['mae'][0])
+          for rec, x in zip(reconstructed[domain], real[domain]))
 
-  for direction, source, target in (('AtoB', 'A', 'B'), ('BtoA', 'B', 'A')):
+  for direction, source, target in directions:
     prediction, truth = fake[target], real[target]
     if paired:
       errors = [paired_errors(p[None], t[None]) for p, t in zip(prediction, truth)]
@@ -152,7 +154,7 @@ def load_test_sets(dataset: data.Dataset,
           f'The dataset has no readable test{domain} images to evaluate on.')
     names[domain] = [name for name, _ in items]
     test[domain] = [image for _, image in items]
-  paired = dataset.heldout_pairs() is not None
+  paired = dataset.heldout_pairs() is not None or dataset.aligned  # Test i of A and B: a pair.
   if paired_test and not paired:
     try:
       pair_test_images(names)
@@ -201,21 +203,22 @@ def evaluate_workdir(workdir: str,
   test_sets, paired = load_test_sets(dataset, config.data.paired_test)
   state, step = checkpointing.restore_train_state(workdir, step)
   imported = checkpointing.imported_networks(workdir)
-  if imported is not None and not {'G', 'F'} <= set(imported):
+  if imported is not None and 'F' in state.params and not {'G', 'F'} <= set(imported):
     logging.warning(
         '%s holds only %s converted weights; the other generator is untrained, so '
         'its metrics (and the cycle errors) mean nothing.', workdir, sorted(imported))
   networks = state_lib.build_networks(config)
   # As the official test.py: each image normalised by its own statistics; dropout (if any) on
-  # unless config.model.eval_mode, with masks from the seed.
-  dropout_key = jax.random.PRNGKey(config.seed)
+  # unless config.model.eval_mode, with the masks of the run's own evaluations.
+  dropout_key = state_lib.sample_key(config.seed)
 
   def translate(name):
     network = models.for_test(getattr(networks, name), config.model.eval_mode)
     params = state_lib.generator_weights(state.params, name, weights)
-    return jax.jit(models.network_fn(network, params, dropout_key))
+    return jax.jit(lambda x: models.network_fn(network, params, dropout_key)(x))
 
-  translate_AtoB, translate_BtoA = translate('G'), translate('F')
+  translate_AtoB = translate('G')
+  translate_BtoA = translate('F') if 'F' in state.params else None  # pix2pix has G alone.
   results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)
   if jax.process_index() == 0:
     writer = summaries.SummaryWriter(workdir)

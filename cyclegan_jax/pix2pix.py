@@ -1,0 +1,113 @@
+"""pix2pix (Isola et al. 2017): the paired model of the same authors, in the official order.
+
+G maps a to b; D is a PatchGAN judging pairs, concat(a, b) on the channel axis. One iteration of
+the official `Pix2PixModel.optimize_parameters`:
+
+1. fake_b = G(a), once (its dropout masks and batch statistics serve both updates below).
+2. D: one Adam step on ½ (GAN(D(a, b), real) + GAN(D(a, fake_b), fake)), fake_b detached.
+3. G: one Adam step on GAN(D'(a, fake_b), real) + λ_L1 · |fake_b − b|₁ with the updated D'.
+
+No image pool, no cycle or identity terms. The config's use_gan_G switches the GAN term (off: L1
+alone, D untrained), as the paper's ablation of the objective.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cyclegan_jax import losses
+from cyclegan_jax import models
+from cyclegan_jax import state as state_lib
+
+
+def pair(a: jax.Array, b: jax.Array) -> jax.Array:
+  """What the conditional discriminator judges: a and b stacked on the channel axis."""
+  return jnp.concatenate([a, b.astype(a.dtype)], axis=-1)
+
+
+def train_step(state: state_lib.TrainState,
+               batch: dict[str, jax.Array],
+               varying: state_lib.Hyperparams | None = None,
+               *,
+               config: ml_collections.ConfigDict,
+               networks: state_lib.Networks,
+               epoch_steps: int,
+               fixed: state_lib.Hyperparams) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+  """One pix2pix iteration (module docstring); the same signature as CycleGAN's step."""
+  hyper = {**fixed, **(varying or {})}
+  gan_mode = config.gan_mode
+  schedule = state_lib.learning_rate_schedule(config, epoch_steps, hyper['learning_rate'])
+  optimizer = state_lib.adam(config, schedule, hyper)
+  real_A, real_B = batch['A'], batch['B']
+  # The key advances as CycleGAN's (the pools' keys are drawn and unused).
+  rng = jax.random.split(state.rng, 3)[0]
+  # G's dropout key, as a CycleGAN's G's.
+  dropout = jax.random.split(jax.random.fold_in(state.rng, state_lib.DROPOUT_STREAM))[0]
+  alpha = jax.random.uniform(jax.random.fold_in(state.rng, state_lib.PENALTY_STREAM),
+                             (real_A.shape[0],))
+  params = state.params
+  gan_weight = hyper['use_gan_G']
+
+  fake_B, generator_vjp = jax.vjp(
+      lambda generator: models.network_fn(networks.G, generator, dropout)(real_A), params['G'])
+  detached_B = jax.lax.stop_gradient(fake_B)
+
+  def discriminator_objective(discriminator_params):
+    D = functools.partial(networks.D.apply, {'params': discriminator_params['D']})
+    scores = {'D/real': D(pair(real_A, real_B)), 'D/fake': D(pair(real_A, detached_B))}
+    terms = {'D': losses.discriminator_loss(scores['D/real'], scores['D/fake'], gan_mode)}
+    penalties = losses.discriminator_penalties(D, pair(real_A, real_B), pair(real_A, detached_B),
+                                               alpha, gan_mode, config.lambda_gp, config.r1_gamma)
+    terms.update({f'{name}_D': value for name, value in penalties.items()})
+    mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
+    return losses.weighted_sum(terms, dict.fromkeys(terms, gan_weight)), (terms, mean_scores)
+
+  discriminator_params = {'D': params['D']}
+  grads, (discriminator_terms, mean_scores) = jax.grad(discriminator_objective,
+                                                       has_aux=True)(discriminator_params)
+  updates, opt_state_discriminators = optimizer.update(grads, state.opt_state_discriminators,
+                                                       discriminator_params)
+  discriminator_params = optax.apply_updates(discriminator_params, updates)
+
+  def generator_objective(fake):
+    D = functools.partial(networks.D.apply, {'params': discriminator_params['D']})
+    terms = {
+        'gan_G': losses.generator_gan_loss(D(pair(real_A, fake)), gan_mode),
+        'L1': config.lambda_L1 * losses.l1_loss(fake, real_B),
+    }
+    return losses.weighted_sum(terms, {'gan_G': gan_weight}), terms
+
+  fake_grad, generator_terms = jax.grad(generator_objective, has_aux=True)(fake_B)
+  grads = {'G': generator_vjp(fake_grad)[0]}
+  generator_params = {'G': params['G']}
+  updates, opt_state_generators = optimizer.update(grads, state.opt_state_generators,
+                                                   generator_params)
+  generator_params = optax.apply_updates(generator_params, updates)
+  averages = state_lib.update_averages(params, generator_params, config.ema_decay)
+
+  metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
+  metrics['loss/generators'] = losses.weighted_sum(generator_terms, {'gan_G': gan_weight})
+  metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
+  metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
+  metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
+  new_state = state.replace(step=state.step + 1,
+                            params={
+                                **generator_params,
+                                **discriminator_params,
+                                **averages
+                            },
+                            opt_state_generators=opt_state_generators,
+                            opt_state_discriminators=opt_state_discriminators,
+                            rng=rng)
+  return new_state, metrics
+
+
+def translate_all(networks: state_lib.Networks, dropout_key: jax.Array, params: dict[str, Any],
+                  real_A: jax.Array, real_B: jax.Array) -> dict[str, jax.Array]:
+  """a, G(a) and the ground truth b, for sample grids (networks as in training)."""
+  G = models.network_fn(networks.G, params['G'], jax.random.split(dropout_key)[0])
+  return {'real_A': real_A, 'fake_B': G(real_A), 'real_B': real_B}
