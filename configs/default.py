@@ -20,21 +20,8 @@ from cyclegan_jax import config_lib
 
 
 def get_config():
-  config = config_lib.base_config()
-  config.data.source = 'embedded'
-  config.data.crop_size = 32
+  config = config_lib.embedded_demo(config_lib.base_config())
   config.model.generator = 'resnet_3blocks'
-  config.model.ngf = 16
-  config.model.ndf = 16
   config.model.norm = 'none'
   config.lambda_identity = 0.0
-  config.learning_rate = 5e-4
-  config.batch_size = 4
-  config.num_epochs = 75
-  config.num_epochs_decay = 68
-  config.log_every_steps = 200
-  config.checkpoint_every_steps = 500
-  config.sample_every_steps = 500
-  config.eval_every_steps = 1000
-  config.num_sample_images = 8
   return config

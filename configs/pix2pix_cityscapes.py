@@ -1,13 +1,8 @@
-"""pix2pix cityscapes: Cityscapes street photos (A) and their label maps (B); trained labels -> photo
-(BtoA), as the paper.
+"""pix2pix cityscapes: street photos (A) and label maps (B), trained labels -> photo as the paper
+(BtoA). 200 epochs, batch 1; val/ is the test split.
+`config_lib.pix2pix_dataset_config` says where the data goes.
 
-The paper's settings: 200 epochs at batch 1 (2,975 train pairs; val/ is the test split), split as
-the official code into constant and linearly decaying halves. The recipe is
-`config_lib.pix2pix_config` (U-Net-256, batch norm, dropout, conditional 70x70 PatchGAN, vanilla
-GAN + 100 x L1). Extract the official `cityscapes.tar.gz` into datasets/ (or pass its folder or a
-zip of it with --config.data.root):
-
-    python -m cyclegan_jax.main --config=configs/pix2pix_cityscapes.py --workdir=runs/pix2pix_cityscapes
+    python -m cyclegan_jax.main --config=configs/pix2pix_cityscapes.py --workdir=runs/cityscapes
 """
 
 from cyclegan_jax import config_lib

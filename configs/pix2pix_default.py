@@ -1,6 +1,6 @@
 """The offline pix2pix demo: the embedded photos of configs/default.py in paired form.
 
-    python -m cyclegan_jax.main --config=configs/pix2pix_default.py --workdir=runs/pix2pix_demo
+    python -m cyclegan_jax.main --config=configs/pix2pix_default.py --workdir=runs/demo
 
 The task of the CycleGAN default (32 px crops of real photos -> the same crops after a 120° hue
 rotation), but each training crop comes with its ground truth: the upper bound the CycleGAN paper
@@ -17,19 +17,6 @@ from cyclegan_jax import config_lib
 
 
 def get_config():
-  config = config_lib.pix2pix_config()
-  config.data.source = 'embedded'
-  config.data.crop_size = 32
+  config = config_lib.embedded_demo(config_lib.pix2pix_config())
   config.model.generator = 'unet_32'
-  config.model.ngf = 16
-  config.model.ndf = 16
-  config.learning_rate = 5e-4
-  config.batch_size = 4
-  config.num_epochs = 75
-  config.num_epochs_decay = 68
-  config.log_every_steps = 200
-  config.checkpoint_every_steps = 500
-  config.sample_every_steps = 500
-  config.eval_every_steps = 1000
-  config.num_sample_images = 8
   return config

@@ -1,12 +1,8 @@
-"""pix2pix edges2handbags: HED edge maps (A) and handbag photos (B) of the iGAN project.
+"""pix2pix edges2handbags: HED edge maps (A) and iGAN handbag photos (B), edges -> photo.
+15 epochs, batch 4; val/ is the test split.
+`config_lib.pix2pix_dataset_config` says where the data goes.
 
-The paper's settings: 15 epochs at batch 4 (about 137k train pairs; val/ is the test split), split
-as the official code into constant and linearly decaying halves. The recipe is
-`config_lib.pix2pix_config` (U-Net-256, batch norm, dropout, conditional 70x70 PatchGAN, vanilla
-GAN + 100 x L1). Extract the official `edges2handbags.tar.gz` into datasets/ (or pass its folder or
-a zip of it with --config.data.root):
-
-    python -m cyclegan_jax.main --config=configs/pix2pix_edges2handbags.py --workdir=runs/pix2pix_edges2handbags
+    python -m cyclegan_jax.main --config=configs/pix2pix_edges2handbags.py --workdir=runs/edges2handbags
 """
 
 from cyclegan_jax import config_lib

@@ -116,3 +116,16 @@ def discriminator_penalties(critic: Critic, real: jax.Array, fake: jax.Array, al
   if r1_gamma > 0:
     penalties['r1'] = r1_penalty(critic, real, r1_gamma)
   return penalties
+
+
+def step_metrics(generator_terms: dict[str, jax.Array], generator_weights: dict[str, Any],
+                 discriminator_terms: dict[str, jax.Array], mean_scores: dict[str, jax.Array],
+                 learning_rate: jax.Array) -> dict[str, jax.Array]:
+  """What a train step reports: every term as `loss/<name>`, the generators' weighted objective
+  as `loss/generators`, the discriminators' mean scores as `score/<name>`, and `lr`."""
+  metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
+  metrics['loss/generators'] = weighted_sum(generator_terms, generator_weights)
+  metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
+  metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
+  metrics['lr'] = jnp.asarray(learning_rate, jnp.float32)
+  return metrics

@@ -89,20 +89,11 @@ def train_step(state: state_lib.TrainState,
   generator_params = optax.apply_updates(generator_params, updates)
   averages = state_lib.update_averages(params, generator_params, config.ema_decay)
 
-  metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
-  metrics['loss/generators'] = losses.weighted_sum(generator_terms, {'gan_G': gan_weight})
-  metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
-  metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
-  metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
-  new_state = state.replace(step=state.step + 1,
-                            params={
-                                **generator_params,
-                                **discriminator_params,
-                                **averages
-                            },
-                            opt_state_generators=opt_state_generators,
-                            opt_state_discriminators=opt_state_discriminators,
-                            rng=rng)
+  metrics = losses.step_metrics(generator_terms, {'gan_G': gan_weight}, discriminator_terms,
+                                mean_scores, schedule(state.step))
+  new_params = {**generator_params, **discriminator_params, **averages}
+  new_state = state_lib.stepped(state, new_params, opt_state_generators, opt_state_discriminators,
+                                rng)
   return new_state, metrics
 
 

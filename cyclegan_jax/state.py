@@ -198,6 +198,18 @@ def init_train_state(config: ml_collections.ConfigDict,
       rng=rng)
 
 
+def stepped(state: TrainState, params: dict[str, Any], opt_state_generators: optax.OptState,
+            opt_state_discriminators: optax.OptState, rng: jax.Array, **pools) -> TrainState:
+  """`state` one step on: its new parameters (networks and averages), optimiser states, key and
+  (CycleGAN) pools."""
+  return state.replace(step=state.step + 1,
+                       params=params,
+                       opt_state_generators=opt_state_generators,
+                       opt_state_discriminators=opt_state_discriminators,
+                       rng=rng,
+                       **pools)
+
+
 def sample_key(seed: int) -> jax.Array:
   """The fixed key of a run's sample grids and evaluations, during training and after it (their
   dropout masks, if any)."""

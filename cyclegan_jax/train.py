@@ -154,23 +154,16 @@ def train_step(state: state_lib.TrainState,
       grads, state.opt_state_discriminators, discriminator_params)
   discriminator_params = optax.apply_updates(discriminator_params, updates)
 
-  metrics = {f'loss/{k}': v for k, v in generator_terms.items()}
-  metrics['loss/generators'] = losses.weighted_sum(generator_terms, term_weights)
-  metrics.update({f'loss/{k}': v for k, v in discriminator_terms.items()})
-  metrics.update({f'score/{k}': v for k, v in mean_scores.items()})
-  metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
-
-  new_state = state.replace(step=state.step + 1,
-                            params={
-                                **generator_params,
-                                **discriminator_params,
-                                **averages
-                            },
-                            opt_state_generators=opt_state_generators,
-                            opt_state_discriminators=opt_state_discriminators,
-                            pool_A=pool_A,
-                            pool_B=pool_B,
-                            rng=rng)
+  metrics = losses.step_metrics(generator_terms, term_weights, discriminator_terms, mean_scores,
+                                schedule(state.step))
+  new_params = {**generator_params, **discriminator_params, **averages}
+  new_state = state_lib.stepped(state,
+                                new_params,
+                                opt_state_generators,
+                                opt_state_discriminators,
+                                rng,
+                                pool_A=pool_A,
+                                pool_B=pool_B)
   return new_state, metrics
 
 
