@@ -18,7 +18,7 @@ import jax
 from ml_collections import config_flags
 
 from cyclegan_jax import cli
-from cyclegan_jax import train
+from cyclegan_jax import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and samples.')
@@ -69,7 +69,7 @@ def main(argv):
   initialize_distributed()
   logging.info('JAX process %d of %d; local devices %s; %d devices in all.',
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

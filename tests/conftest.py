@@ -62,9 +62,9 @@ def tiny_config():
 def finished_tiny_run(tmp_path_factory):
   """(workdir, final summary) of one finished tiny run (6 steps, checkpoints at 3 and 6), shared
   by the tests that only read a trained run. Do not write into it."""
-  from cyclegan_jax import train  # pylint: disable=g-import-not-at-top  # After the cache setup.
+  from cyclegan_jax import loop  # pylint: disable=g-import-not-at-top  # After the cache setup.
   workdir = tmp_path_factory.mktemp('finished_tiny_run')
-  final = train.train_and_evaluate(load_config('tiny'), str(workdir))
+  final = loop.train_and_evaluate(load_config('tiny'), str(workdir))
   return workdir, final
 
 

@@ -26,6 +26,7 @@ from cyclegan_jax import checkpointing  # pylint: disable=g-import-not-at-top,wr
 from cyclegan_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cyclegan_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cyclegan_jax import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def equivalence() -> dict:
@@ -79,9 +80,9 @@ def resume(workdir: pathlib.Path) -> dict:
   config.batch_size = jax.device_count()
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
-  train.train_and_evaluate(config, str(workdir / 'straight'))
-  train.train_and_evaluate(updated(config, num_train_steps=2), str(workdir / 'interrupted'))
-  train.train_and_evaluate(config, str(workdir / 'interrupted'))
+  loop.train_and_evaluate(config, str(workdir / 'straight'))
+  loop.train_and_evaluate(updated(config, num_train_steps=2), str(workdir / 'interrupted'))
+  loop.train_and_evaluate(config, str(workdir / 'interrupted'))
   states = []
   for name in ('straight', 'interrupted'):
     manager = checkpointing.create_manager(workdir / name, keep=3)
@@ -139,7 +140,7 @@ def ensembles(workdir: pathlib.Path) -> dict:
           train_batch(dataset.reseeded(member.config.seed), step, batch_size) for member in members
       ]
       batch = tuple(
-          train.global_batch(slot, trainer.batch_sharding)
+          loop.global_batch(slot, trainer.batch_sharding)
           for slot in ensemble.to_slots(rows, trainer.layout))
       state, metrics = trainer.step(state, batch)
       for k, run in own.items():
@@ -172,9 +173,9 @@ def ensembles(workdir: pathlib.Path) -> dict:
                          sample_every_steps=4,
                          data__num_heldout=2)
     root = workdir / f'{num_members}x{batch_size}'
-    train.train_and_evaluate(run_config, str(root / 'straight'))
-    train.train_and_evaluate(updated(run_config, num_train_steps=2), str(root / 'interrupted'))
-    train.train_and_evaluate(run_config, str(root / 'interrupted'))
+    loop.train_and_evaluate(run_config, str(root / 'straight'))
+    loop.train_and_evaluate(updated(run_config, num_train_steps=2), str(root / 'interrupted'))
+    loop.train_and_evaluate(run_config, str(root / 'interrupted'))
     names = [member.name for member in members]
     straight, resumed = final_states(root / 'straight',
                                      names), final_states(root / 'interrupted', names)

@@ -17,7 +17,7 @@ from cyclegan_jax import checkpointing
 from cyclegan_jax import errors
 from cyclegan_jax import evaluation
 from cyclegan_jax import inference
-from cyclegan_jax import train
+from cyclegan_jax import loop
 from cyclegan_jax import workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_readers_skip_a_damaged_newest_checkpoint_and_name_it(finished_tiny_run,
   # A warm start from the damaged step is refused, naming it.
   config = updated(load_config('tiny'), init_from=str(run / 'checkpoints' / '6'))
   with pytest.raises(errors.CheckpointError, match='step 6'):
-    train.train_and_evaluate(config, str(tmp_path / 'warm'))
+    loop.train_and_evaluate(config, str(tmp_path / 'warm'))
   # Readers never move or delete anything.
   assert (run / 'checkpoints' / '6').is_dir() and not (run / workdir.DAMAGED_DIR).exists()
 
@@ -85,7 +85,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(finished_tiny_run, t
   config = updated(load_config('tiny'), num_train_steps=8)
 
   with caplog.at_level(logging.WARNING):
-    final = train.train_and_evaluate(config, str(damaged))
+    final = loop.train_and_evaluate(config, str(damaged))
   assert final['step'] == 8
   messages = [record.getMessage() for record in caplog.records]
   assert any('Checkpoint step 6' in m and 'damaged' in m for m in messages), messages
@@ -95,7 +95,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(finished_tiny_run, t
   kept = set_aside / truncated_file.relative_to(damaged / 'checkpoints' / '6')
   assert kept.stat().st_size == truncated_size
 
-  train.train_and_evaluate(config, str(reference))
+  loop.train_and_evaluate(config, str(reference))
   (step_a, state_a), (step_b, state_b) = restored_state(damaged), restored_state(reference)
   assert step_a == step_b == 8
   # Bitwise: both resume from the same step-3 checkpoint and run the same compiled step.
@@ -110,7 +110,7 @@ def test_no_intact_checkpoint_is_one_clear_error(finished_tiny_run, tmp_path):
   config = updated(load_config('tiny'), num_train_steps=8)
   with pytest.raises(errors.CheckpointError,
                      match=r'No checkpoint in .* can be restored.*step 6: .*step 3: '):
-    train.train_and_evaluate(config, str(run))
+    loop.train_and_evaluate(config, str(run))
   assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['3', '6']
   assert not (run / workdir.LOCK_FILE).exists()  # Released on the way out.
 
@@ -123,18 +123,17 @@ def test_a_run_saved_before_the_channel_fields_were_renamed_still_restores_and_r
   saved['model']['output_nc'] = saved['model'].pop('channels_B')
   (run / workdir.CONFIG_FILE).write_text(json.dumps(saved))
   assert checkpointing.restore_train_state(run)[1] == 6
-  final = train.train_and_evaluate(updated(load_config('tiny'), num_train_steps=7), str(run))
+  final = loop.train_and_evaluate(updated(load_config('tiny'), num_train_steps=7), str(run))
   assert final['step'] == 7
 
 
 def test_a_run_without_pools_checkpoints_and_resumes(tiny_config, tmp_path):
   """pool_size 0 (as pix2pix, or CycleGAN with uncropped images) leaves zero-size pool arrays,
   which Orbax cannot save; they are left out of the checkpoint and restored empty."""
-  from cyclegan_jax import train  # pylint: disable=g-import-not-at-top
   tiny_config.pool_size = 0
   tiny_config.num_train_steps = 3
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   state, step = checkpointing.restore_train_state(tmp_path)
   assert step == 3 and state.pool_A.images.shape == (0, 32, 32, 3)
   tiny_config.num_train_steps = 4
-  assert train.train_and_evaluate(tiny_config, str(tmp_path))['step'] == 4
+  assert loop.train_and_evaluate(tiny_config, str(tmp_path))['step'] == 4

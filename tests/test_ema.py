@@ -23,6 +23,7 @@ from cyclegan_jax import evaluation
 from cyclegan_jax import inference
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import train
+from cyclegan_jax import loop
 from cyclegan_jax import workdir as workdir_lib
 
 DECAY = 0.75  # Far from 0 and 1: each step's weights count visibly.
@@ -44,7 +45,7 @@ def ema_run(tmp_path_factory):
                    checkpoint_every_steps=2,
                    sample_every_steps=4)
   workdir = tmp_path_factory.mktemp('ema_run')
-  train.train_and_evaluate(config, str(workdir))
+  loop.train_and_evaluate(config, str(workdir))
   return config, workdir
 
 
@@ -89,8 +90,8 @@ def test_the_average_is_decay_weighted_over_the_steps(tiny_config):
 def test_averages_are_checkpointed_and_resume_exactly(ema_run, tmp_path):
   config, straight = ema_run
   interrupted = tmp_path / 'interrupted'
-  train.train_and_evaluate(updated(config, num_train_steps=2), str(interrupted))
-  train.train_and_evaluate(config, str(interrupted))
+  loop.train_and_evaluate(updated(config, num_train_steps=2), str(interrupted))
+  loop.train_and_evaluate(config, str(interrupted))
   (state_a, step_a), (state_b, step_b) = (
       checkpointing.restore_train_state(workdir) for workdir in (straight, interrupted))
   assert step_a == step_b == 4

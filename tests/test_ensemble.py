@@ -17,6 +17,7 @@ from cyclegan_jax import ensemble
 from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import train
+from cyclegan_jax import loop
 from cyclegan_jax import workdir as workdir_lib
 
 
@@ -153,13 +154,13 @@ def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
   config = ensemble_config(ensemble__seed='0,1', num_train_steps=6, checkpoint_every_steps=2,
                            sample_every_steps=6)
   names = [m.name for m in ensemble.members(config)]
-  finals = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  finals = loop.train_and_evaluate(config, str(tmp_path / 'straight'))
   assert sorted(finals) == names and all(f['step'] == 6 for f in finals.values())
   interrupted = tmp_path / 'interrupted'
-  train.train_and_evaluate(updated(config, num_train_steps=4), str(interrupted))
+  loop.train_and_evaluate(updated(config, num_train_steps=4), str(interrupted))
   # As a kill between the members' saves leaves it: one member's newest checkpoint is missing.
   shutil.rmtree(interrupted / names[1] / 'checkpoints' / '4')
-  train.train_and_evaluate(config, str(interrupted))
+  loop.train_and_evaluate(config, str(interrupted))
   straight, resumed = restored_states(tmp_path / 'straight', names), restored_states(
       interrupted, names)
   for name in names:
@@ -177,11 +178,11 @@ def test_a_diverging_member_stops_alone(tmp_path):
   config = ensemble_config(ensemble__learning_rate='2e-4,1e30',
                            ensemble__names='stable:wild',
                            log_every_steps=1)
-  finals = train.train_and_evaluate(config, str(tmp_path))
+  finals = loop.train_and_evaluate(config, str(tmp_path))
   assert list(finals) == ['stable']
   assert (tmp_path / 'stable' / workdir_lib.FINAL_FILE).exists()
   assert not (tmp_path / 'wild' / workdir_lib.FINAL_FILE).exists()
   failure = json.loads((tmp_path / 'wild' / workdir_lib.FAILURE_FILE).read_text())
   assert 'Non-finite' in failure['error'] and failure['step'] >= 1
   with pytest.raises(errors.DivergedError, match='Non-finite'):
-    train.train_and_evaluate(updated(config, ensemble__fail_fast=True), str(tmp_path / 'fast'))
+    loop.train_and_evaluate(updated(config, ensemble__fail_fast=True), str(tmp_path / 'fast'))

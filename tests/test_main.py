@@ -249,4 +249,4 @@ def test_library_info_filter_keeps_orbax_warnings_and_other_info():
   orbax_file = '/venv/site-packages/orbax/checkpoint/checkpoint_manager.py'
   assert not main._quiet_library_info(record(orbax_file, logging.INFO))
   assert main._quiet_library_info(record(orbax_file, logging.WARNING))
-  assert main._quiet_library_info(record('/repo/cyclegan_jax/train.py', logging.INFO))
+  assert main._quiet_library_info(record('/repo/cyclegan_jax/loop.py', logging.INFO))

@@ -26,6 +26,7 @@ from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
 from cyclegan_jax import data
 from cyclegan_jax import train
+from cyclegan_jax import loop
 
 CHECKS = pathlib.Path(__file__).resolve().parent / 'multi_device_checks.py'
 
@@ -134,7 +135,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tiny_config, tmp_
 
   tiny_config.num_train_steps = 2
   tiny_config.checkpoint_every_steps = 2
-  train.train_and_evaluate(tiny_config, str(tmp_path / 'one_process'))
+  loop.train_and_evaluate(tiny_config, str(tmp_path / 'one_process'))
   # The two-process checkpoint restores into this one-device process.
   trainer = train.build_trainer(tiny_config, 1000)
   abstract = state_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_sharding)

@@ -19,6 +19,7 @@ from cyclegan_jax import config_lib
 from cyclegan_jax import data
 from cyclegan_jax import losses
 from cyclegan_jax import train
+from cyclegan_jax import loop
 
 
 def schedule_for(tiny_config, **fields):
@@ -210,12 +211,12 @@ def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path, source):
     tiny_config.data.source = 'folder'
     tiny_config.data.root = str(make_jpeg_dataset(tmp_path / 'images'))
     tiny_config.data.load_size = 36
-  train.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
+  loop.train_and_evaluate(tiny_config, str(tmp_path / 'straight'))
 
   interrupted = tmp_path / 'interrupted'
-  train.train_and_evaluate(updated(tiny_config, num_train_steps=3), str(interrupted))
+  loop.train_and_evaluate(updated(tiny_config, num_train_steps=3), str(interrupted))
   assert restore_params(interrupted)[0] == 3
-  final = train.train_and_evaluate(tiny_config, str(interrupted))
+  final = loop.train_and_evaluate(tiny_config, str(interrupted))
   assert final['step'] == 6
 
   step_a, state_a = restore_params(tmp_path / 'straight')
@@ -236,10 +237,9 @@ def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path, source):
 
 def test_resume_refuses_a_different_architecture(tiny_config, tmp_path):
   tiny_config.num_train_steps = 1
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
   with pytest.raises(ValueError, match=r'different architecture.*model\.ngf'):
-    train.train_and_evaluate(updated(tiny_config, model__ngf=16),
-                             str(tmp_path))
+    loop.train_and_evaluate(updated(tiny_config, model__ngf=16), str(tmp_path))
   assert restore_params(tmp_path)[0] == 1  # The checkpoint is untouched.
 
 
@@ -247,7 +247,7 @@ def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_config, tmp_path)
   tiny_config.learning_rate = 1e30
   tiny_config.log_every_steps = 1
   with pytest.raises(FloatingPointError, match=r'Non-finite .*loss.* at step \d+'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    loop.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 @pytest.mark.parametrize('gan_mode', ['wgangp', 'hinge'])
@@ -275,22 +275,22 @@ def test_penalised_objectives_train_their_discriminators_only_when_switched_on(
 
 
 def test_cpu_step_estimate_scales_the_measured_anchors():
-  assert train.cpu_seconds_per_step('resnet_9blocks', 64, 256, 1) == pytest.approx(23.0)
-  assert train.cpu_seconds_per_step('resnet_6blocks', 64, 128, 1) == pytest.approx(2.7)
+  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 256, 1) == pytest.approx(23.0)
+  assert loop.cpu_seconds_per_step('resnet_6blocks', 64, 128, 1) == pytest.approx(2.7)
   # Pixels x batch, over the cores relative to two; (ngf / 64)^2.
-  assert train.cpu_seconds_per_step('resnet_9blocks', 64, 128, 4, cores=8) == pytest.approx(5.75)
-  assert train.cpu_seconds_per_step('resnet_6blocks', 32, 256, 1, members=2) == pytest.approx(5.4)
-  assert train.cpu_seconds_per_step('unet_256', 64, 256, 1) is None
+  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 128, 4, cores=8) == pytest.approx(5.75)
+  assert loop.cpu_seconds_per_step('resnet_6blocks', 32, 256, 1, members=2) == pytest.approx(5.4)
+  assert loop.cpu_seconds_per_step('unet_256', 64, 256, 1) is None
 
 
 def test_paper_sized_run_on_cpu_alone_warns_with_the_estimate(tiny_config):
   paper = config_lib.base_config()  # 256 px, resnet_9blocks, ngf 64, batch 1.
   cpu, gpu = types.SimpleNamespace(platform='cpu'), types.SimpleNamespace(platform='gpu')
-  message = train.cpu_only_warning(paper, 1, [cpu], cores=2)
+  message = loop.cpu_only_warning(paper, 1, [cpu], cores=2)
   assert 'roughly 23 s' in message and '6.4 hours per 1,000 steps' in message
   assert 'jax[cuda12]==' in message and 'Install on accelerators' in message
-  assert 'roughly 92 s' in train.cpu_only_warning(paper, 8, [cpu], cores=4)
-  assert train.cpu_only_warning(paper, 1, [gpu, cpu], cores=2) is None
-  assert train.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
+  assert 'roughly 92 s' in loop.cpu_only_warning(paper, 8, [cpu], cores=4)
+  assert loop.cpu_only_warning(paper, 1, [gpu, cpu], cores=2) is None
+  assert loop.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
   tiny_config.model.generator = 'resnet_6blocks'  # 32 px, ngf 8: far below a second.
-  assert train.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
+  assert loop.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None

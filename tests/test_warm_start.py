@@ -8,6 +8,7 @@ from conftest import updated
 from cyclegan_jax import checkpointing
 from cyclegan_jax import config_lib
 from cyclegan_jax import train
+from cyclegan_jax import loop
 from cyclegan_jax import workdir as workdir_lib
 
 
@@ -96,13 +97,13 @@ def test_a_run_warm_starts_once_then_resumes_its_own_checkpoints(tiny_config, so
   config = updated(tiny_config, init_from=str(workdir), init_parts='G,F,D_X,D_Y',
                    num_train_steps=3, learning_rate=1e-12)
   run = tmp_path / 'finetune'
-  train.train_and_evaluate(config, str(run))
+  loop.train_and_evaluate(config, str(run))
   state, step = checkpointing.restore_train_state(run)
   assert step == 3
   # A learning rate of ~0 keeps the warm-started weights (to float rounding).
   np.testing.assert_allclose(state.params['G']['head']['conv']['kernel'],
                              source.params['G']['head']['conv']['kernel'], atol=1e-6)
   # Resuming continues the run's own checkpoint even if the source changes.
-  final = train.train_and_evaluate(updated(config, num_train_steps=4,
-                                           init_from=str(tmp_path / 'gone')), str(run))
+  final = loop.train_and_evaluate(
+      updated(config, num_train_steps=4, init_from=str(tmp_path / 'gone')), str(run))
   assert final['step'] == 4
