@@ -47,6 +47,13 @@ from cyclegan_jax.data.preprocess import training_size
 
 
 
+def half_columns(width: int, half: int) -> tuple[int, int]:
+  """Columns [left, right) of half 0 (the left one: A in the official format) or half 1 of an
+  A | B image `width` wide, split at width // 2 as the official AlignedDataset."""
+  split = width // 2
+  return (0, split) if half == 0 else (split, width)
+
+
 def _stack(images: list[np.ndarray], describe: Callable[[int], str]) -> np.ndarray:
   shapes = [image.shape for image in images]
   if len(set(shapes)) > 1:
@@ -138,11 +145,8 @@ class Dataset:
     image = decode_image(data, self.channels[domain], source.describe(index))
     if self.halves is None:
       return image
-    # The official AlignedDataset: A is the left half, B the rest (w // 2 onwards).
-    width, height = image.size
-    left = (0, width // 2)[self.halves[domain]]
-    right = (width // 2, width)[self.halves[domain]]
-    return image.crop((left, 0, right, height))
+    left, right = half_columns(image.size[0], self.halves[domain])
+    return image.crop((left, 0, right, image.size[1]))
 
   def _readable(self, sources: dict[str, sources_lib.Source], domain: str, index: int,
                 load: Callable[[int], np.ndarray]) -> tuple[int, np.ndarray]:
@@ -227,8 +231,8 @@ class Dataset:
           with Image.open(io.BytesIO(data)) as image:
             size = image.size
           if self.halves is not None:
-            half = size[0] // 2
-            size = (half if self.halves[domain] == 0 else size[0] - half, size[1])
+            left, right = half_columns(size[0], self.halves[domain])
+            size = (right - left, size[1])
           size = training_size(size, self.preprocess, self.load_size, self.test_size)
         except (UnreadableImageError, *DECODE_ERRORS):
           continue  # Skipped (or reported) when training reaches it.
