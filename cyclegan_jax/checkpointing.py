@@ -80,9 +80,37 @@ def restore_with_data_state(manager: ocp.CheckpointManager,
   has_data_state = (Path(manager.directory) / str(step) / 'data').is_dir()
   if has_data_state:
     items['data'] = ocp.args.JsonRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception:  # pylint: disable=broad-except  # Retried as an older checkpoint below.
+    if not getattr(abstract_state, 'batch_stats', None):
+      raise
+    restored = _restore_without_running_statistics(manager, abstract_state, step, items)
   state = _refilled(restored.state, abstract_state)
   return state, (restored.data if has_data_state else None)
+
+
+def _restore_without_running_statistics(manager: ocp.CheckpointManager, abstract_state: Any,
+                                        step: int, items: dict) -> Any:
+  """A checkpoint written before train states kept batch-norm running statistics: restored
+  without them, which start afresh (mean 0, variance 1), as PyTorch's do. The error of the
+  first attempt stands if this fails too."""
+  items = dict(items,
+               state=ocp.args.StandardRestore(_without_empty(
+                   abstract_state.replace(batch_stats={}))))
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+
+  def fresh(path, leaf):
+    value = np.full(leaf.shape, 1.0 if path[-1].key == 'var' else 0.0, leaf.dtype)
+    sharding = getattr(leaf, 'sharding', None)
+    return jax.device_put(value, sharding) if sharding is not None else value
+
+  logging.warning(
+      'Checkpoint step %d in %s predates batch-norm running statistics: they start afresh '
+      '(only eval mode, test.py --eval, uses them).', step, manager.directory)
+  state = restored.state.replace(
+      batch_stats=jax.tree_util.tree_map_with_path(fresh, abstract_state.batch_stats))
+  return type(restored)(**{**restored, 'state': state})
 
 
 class Restored(NamedTuple):
@@ -338,7 +366,8 @@ def _shape_mismatches(current: Any, source: Any, name: str) -> list[str]:
 def merge(state: Any, source: Any, parts: list[str]) -> Any:
   """`state` with the named parts taken from `source` (shapes must match exactly). A generator
   taken into a run that keeps moving averages (config.ema_decay > 0) brings its average, or starts
-  one at its weights if the source kept none."""
+  one at its weights if the source kept none; a network brings its batch-norm running statistics
+  where both runs keep them."""
   selected = {}
   absent = [part for part in parts if part in NETWORK_PARTS and part not in source.params]
   if absent:
@@ -347,14 +376,17 @@ def merge(state: Any, source: Any, parts: list[str]) -> Any:
         f'{", ".join(k for k in source.params if k in NETWORK_PARTS)}): drop '
         f'{"it" if len(absent) == 1 else "them"} from config.init_parts.')
   if any(part in NETWORK_PARTS for part in parts):
-    params = dict(state.params)
+    params, batch_stats = dict(state.params), dict(state.batch_stats)
     for name in NETWORK_PARTS:
       if name in parts:
         params[name] = source.params[name]
         average = name + state_lib.EMA_SUFFIX
         if average in params:
           params[average] = source.params.get(average, source.params[name])
+        if name in batch_stats and name in source.batch_stats:  # Its running statistics.
+          batch_stats[name] = source.batch_stats[name]
     selected['params'] = params
+    selected['batch_stats'] = batch_stats
   if 'optimizer' in parts:
     selected['opt_state_generators'] = source.opt_state_generators
     selected['opt_state_discriminators'] = source.opt_state_discriminators

@@ -125,10 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Dropout(0.5) in the generators: in the middle levels of a U-Net, between the convs of each
   # ResNet block (the official --no_dropout negated; CycleGAN's default is off, pix2pix's on).
   config.model.use_dropout = False
-  # Test time (evaluation, translate): False keeps dropout on, as the official test.py without
-  # --eval (outputs then depend on the seed); True turns it off, as test.py --eval. Batch norm
-  # normalises each test image by its own statistics either way (test.py at batch size 1); the
-  # running statistics that --eval would use are not kept.
+  # Test time (evaluation, translate, export): False is the official test.py without --eval:
+  # dropout on (outputs then depend on the seed), batch norm normalising each image by its own
+  # statistics (test.py at batch size 1); True is test.py --eval: dropout off, batch norm with the
+  # running statistics that training keeps (TrainState.batch_stats).
   config.model.eval_mode = False
   # Spectral normalisation of every discriminator conv (Miyato et al. 2018): each kernel divided
   # by its largest singular value, estimated by power iteration at every use (models/layers.py).

@@ -347,14 +347,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
                        if has_test_data else ({}, False))
   features = evaluation.inception_features(config.inception_weights)
 
-  def member_params(k):  # What evaluations and samples translate with (G's and F's averages).
-    params = state_lib.translation_params(_member_state(trainer, state, k).params)
+  def member_params(k, test_mode=False):
+    """What samples (or, `test_mode`, evaluations) translate with: G's and F's averages, and
+    in eval mode their running statistics."""
+    member = _member_state(trainer, state, k)
+    batch_stats = member.batch_stats if test_mode and config.model.eval_mode else None
+    params = state_lib.translation_params(member.params, batch_stats=batch_stats)
     return params if trainer.num_members == 1 else state_lib.to_host(params)
 
   def evaluate(run, k, step) -> dict[str, float]:
     if not has_test_data:
       return {}
-    params = member_params(k)
+    params = member_params(k, test_mode=True)
     key = state_lib.sample_key(run.config.seed)
     translate_BtoA = (None if trainer.translate_BtoA is None else functools.partial(
         trainer.translate_BtoA, key, params))

@@ -11,7 +11,6 @@ No image pool, no cycle or identity terms. The config's use_gan_G switches the G
 alone, D untrained), as the paper's ablation of the objective.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -52,36 +51,45 @@ def train_step(state: state_lib.TrainState,
   params = state.params
   gan_weight = hyper['use_gan_G']
 
-  fake_B, generator_vjp = jax.vjp(
-      lambda generator: models.network_fn(networks.G, generator, dropout)(real_A), params['G'])
+  def generate(generator):
+    stats = dict(state.batch_stats)
+    return models.network_fn(networks.G, generator, dropout, stats, 'G')(real_A), stats
+
+  fake_B, generator_vjp, batch_stats = jax.vjp(generate, params['G'], has_aux=True)
   detached_B = jax.lax.stop_gradient(fake_B)
 
   def discriminator_objective(discriminator_params):
-    D = functools.partial(networks.D.apply, {'params': discriminator_params['D']})
-    scores = {'D/real': D(pair(real_A, real_B)), 'D/fake': D(pair(real_A, detached_B))}
+    # Batch-norm running statistics move as the official calls go: D on the fake pair, then on
+    # the real pair (the penalties' calls are not the official code's and leave them alone).
+    stats = dict(batch_stats)
+    D = models.network_fn(networks.D, discriminator_params['D'], None, stats, 'D')
+    fake_score = D(pair(real_A, detached_B))
+    scores = {'D/real': D(pair(real_A, real_B)), 'D/fake': fake_score}
     terms = {'D': losses.discriminator_loss(scores['D/real'], scores['D/fake'], gan_mode)}
-    penalties = losses.discriminator_penalties(D, pair(real_A, real_B), pair(real_A, detached_B),
-                                               alpha, gan_mode, config.lambda_gp, config.r1_gamma)
+    penalties = losses.discriminator_penalties(
+        models.network_fn(networks.D, discriminator_params['D']), pair(real_A, real_B),
+        pair(real_A, detached_B), alpha, gan_mode, config.lambda_gp, config.r1_gamma)
     terms.update({f'{name}_D': value for name, value in penalties.items()})
     mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
-    return losses.weighted_sum(terms, dict.fromkeys(terms, gan_weight)), (terms, mean_scores)
+    return losses.weighted_sum(terms, dict.fromkeys(terms, gan_weight)), (terms, mean_scores, stats)
 
   discriminator_params = {'D': params['D']}
-  grads, (discriminator_terms, mean_scores) = jax.grad(discriminator_objective,
-                                                       has_aux=True)(discriminator_params)
+  grads, (discriminator_terms, mean_scores,
+          batch_stats) = jax.grad(discriminator_objective, has_aux=True)(discriminator_params)
   updates, opt_state_discriminators = optimizer.update(grads, state.opt_state_discriminators,
                                                        discriminator_params)
   discriminator_params = optax.apply_updates(discriminator_params, updates)
 
   def generator_objective(fake):
-    D = functools.partial(networks.D.apply, {'params': discriminator_params['D']})
+    stats = dict(batch_stats)  # The updated D's call moves them last.
+    D = models.network_fn(networks.D, discriminator_params['D'], None, stats, 'D')
     terms = {
         'gan_G': losses.generator_gan_loss(D(pair(real_A, fake)), gan_mode),
         'L1': config.lambda_L1 * losses.l1_loss(fake, real_B),
     }
-    return losses.weighted_sum(terms, {'gan_G': gan_weight}), terms
+    return losses.weighted_sum(terms, {'gan_G': gan_weight}), (terms, stats)
 
-  fake_grad, generator_terms = jax.grad(generator_objective, has_aux=True)(fake_B)
+  fake_grad, (generator_terms, batch_stats) = jax.grad(generator_objective, has_aux=True)(fake_B)
   grads = {'G': generator_vjp(fake_grad)[0]}
   generator_params = {'G': params['G']}
   updates, opt_state_generators = optimizer.update(grads, state.opt_state_generators,
@@ -93,7 +101,7 @@ def train_step(state: state_lib.TrainState,
                                 mean_scores, schedule(state.step))
   new_params = {**generator_params, **discriminator_params, **averages}
   new_state = state_lib.stepped(state, new_params, opt_state_generators, opt_state_discriminators,
-                                rng)
+                                rng, batch_stats)
   return new_state, metrics
 
 

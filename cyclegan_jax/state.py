@@ -62,6 +62,10 @@ class TrainState:
   pool_A: image_pool.ImagePool  # Earlier F(b) fakes, shown to D_X.
   pool_B: image_pool.ImagePool  # Earlier G(a) fakes, shown to D_Y.
   rng: jax.Array
+  # The batch-norm running statistics of each network that has batch norm ({} for none): Flax
+  # 'batch_stats' collections, moved by every forward pass of a step in the official order, as
+  # PyTorch's BatchNorm2d in train mode; eval-mode translation (test.py --eval) uses them.
+  batch_stats: dict[str, Any] = flax.struct.field(default_factory=dict)
 
 
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
@@ -172,41 +176,45 @@ def init_train_state(config: ml_collections.ConfigDict,
   x = jnp.zeros((1, *image_shape_A), jnp.float32)
   y = jnp.zeros((1, *image_shape_B), jnp.float32)
   if config.model_type == 'pix2pix':  # D judges pairs: A and B images stacked on channels.
-    params = {
-        'G': networks.G.init(key_G, x)['params'],
-        'D': networks.D.init(key_DY, jnp.concatenate([x, y], axis=-1))['params'],
+    variables = {
+        'G': networks.G.init(key_G, x),
+        'D': networks.D.init(key_DY, jnp.concatenate([x, y], axis=-1)),
     }
   else:
-    params = {
-        'G': networks.G.init(key_G, x)['params'],
-        'F': networks.F.init(key_F, y)['params'],
-        'D_X': networks.D_X.init(key_DX, x)['params'],
-        'D_Y': networks.D_Y.init(key_DY, y)['params'],
+    variables = {
+        'G': networks.G.init(key_G, x),
+        'F': networks.F.init(key_F, y),
+        'D_X': networks.D_X.init(key_DX, x),
+        'D_Y': networks.D_Y.init(key_DY, y),
     }
+  params = {name: v['params'] for name, v in variables.items()}
+  batch_stats = {name: v['batch_stats'] for name, v in variables.items() if 'batch_stats' in v}
   generator_names, discriminator_names = network_names(config)
   generator_params = {k: params[k] for k in generator_names}
   discriminator_params = {k: params[k] for k in discriminator_names}
   if config.ema_decay > 0:  # The averages start at the initial weights.
     params.update({k + EMA_SUFFIX: jax.tree.map(jnp.copy, params[k]) for k in generator_names})
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state_generators=optimizer.init(generator_params),
-      opt_state_discriminators=optimizer.init(discriminator_params),
-      pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
-      pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
-      rng=rng)
+  return TrainState(step=jnp.zeros((), jnp.int32),
+                    params=params,
+                    opt_state_generators=optimizer.init(generator_params),
+                    opt_state_discriminators=optimizer.init(discriminator_params),
+                    pool_A=image_pool.init_pool(config.pool_size, image_shape_A),
+                    pool_B=image_pool.init_pool(config.pool_size, image_shape_B),
+                    rng=rng,
+                    batch_stats=batch_stats)
 
 
 def stepped(state: TrainState, params: dict[str, Any], opt_state_generators: optax.OptState,
-            opt_state_discriminators: optax.OptState, rng: jax.Array, **pools) -> TrainState:
-  """`state` one step on: its new parameters (networks and averages), optimiser states, key and
-  (CycleGAN) pools."""
+            opt_state_discriminators: optax.OptState, rng: jax.Array, batch_stats: dict[str, Any],
+            **pools) -> TrainState:
+  """`state` one step on: its new parameters (networks and averages), optimiser states, key,
+  running statistics and (CycleGAN) pools."""
   return state.replace(step=state.step + 1,
                        params=params,
                        opt_state_generators=opt_state_generators,
                        opt_state_discriminators=opt_state_discriminators,
                        rng=rng,
+                       batch_stats=batch_stats,
                        **pools)
 
 
@@ -245,10 +253,22 @@ def generator_weights(params: dict[str, Any], name: str, weights: str | None = N
   return params[average] if weights != 'raw' and average in params else params[name]
 
 
-def translation_params(params: dict[str, Any], weights: str | None = None) -> dict[str, Any]:
-  """`params` with G and F replaced by the weights a translation uses (`generator_weights`)."""
+def translation_params(params: dict[str, Any],
+                       weights: str | None = None,
+                       batch_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+  """`params` with G and F replaced by the weights a translation uses (`generator_weights`); with
+  `batch_stats` (a train state's, for eval mode: `models.for_test`), each with its batch-norm
+  running statistics beside its weights (an average's are its generator's)."""
   names = [name for name in GENERATOR_NAMES if name in params]
-  return {**params, **{name: generator_weights(params, name, weights) for name in names}}
+  batch_stats = batch_stats or {}
+  return {
+      **params,
+      **{
+          name:
+              models.with_running_statistics(generator_weights(params, name, weights),
+                                             batch_stats.get(name)) for name in names
+      }
+  }
 
 
 def image_shapes(config: ml_collections.ConfigDict) -> tuple[ImageShape, ImageShape]:

@@ -67,10 +67,14 @@ def train_step(state: state_lib.TrainState,
   params = state.params
 
   def generator_objective(generator_params):
-    G = models.network_fn(networks.G, generator_params['G'], dropout_G)
-    F = models.network_fn(networks.F, generator_params['F'], dropout_F)
-    D_X = functools.partial(networks.D_X.apply, {'params': params['D_X']})
-    D_Y = functools.partial(networks.D_Y.apply, {'params': params['D_Y']})
+    # Batch-norm running statistics move with every call, in the official order: G and F in the
+    # forward pass and the identity terms, then D_Y(fake_B) and D_X(fake_A) here, then each
+    # discriminator on its real batch and the pool's fakes below.
+    stats = dict(state.batch_stats)
+    G = models.network_fn(networks.G, generator_params['G'], dropout_G, stats, 'G')
+    F = models.network_fn(networks.F, generator_params['F'], dropout_F, stats, 'F')
+    D_X = models.network_fn(networks.D_X, params['D_X'], None, stats, 'D_X')
+    D_Y = models.network_fn(networks.D_Y, params['D_Y'], None, stats, 'D_Y')
     fake_B = G(real_A)
     rec_A = F(fake_B)
     fake_A = F(real_B)
@@ -85,11 +89,11 @@ def train_step(state: state_lib.TrainState,
     if with_identity:
       terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
       terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
-    return losses.weighted_sum(terms, term_weights), (terms, fake_A, fake_B)
+    return losses.weighted_sum(terms, term_weights), (terms, fake_A, fake_B, stats)
 
   generator_params = {k: params[k] for k in state_lib.GENERATOR_NAMES}
-  grads, (generator_terms, fake_A, fake_B) = jax.grad(
-      generator_objective, has_aux=True)(generator_params)
+  grads, (generator_terms, fake_A, fake_B, batch_stats) = jax.grad(generator_objective,
+                                                                   has_aux=True)(generator_params)
   updates, opt_state_generators = optimizer.update(
       grads, state.opt_state_generators, generator_params)
   generator_params = optax.apply_updates(generator_params, updates)
@@ -105,18 +109,22 @@ def train_step(state: state_lib.TrainState,
                                         (2, real_A.shape[0]))
 
   def discriminator_objective(discriminator_params):
-    D_X = functools.partial(networks.D_X.apply, {'params': discriminator_params['D_X']})
-    D_Y = functools.partial(networks.D_Y.apply, {'params': discriminator_params['D_Y']})
+    stats = dict(batch_stats)
+    D_X = models.network_fn(networks.D_X, discriminator_params['D_X'], None, stats, 'D_X')
+    D_Y = models.network_fn(networks.D_Y, discriminator_params['D_Y'], None, stats, 'D_Y')
     scores = {'D_X/real': D_X(real_A), 'D_X/fake': D_X(pooled_fake_A),
               'D_Y/real': D_Y(real_B), 'D_Y/fake': D_Y(pooled_fake_B)}
     terms = {
         'D_X': losses.discriminator_loss(scores['D_X/real'], scores['D_X/fake'], gan_mode),
         'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),
     }
-    # Penalties on each discriminator's input gradients, added to its loss (reported apart).
+    # Penalties on each discriminator's input gradients, added to its loss (reported apart);
+    # their calls are not the official code's and leave the running statistics alone.
     judged = {
-        'D_X': (D_X, real_A, pooled_fake_A, alpha_X),
-        'D_Y': (D_Y, real_B, pooled_fake_B, alpha_Y)
+        'D_X': (models.network_fn(networks.D_X,
+                                  discriminator_params['D_X']), real_A, pooled_fake_A, alpha_X),
+        'D_Y': (models.network_fn(networks.D_Y,
+                                  discriminator_params['D_Y']), real_B, pooled_fake_B, alpha_Y)
     }
     weights = {name: hyper[switch] for name, switch in DISCRIMINATOR_SWITCH.items()}
     for name, (critic, real, fake, alpha) in judged.items():
@@ -126,11 +134,11 @@ def train_step(state: state_lib.TrainState,
         terms[f'{penalty}_{name}'] = value
         weights[f'{penalty}_{name}'] = weights[name]
     mean_scores = {k: jnp.mean(v.astype(jnp.float32)) for k, v in scores.items()}
-    return losses.weighted_sum(terms, weights), (terms, mean_scores)
+    return losses.weighted_sum(terms, weights), (terms, mean_scores, stats)
 
   discriminator_params = {k: params[k] for k in state_lib.DISCRIMINATOR_NAMES}
-  grads, (discriminator_terms, mean_scores) = jax.grad(
-      discriminator_objective, has_aux=True)(discriminator_params)
+  grads, (discriminator_terms, mean_scores,
+          batch_stats) = jax.grad(discriminator_objective, has_aux=True)(discriminator_params)
   updates, opt_state_discriminators = optimizer.update(
       grads, state.opt_state_discriminators, discriminator_params)
   discriminator_params = optax.apply_updates(discriminator_params, updates)
@@ -143,6 +151,7 @@ def train_step(state: state_lib.TrainState,
                                 opt_state_generators,
                                 opt_state_discriminators,
                                 rng,
+                                batch_stats,
                                 pool_A=pool_A,
                                 pool_B=pool_B)
   return new_state, metrics

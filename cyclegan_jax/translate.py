@@ -13,7 +13,8 @@ RGBA and 16-bit inputs are converted by the data pipeline's channel policy (READ
 An unreadable file is reported and skipped; existing outputs are kept unless --overwrite.
 
 As the official test.py: each image is translated as if alone (batch norm uses its own
-statistics), and a generator trained with dropout keeps it on (masks from --seed) unless --eval.
+statistics), and a generator trained with dropout keeps it on (masks from --seed); with --eval, as
+test.py --eval, dropout is off and batch norm uses the running statistics kept in training.
 Images whose whole-image program would need more memory than --max_memory (default: most of the
 free accelerator memory, or of the available host memory on CPU) are translated in tiles, or
 every image with --tile=N; tiles give the same output as the whole image (README, "Translate").
@@ -76,8 +77,9 @@ def define_flags():
   flags.DEFINE_bool('grid', False, 'Also write input | output images to OUTPUT/grid/.')
   flags.DEFINE_bool('overwrite', False, 'Replace outputs that already exist.')
   flags.DEFINE_bool(
-      'eval', None, 'Dropout off, as the official test.py --eval (default: the workdir\'s '
-      'config.model.eval_mode; off for a .pth). Only generators with dropout layers differ.')
+      'eval', None, 'As the official test.py --eval: dropout off, batch norm with the running '
+      'statistics kept in training (default: the workdir\'s config.model.eval_mode; off for a '
+      '.pth). Only generators with dropout or batch norm differ.')
   flags.DEFINE_integer('seed', 0, 'Draws the dropout masks of a generator that keeps dropout on.')
   cli.define_weights_flag()
   flags.DEFINE_integer(

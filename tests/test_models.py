@@ -404,9 +404,11 @@ def test_other_norms_run(norm):
   x = SMALL_BATCH
   g_vars = generator.init(INIT_KEY, x)
   d_vars = discriminator.init(INIT_KEY, x)
-  assert set(g_vars) == set(d_vars) == {'params'}  # no running statistics
-  y = generator.apply(g_vars, x)
-  scores = discriminator.apply(d_vars, y)
+  # Batch norm keeps running statistics (for eval mode); no other norm has state.
+  assert set(g_vars) == set(d_vars) == ({'params', 'batch_stats'}
+                                        if norm == 'batch' else {'params'})
+  y = generator.apply({'params': g_vars['params']}, x)
+  scores = discriminator.apply({'params': d_vars['params']}, y)
   assert y.shape == x.shape and scores.shape == (1, 2, 2, 1)
   assert np.all(np.isfinite(y)) and np.all(np.abs(y) <= 1) and np.all(np.isfinite(scores))
 

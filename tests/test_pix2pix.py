@@ -249,6 +249,8 @@ def test_pix2pix_run_trains_resumes_evaluates_and_translates(tmp_path):
   state = state_lib.to_host(train_state_of(workdir))
   resumed_state = state_lib.to_host(train_state_of(resumed_dir))
   jax.tree.map(np.testing.assert_array_equal, state.params, resumed_state.params)
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, resumed_state.batch_stats)
+  assert set(state.batch_stats) == {'G', 'D'}  # Batch norm keeps its running statistics.
 
   image = tmp_path / 'in.png'
   Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)

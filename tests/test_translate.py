@@ -102,39 +102,52 @@ UNET_PTH = OFFICIAL_OUTPUTS / 'unet_128_ngf8_batchnorm.pth'
 UNET_IMAGES = ('photo128a', 'photo128b')
 
 
-def unet_inputs_and_official_outputs():
+# test.py without and with --eval: batch norm with each image's statistics, or the running ones.
+UNET_MODES = {'default': ('', '_outputs'), 'eval': ('_eval', '_eval_outputs')}
+
+
+def unet_inputs_and_official_outputs(mode='default'):
   """The two test images as one NHWC batch in [-1, 1], and the official network's outputs."""
   images = np.stack(
       [np.asarray(Image.open(OFFICIAL_OUTPUTS / f'{name}.png')) for name in UNET_IMAGES])
-  with np.load(OFFICIAL_OUTPUTS / 'unet_128_ngf8_batchnorm_outputs.npz') as official:
+  outputs_file = f'unet_128_ngf8_batchnorm{UNET_MODES[mode][1]}.npz'
+  with np.load(OFFICIAL_OUTPUTS / outputs_file) as official:
     outputs = np.stack([official[name].transpose(1, 2, 0) for name in UNET_IMAGES])
   return image_io.from_uint8(images), outputs
 
 
-def test_translate_cli_matches_official_test_py_output_of_a_unet(tmp_path):
+@pytest.mark.parametrize('mode', UNET_MODES)
+def test_translate_cli_matches_official_test_py_output_of_a_unet(tmp_path, mode):
   """Both images go through translate in one batch; test.py translated them one at a time, each
-  normalised by its own statistics, and so does translate."""
+  normalised by its own statistics (or, with --eval, by the file's running statistics), and so
+  does translate."""
   inputs = tmp_path / 'in'
   inputs.mkdir()
   for name in UNET_IMAGES:
     (inputs / f'{name}.png').write_bytes((OFFICIAL_OUTPUTS / f'{name}.png').read_bytes())
   result = run('translate', f'--torch_checkpoint={UNET_PTH}', f'--input={inputs}',
-               f'--output={tmp_path / "out"}', '--batch_size=2')
+               f'--output={tmp_path / "out"}', '--batch_size=2',
+               *(['--eval'] if mode == 'eval' else []))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'translate: written=2 skipped=0' in result.stdout
   for name in UNET_IMAGES:
     ours = np.asarray(Image.open(tmp_path / 'out' / f'{name}.png'), dtype=int)
-    official = np.asarray(Image.open(OFFICIAL_OUTPUTS / f'{name}_fake_unet.png'), dtype=int)
+    official = np.asarray(Image.open(OFFICIAL_OUTPUTS /
+                                     f'{name}_fake_unet{UNET_MODES[mode][0]}.png'),
+                          dtype=int)
     assert ours.shape == official.shape == (128, 128, 3)
     assert np.abs(ours - official).max() <= 1, name
 
 
-def test_unet_checkpoint_converted_and_exported_equals_the_official_network(tmp_path):
-  """.pth -> convert -> export (ONNX, StableHLO): the official network's outputs within 1e-4."""
-  generator = inference.load_generator(torch_checkpoint=UNET_PTH)
+@pytest.mark.parametrize('mode', UNET_MODES)
+def test_unet_checkpoint_converted_and_exported_equals_the_official_network(tmp_path, mode):
+  """.pth -> convert -> export (ONNX, StableHLO): the official network's outputs within 1e-4,
+  in test.py's default mode and with --eval (the running statistics go through every step)."""
+  eval_mode = mode == 'eval'
+  generator = inference.load_generator(torch_checkpoint=UNET_PTH, eval_mode=eval_mode)
   assert generator.module.architecture == 'unet_128' and generator.module.norm == 'batch'
   assert 'unet_128, ngf 8, batch norm' in generator.description
-  x, official = unet_inputs_and_official_outputs()
+  x, official = unet_inputs_and_official_outputs(mode)
   with jax.default_matmul_precision('highest'):
     direct = inference.translate_any_size(generator, x)
   assert np.abs(direct - official).max() < 1e-4
@@ -144,10 +157,13 @@ def test_unet_checkpoint_converted_and_exported_equals_the_official_network(tmp_
   assert result.returncode == 0, result.stderr[-3000:]
   saved = json.loads((workdir / 'config.json').read_text())['model']
   assert (saved['generator'], saved['ngf'], saved['norm']) == ('unet_128', 8, 'batch')
+  converted = inference.load_generator(workdir=workdir, eval_mode=eval_mode)
+  with jax.default_matmul_precision('highest'):
+    assert np.abs(inference.translate_any_size(converted, x) - official).max() < 1e-4
   for fmt in ('onnx', 'stablehlo'):
     path = tmp_path / f'unet.{fmt}'
     result = run('export', f'--workdir={workdir}', f'--format={fmt}', f'--output={path}',
-                 '--platforms=cpu')
+                 '--platforms=cpu', f'--eval={eval_mode}')
     assert result.returncode == 0, result.stderr[-3000:]
     from cyclegan_jax import export  # pylint: disable=g-import-not-at-top  # Its packages.
     assert np.abs(export.load_artifact(path)(x) - official).max() < 1e-4, fmt
@@ -305,7 +321,7 @@ def test_official_run_folder_maps_names(tmp_path):
 def test_discriminators_convert_with_their_architecture():
   state_dict = load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
   generator = load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')
-  params, config = runs.convert_state_dicts({'D_Y': state_dict, 'G': generator})
+  params, _, config = runs.convert_state_dicts({'D_Y': state_dict, 'G': generator})
   assert set(params) == {'D_Y', 'G'}
   assert (config.model.ndf, config.model.discriminator, config.model.ngf) == (8, 'basic', 8)
   assert config.model.generator == 'resnet_6blocks'

@@ -214,7 +214,8 @@ def evaluate_workdir(workdir: str,
 
   def translate(name):
     network = models.for_test(getattr(networks, name), config.model.eval_mode)
-    params = state_lib.generator_weights(state.params, name, weights)
+    params = state_lib.translation_params(
+        state.params, weights, state.batch_stats if config.model.eval_mode else None)[name]
     return jax.jit(lambda x: models.network_fn(network, params, dropout_key)(x))
 
   translate_AtoB = translate('G')

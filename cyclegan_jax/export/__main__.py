@@ -33,6 +33,7 @@ def main(argv):
                                        FLAGS.direction,
                                        FLAGS.step,
                                        fast_convs=False,
+                                       eval_mode=FLAGS.eval,
                                        weights=FLAGS.weights)
   logging.info('Exporting %s as %s.', generator.description, FLAGS.format)
   path = export.export(generator, FLAGS.format, FLAGS.output, FLAGS.quantize, FLAGS.overwrite,
@@ -53,6 +54,10 @@ def define_flags():
                     '--torch_checkpoint.')
   flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
   cli.define_weights_flag()
+  flags.DEFINE_bool(
+      'eval', None, 'Batch norm with the running statistics kept in training, as test.py --eval '
+      '(default: the workdir\'s config.model.eval_mode; off for a .pth: each image by its own '
+      'statistics, as test.py). Dropout is always off in an export.')
   flags.DEFINE_enum('format', None, list(export.FORMATS),
                     'stablehlo (jax.export), onnx (ONNX Runtime) or tflite (LiteRT).')
   flags.DEFINE_enum('quantize', 'none', list(export.QUANTIZE),

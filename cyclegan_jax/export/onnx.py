@@ -50,9 +50,17 @@ def _onnx_norm(graph: _OnnxGraph, x: str, norm: str, params: dict[str, Any], cha
                name: str) -> str:
   """Instance norm (biased variance, eps 1e-5, no affine: layers.instance_norm), or batch norm
   with each image's own statistics, as the official test.py at batch size 1 (the generator in
-  test mode, `models.for_test`): instance normalisation with batch norm's scale and bias."""
+  test mode, `models.for_test`): instance normalisation with batch norm's scale and bias; or, for
+  params with running statistics (eval mode), batch normalisation with them."""
   if norm == 'none':
     return x
+  if norm == 'batch' and 'mean' in params['norm']:  # Eval mode: the running statistics.
+    norm_params = params['norm']
+    return graph.op('BatchNormalization',
+                    x,
+                    *(graph.const(norm_params[k]) for k in ('scale', 'bias', 'mean', 'var')),
+                    epsilon=layers.NORM_EPS,
+                    name=name)
   scale, bias = np.ones(channels), np.zeros(channels)
   if norm == 'batch':
     scale, bias = params['norm']['scale'], params['norm']['bias']

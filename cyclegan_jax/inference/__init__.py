@@ -10,8 +10,9 @@ budget, and otherwise in tiles (`tiling`): the same output, in memory bounded by
 
 Generators run as the official test.py runs them (`models.for_test`): batch norm normalises each
 image by its own statistics, so every image gets the output it gets alone, however images are
-batched; dropout layers (generators trained with `model.use_dropout`) stay on unless `eval_mode`
-(test.py --eval), their masks drawn from `seed`. Tiles keep this: batch-norm statistics are each
+batched; dropout layers (generators trained with `model.use_dropout`) stay on, their masks drawn
+from `seed`. In `eval_mode` (test.py --eval) dropout is off and batch norm uses the running
+statistics kept in training, which the generator's params then hold. Tiles keep this: batch-norm statistics are each
 image's own over all its tiles; a generator with dropout on is only translated whole, since its
 masks are drawn for the whole image.
 
@@ -79,8 +80,9 @@ def load_generator(workdir: str | Path | None = None,
   that an official `.pth` file holds (then `direction` only labels it).
 
   fast_convs=False gives plain lax convolutions (for exporters); both compute the same function.
-  eval_mode: dropout off (test.py --eval); None: the workdir's config.model.eval_mode, or off for
-  a `.pth` file (whose dropout layers only a ResNet's keys reveal).
+  eval_mode: dropout off and batch norm with running statistics (test.py --eval); None: the
+  workdir's config.model.eval_mode, or off for a `.pth` file (whose dropout layers only a
+  ResNet's keys reveal).
   weights: 'ema' (the moving average of a run with config.ema_decay > 0) or 'raw' (the trained
   weights); None: the average if the run keeps one (`state.generator_weights`).
   """
@@ -94,8 +96,8 @@ def load_generator(workdir: str | Path | None = None,
       raise errors.InvalidValueError(
           f'{torch_checkpoint} holds one set of generator weights, no moving average: leave '
           '--weights unset')
-    generator = generator_from_torch(torch_checkpoint, fast_convs)
-    return generator._replace(module=generator.module.clone(deterministic=bool(eval_mode)))
+    generator = generator_from_torch(torch_checkpoint, fast_convs, eval_mode=bool(eval_mode))
+    return generator
 
   network = DIRECTIONS[direction]
   imported = checkpointing.imported_networks(workdir)
@@ -110,9 +112,13 @@ def load_generator(workdir: str | Path | None = None,
     in_channels, out_channels = out_channels, in_channels
   if eval_mode is None:
     eval_mode = config.model.eval_mode
-  module = _build(config, out_channels, fast_convs).clone(deterministic=eval_mode)
-  params = state_lib.generator_weights(state.params, network, weights)
-  average = params is not state.params[network]
+  module = _build(config, out_channels, fast_convs)
+  average = state_lib.generator_weights(state.params, network, weights) is not state.params[network]
+  params = state_lib.translation_params(state.params, weights,
+                                        state.batch_stats if eval_mode else None)[network]
+  if eval_mode:
+    module = models.for_test(module, eval_mode=True)
+    _check_running_statistics(params, f'{workdir} (step {restored_step})')
   return Generator(module=module,
                    params=params,
                    in_channels=in_channels,
@@ -121,17 +127,33 @@ def load_generator(workdir: str | Path | None = None,
                    f'{restored_step}' + (' (moving average)' if average else ''))
 
 
-def generator_from_torch(path: str | Path, fast_convs: bool = True) -> Generator:
+def _check_running_statistics(params: dict[str, Any], source: str) -> None:
+  """An InvalidValueError if eval-mode `params` lack a batch norm's running statistics."""
+  if models.has_batch_norm(params) and not models.split_running_statistics(params)[1]:
+    raise errors.InvalidValueError(
+        f'{source} keeps no batch-norm running statistics, which eval mode (--eval, '
+        'config.model.eval_mode) normalises with: translate without --eval (each image by its '
+        'own statistics, as the official test.py)')
+
+
+def generator_from_torch(path: str | Path,
+                         fast_convs: bool = True,
+                         eval_mode: bool = False) -> Generator:
   """An official ResnetGenerator or UnetGenerator `.pth` (zip or legacy format), architecture
-  from its keys."""
+  from its keys. `eval_mode`: dropout off and batch norm with the file's running statistics
+  (test.py --eval)."""
   state_dict = pth.load_state_dict(path)
   try:
-    params, arch = mapping.generator_params_from_state_dict(state_dict)
+    params, arch = mapping.generator_params_from_state_dict(state_dict, eval_mode)
   except ValueError as error:
     raise errors.InvalidValueError(
         f'{path} is not an official ResnetGenerator or UnetGenerator state_dict: {error}') from None
   model_config = ml_collections.ConfigDict({**arch, 'fast_convs': fast_convs})
-  return Generator(module=models.build_generator(model_config, arch['output_nc']),
+  module = models.build_generator(model_config, arch['output_nc'])
+  if eval_mode:
+    module = models.for_test(module, eval_mode=True)
+    _check_running_statistics(params, str(path))
+  return Generator(module=module,
                    params=jax.tree.map(jnp.asarray, params),
                    in_channels=arch['input_nc'],
                    out_channels=arch['output_nc'],

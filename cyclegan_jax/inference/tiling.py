@@ -85,13 +85,14 @@ class Settings:
   fast_convs: bool = True
   norm_per_image: bool = True
   deterministic: bool = False
+  norm_running_average: bool = False  # Eval mode: batch norm is a per-channel affine map.
 
   @classmethod
   def of_module(cls, module) -> 'Settings':
     """The settings of a `layout.LayoutModule` (as `models.for_test(module)` for test mode)."""
     return cls(
         jnp.dtype(module.dtype).name, module.fast_convs, module.norm_per_image,
-        module.deterministic)
+        module.deterministic, module.norm_running_average)
 
 
 def _activation(name: Optional[str], x: jax.Array) -> jax.Array:
@@ -152,6 +153,9 @@ class ConvOp:
   border: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
   crop: tuple[int, int] = (0, 0)
   out_lengths: tuple[int, int] = (0, 0)  # A transposed conv's output window, in a pass.
+  # Batch norm with running statistics (eval mode): pointwise, so part of the conv's op, with
+  # the layer's activation.
+  running_norm: bool = False
 
   def macs_per_pixel(self, scale: Fraction) -> Fraction:
     """Multiply-adds per input-image pixel, for an output map `scale` times the input's side."""
@@ -210,6 +214,11 @@ class ConvOp:
     if conv.transpose:
       (crop_h, crop_w), (length_h, length_w) = self.crop, self.out_lengths
       y = y[:, crop_h:crop_h + length_h, crop_w:crop_w + length_w]
+    if self.running_norm:  # The formula of layers.BatchStatsNorm with running statistics.
+      norm = params['norm']
+      y32 = ((y.astype(jnp.float32) - norm['mean']) * jax.lax.rsqrt(norm['var'] + NORM_EPS) *
+             norm['scale'] + norm['bias'])
+      return _activation(conv.activation, y32.astype(y.dtype))
     return y if conv.norm != 'none' else _activation(conv.activation, y)
 
 
@@ -286,9 +295,11 @@ class Node:
 
 def build_graph(layers: layout_lib.Layout,
                 in_channels: int,
-                deterministic: bool = False) -> list[Node]:
+                deterministic: bool = False,
+                running_average: bool = False) -> list[Node]:
   """The layout's feature maps in computation order; node 0 is the input, the last the output.
-  Dropout layers are the identity if `deterministic`, else a ValueError (no tiled form).
+  Dropout layers are the identity if `deterministic`, else a ValueError (no tiled form). With
+  `running_average` (eval mode) a batch norm is pointwise and part of its conv's op.
 
   A new kind of layout node is one more case here, with an op that defines `input_span` and
   `apply` (and, if it must be kept on the host, a rule in `_kept`).
@@ -318,8 +329,11 @@ def build_graph(layers: layout_lib.Layout,
         factor = Fraction(layer.stride) if layer.transpose else Fraction(1, layer.stride)
         scale = nodes[v].scale * factor
         conv = dataclasses.replace(layer, name='', torch='', torch_norm='')
-        v = add(Node(ConvOp(conv, nodes[v].channels), (v,), layer.features, scale, path))
-        if layer.norm != 'none':
+        running_norm = running_average and layer.norm == 'batch'
+        v = add(
+            Node(ConvOp(conv, nodes[v].channels, running_norm=running_norm), (v,), layer.features,
+                 scale, path))
+        if layer.norm != 'none' and not running_norm:
           v = add(Node(NormOp(layer.norm, layer.activation), (v,), layer.features, scale, path))
       else:
         raise TypeError(f'Tiled inference has no rule for the layout node {layer!r}')
@@ -616,7 +630,7 @@ def plan_tiles(layers: layout_lib.Layout,
   `threshold` and `within_peak` choose the maps kept on the host (`_kept`; threshold 0 keeps
   every conv output, inf and within_peak=False recompute every one that can be).
   """
-  nodes = build_graph(layers, shape[3], settings.deterministic)
+  nodes = build_graph(layers, shape[3], settings.deterministic, settings.norm_running_average)
   sides = _map_sides(nodes, shape[1], shape[2])
   kept = _kept(nodes, threshold, within_peak)
   targets = _pass_targets(nodes, kept)

@@ -8,7 +8,7 @@ and `unet` (the generators), `patchgan` (the n-layer and pixel discriminators).
 """
 
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -67,24 +67,81 @@ def build_discriminator(model_config, dtype: Dtype = jnp.float32) -> LayoutModul
 def for_test(module: nn.Module, eval_mode: bool = False) -> nn.Module:
   """The network as the official test.py runs it: batch norm normalises each image by its own
   statistics (test.py translates one image at a time), so an image's output does not depend on
-  the batch it comes in; dropout stays on unless `eval_mode` (test.py --eval)."""
+  the batch it comes in, and dropout stays on. `eval_mode` (test.py --eval): dropout off, and
+  batch norm uses the running statistics kept in training, which its params must then hold
+  (`with_running_statistics`). A network in eval mode stays in it."""
   if not isinstance(module, LayoutModule):
     return module
-  return module.clone(norm_per_image=True, deterministic=eval_mode or module.deterministic)
+  if eval_mode or module.norm_running_average:
+    return module.clone(deterministic=True, norm_running_average=True, norm_per_image=False)
+  return module.clone(norm_per_image=True)
+
+
+def with_running_statistics(params: Any, batch_stats: Any) -> Any:
+  """`params` with each batch norm's running `mean` and `var` (a network's 'batch_stats'
+  collection) beside its `scale` and `bias`: the params of an eval-mode network (`for_test`)."""
+  if not batch_stats:
+    return params
+  merged = dict(params)
+  for key, value in batch_stats.items():
+    merged[key] = (with_running_statistics(params[key], value)
+                   if isinstance(value, Mapping) else value)
+  return merged
+
+
+def split_running_statistics(params: Any) -> tuple[Any, Any]:
+  """(params, 'batch_stats' collection) from eval-mode `params`, the inverse of
+  `with_running_statistics`: each norm's `mean` and `var` apart, nested as the params."""
+  rest, stats = {}, {}
+  for key, value in params.items():
+    if isinstance(value, Mapping):
+      rest[key], inner = split_running_statistics(value)
+      if inner:
+        stats[key] = inner
+    elif key in ('mean', 'var'):
+      stats[key] = value
+    else:
+      rest[key] = value
+  return rest, stats
+
+
+def has_batch_norm(params: Any) -> bool:
+  """Whether a network's params hold a batch norm (a `norm` with a `scale`)."""
+  return any('scale' in value if key == 'norm' else has_batch_norm(value)
+             for key, value in params.items()
+             if isinstance(value, Mapping))
 
 
 def network_fn(module: nn.Module,
                params: Any,
-               dropout_key: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
+               dropout_key: jax.Array | None = None,
+               batch_stats: dict[str, Any] | None = None,
+               name: str | None = None) -> Callable[[jax.Array], jax.Array]:
   """x -> module(x) with `params`. Every call draws its own dropout masks from `dropout_key` (as
-  each forward pass of the official networks does); networks without active dropout ignore it."""
+  each forward pass of the official networks does); networks without active dropout ignore it.
+
+  With `batch_stats` (networks' running statistics by name) holding an entry for `name`, every
+  call also moves that network's batch-norm running statistics towards its batch's, in place, as
+  each forward pass of an official network in train mode does: after the calls of a step, the
+  dict holds the statistics of all its calls in their order."""
   calls = itertools.count()
+  tracked = batch_stats is not None and name in batch_stats
 
   def apply(x: jax.Array) -> jax.Array:
-    if dropout_key is None:
-      return module.apply({'params': params}, x)
-    rngs = {'dropout': jax.random.fold_in(dropout_key, next(calls))}
-    return module.apply({'params': params}, x, rngs=rngs)
+    rngs = {}
+    if dropout_key is not None:
+      rngs['dropout'] = jax.random.fold_in(dropout_key, next(calls))
+    if not tracked:
+      return module.apply({'params': params}, x, rngs=rngs)
+    y, updated = module.apply({
+        'params': params,
+        'batch_stats': batch_stats[name]
+    },
+                              x,
+                              rngs=rngs,
+                              mutable=['batch_stats'])
+    batch_stats[name] = updated['batch_stats']
+    return y
 
   return apply
 

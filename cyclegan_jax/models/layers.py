@@ -57,16 +57,28 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
 
 
-class BatchStatsNorm(nn.Module):
-  """Batch norm that always normalises with the current batch's statistics.
+# PyTorch BatchNorm2d's default momentum: each forward pass in train mode moves the running
+# statistics this far towards the batch's (the variance unbiased, n / (n - 1)).
+BATCH_NORM_MOMENTUM = 0.1
 
-  Like the official code's default test.py (never switched to eval mode), so there are no
-  running averages and no mutable collections. `per_image`: each image by its own statistics,
-  which is what the official test.py computes, one image per batch. Scale ~ N(1, init_gain),
-  bias 0, as the official `init_weights` does for BatchNorm2d.
+
+class BatchStatsNorm(nn.Module):
+  """Batch norm as the official networks run it. Scale ~ N(1, init_gain), bias 0, as the official
+  `init_weights` does for BatchNorm2d.
+
+  Training (the default): normalises with the statistics of the current batch. When the
+  'batch_stats' collection is mutable, the call also moves its running `mean` and `var` (made at
+  init: 0 and 1) towards the batch's, as every forward pass of PyTorch's BatchNorm2d in train
+  mode does (`BATCH_NORM_MOMENTUM`); otherwise no state is read or written.
+  `per_image`: each image by its own statistics, which is what the official test.py computes, one
+  image per batch (the default test mode, never switched to eval).
+  `running_average`: normalises with the running statistics (test.py --eval), read from the
+  'params' collection beside the scale and bias (`models.with_running_statistics`): a test-time
+  network's parameters are then one pytree, as a PyTorch state_dict holds them.
   """
   init_gain: float = 0.02
   per_image: bool = False
+  running_average: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -75,11 +87,25 @@ class BatchStatsNorm(nn.Module):
     scale = self.param('scale', lambda key, shape: 1.0 + gain * jax.random.normal(key, shape),
                        (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
-    if self.per_image:
-      return (instance_norm(x).astype(jnp.float32) * scale + bias).astype(x.dtype)
     x32 = x.astype(jnp.float32)
-    mean = x32.mean(axis=(0, 1, 2))
-    var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
+    if self.running_average:
+      mean = self.param('mean', nn.initializers.zeros, (features,))
+      var = self.param('var', nn.initializers.ones, (features,))
+    elif self.per_image:
+      return (instance_norm(x).astype(jnp.float32) * scale + bias).astype(x.dtype)
+    else:
+      mean = x32.mean(axis=(0, 1, 2))
+      var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
+      if self.is_mutable_collection('batch_stats'):
+        running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+        if not self.is_initializing():
+          count = x.shape[0] * x.shape[1] * x.shape[2]
+          unbiased = jax.lax.stop_gradient(var) * (count / max(count - 1, 1))
+          momentum = BATCH_NORM_MOMENTUM
+          running_mean.value = ((1 - momentum) * running_mean.value +
+                                momentum * jax.lax.stop_gradient(mean))
+          running_var.value = (1 - momentum) * running_var.value + momentum * unbiased
     y = (x32 - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias
     return y.astype(x.dtype)
 
@@ -136,6 +162,7 @@ class ConvNormAct(nn.Module):
   dtype: Dtype = jnp.float32
   fast_convs: bool = True
   norm_per_image: bool = False
+  norm_running_average: bool = False
   spectral_norm: bool = False
 
   @nn.compact
@@ -185,7 +212,10 @@ class ConvNormAct(nn.Module):
     if self.norm == 'instance':
       x = instance_norm(x)
     elif self.norm == 'batch':
-      x = BatchStatsNorm(self.init_gain, self.norm_per_image, name='norm')(x)
+      x = BatchStatsNorm(self.init_gain,
+                         self.norm_per_image,
+                         self.norm_running_average,
+                         name='norm')(x)
     if self.activation is not None:
       x = self.activation(x)
     return x

@@ -157,7 +157,7 @@ def min_side(layers: Layout) -> int:
 
 # The LayoutModule fields that every layer of a network shares (`apply_layout`'s settings).
 SHARED_FIELDS = ('init_type', 'init_gain', 'dtype', 'fast_convs', 'deterministic', 'norm_per_image',
-                 'spectral_norm')
+                 'norm_running_average', 'spectral_norm')
 
 
 class LayoutModule(nn.Module):
@@ -168,6 +168,8 @@ class LayoutModule(nn.Module):
     they draw from the 'dropout' RNG stream, which `apply` must then be given.
   norm_per_image: batch norm normalises each image by its own statistics, as the official test.py
     does at batch size 1; otherwise by the statistics of the whole batch (training).
+  norm_running_average: batch norm normalises by the running statistics that training kept
+    (test.py --eval), given in 'params' beside each norm's scale and bias.
   spectral_norm: every conv kernel is divided by its largest singular value (`layers.spectral_norm`).
   """
   init_type: str = 'normal'
@@ -176,6 +178,7 @@ class LayoutModule(nn.Module):
   fast_convs: bool = True
   deterministic: bool = False
   norm_per_image: bool = False
+  norm_running_average: bool = False
   spectral_norm: bool = False
 
   def layout(self, in_channels: int) -> Layout:
@@ -248,6 +251,7 @@ def apply_layout(layers: Layout, x: jax.Array, **settings) -> jax.Array:
                       dtype=settings['dtype'],
                       fast_convs=settings['fast_convs'],
                       norm_per_image=settings['norm_per_image'],
+                      norm_running_average=settings['norm_running_average'],
                       spectral_norm=settings['spectral_norm'],
                       name=layer.name)(x)
       if layer.activation == 'tanh':  # Outside the module, as the official Tanh layer.

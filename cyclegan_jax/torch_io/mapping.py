@@ -16,7 +16,8 @@ norm type are inferred from the keys and shapes; the keys and shapes expected th
 the network's layout (`models.layout`), walked by `params_from_state_dict`. Norm buffers
 (`running_mean`, `running_var`, `num_batches_tracked`: the batch-norm running statistics, which
 the official test.py does not use without --eval, and the InstanceNorm statistics saved by
-PyTorch < 0.4) are ignored; every other key must be used, and every expected key must be present.
+PyTorch < 0.4) are ignored unless batch norm's running statistics are asked for (eval mode);
+every other key must be used, and every expected key must be present.
 Dropout has no parameters: a ResNet's block indices show it, a U-Net's keys do not (its
 `use_dropout` is then False: dropout off, as test.py --no_dropout or --eval).
 """
@@ -41,10 +42,13 @@ def strip_data_parallel_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str
   return {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
 
 
-def _expected_entries(layers: layout_lib.Layout, in_channels: int) -> dict:
+def _expected_entries(layers: layout_lib.Layout,
+                      in_channels: int,
+                      running_statistics: bool = False) -> dict:
   """Expected torch key -> (flax path, torch shape) of every conv of `layers` and the norm after
   it, for an input of `in_channels`. Conv weights are (out, in, kH, kW), transposed convs'
-  (in, out, kH, kW)."""
+  (in, out, kH, kW). `running_statistics`: batch norms' running mean and var too, as `mean` and
+  `var` beside the scale and bias (the params of an eval-mode network, `models.for_test`)."""
   entries = {}
   for path, conv, channels in layout_lib.conv_channels(layers, in_channels):
     pair = (channels, conv.features) if conv.transpose else (conv.features, channels)
@@ -54,6 +58,9 @@ def _expected_entries(layers: layout_lib.Layout, in_channels: int) -> dict:
     if conv.norm == 'batch':
       entries[f'{conv.torch_norm}.weight'] = ((*path, 'norm', 'scale'), (conv.features,))
       entries[f'{conv.torch_norm}.bias'] = ((*path, 'norm', 'bias'), (conv.features,))
+      if running_statistics:
+        entries[f'{conv.torch_norm}.running_mean'] = ((*path, 'norm', 'mean'), (conv.features,))
+        entries[f'{conv.torch_norm}.running_var'] = ((*path, 'norm', 'var'), (conv.features,))
   return entries
 
 
@@ -83,11 +90,17 @@ def _layer_index(key: str) -> Optional[int]:
   return None
 
 
-def params_from_state_dict(state_dict: Mapping, layers: layout_lib.Layout, in_channels: int,
-                           what: str) -> dict:
+def params_from_state_dict(state_dict: Mapping,
+                           layers: layout_lib.Layout,
+                           in_channels: int,
+                           what: str,
+                           running_statistics: bool = False) -> dict:
   """The Flax params of `layers` from an official state_dict: every expected key must be there
-  with its shape, and every other key must be a norm buffer (ignored)."""
-  expected = _expected_entries(layers, in_channels)
+  with its shape, and every other key must be a norm buffer (ignored). `running_statistics`:
+  with the batch norms' running statistics (`_expected_entries`), if the state_dict has any."""
+  running_statistics = running_statistics and any(
+      key.endswith('.running_mean') for key in state_dict)
+  expected = _expected_entries(layers, in_channels, running_statistics)
   for key, (_, shape) in expected.items():
     if key not in state_dict:
       raise errors.InvalidValueError(
@@ -114,10 +127,12 @@ def params_from_state_dict(state_dict: Mapping, layers: layout_lib.Layout, in_ch
   return params
 
 
-def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
+def generator_params_from_state_dict(state_dict: Mapping,
+                                     running_statistics: bool = False) -> tuple[dict, dict]:
   """Official `ResnetGenerator` or `UnetGenerator` state_dict -> (params, arch).
 
-  params: the inner dict for `module.apply({'params': params}, x)`.
+  params: the inner dict for `module.apply({'params': params}, x)`; with `running_statistics`,
+  those of the network in eval mode (`models.for_test`): batch norms' running statistics too.
   arch: {'generator' ('resnet_<n>blocks' or 'unet_<n>'), 'ngf', 'norm', 'use_dropout' (the
   config.model fields of those names), 'input_nc', 'output_nc'}.
   """
@@ -128,7 +143,7 @@ def generator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
     arch = _resnet_arch(state_dict)
   module = models.build_generator(ml_collections.ConfigDict(arch), arch['output_nc'])
   return params_from_state_dict(state_dict, module.layout(arch['input_nc']), arch['input_nc'],
-                                'Generator'), arch
+                                'Generator', running_statistics), arch
 
 
 def _resnet_arch(state_dict: Mapping) -> dict:
@@ -174,10 +189,12 @@ def _unet_arch(state_dict: Mapping) -> dict:
               use_dropout=False)
 
 
-def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dict]:
+def discriminator_params_from_state_dict(state_dict: Mapping,
+                                         running_statistics: bool = False) -> tuple[dict, dict]:
   """Official `NLayerDiscriminator` or `PixelDiscriminator` state_dict -> (params, arch).
 
-  params: the inner dict for `module.apply({'params': params}, x)`.
+  params: the inner dict for `module.apply({'params': params}, x)` (`running_statistics`: as
+  for generators).
   arch: {'discriminator' ('basic', 'n_layers' or 'pixel'), 'ndf', 'n_layers_D' (0 for 'pixel'),
   'input_nc', 'norm'}.
   """
@@ -209,5 +226,5 @@ def discriminator_params_from_state_dict(state_dict: Mapping) -> tuple[dict, dic
                 input_nc=input_nc,
                 norm=_infer_norm(state_dict, 'model.3', 'model.2'))
   module = models.build_discriminator(ml_collections.ConfigDict(arch))
-  return params_from_state_dict(state_dict, module.layout(input_nc), input_nc,
-                                'Discriminator'), arch
+  return params_from_state_dict(state_dict, module.layout(input_nc), input_nc, 'Discriminator',
+                                running_statistics), arch

@@ -17,6 +17,7 @@ from cyclegan_jax import state as state_lib
 from cyclegan_jax import checkpointing
 from cyclegan_jax import config_lib
 from cyclegan_jax import errors
+from cyclegan_jax import models
 from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.torch_io import mapping
 from cyclegan_jax.torch_io import pth
@@ -47,15 +48,20 @@ def _shared(arches: dict[str, dict], names: tuple[str, ...], fields: tuple[str, 
   return values.pop() if values else ()
 
 
-def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collections.ConfigDict]:
-  """{network: PyTorch state_dict} -> ({network: Flax params}, the config they fit)."""
+def convert_state_dicts(
+    state_dicts: dict[str, dict]) -> tuple[dict, dict, ml_collections.ConfigDict]:
+  """{network: PyTorch state_dict} -> ({network: Flax params}, {network: its batch norms'
+  running statistics, for those that keep them}, the config they fit)."""
   config = config_lib.base_config()
-  params, arches = {}, {}
+  params, batch_stats, arches = {}, {}, {}
   for name, state_dict in state_dicts.items():
     convert = (mapping.generator_params_from_state_dict
                if name in ('G', 'F') else mapping.discriminator_params_from_state_dict)
     try:
-      params[name], arches[name] = convert(state_dict)
+      eval_params, arches[name] = convert(state_dict, running_statistics=True)
+      params[name], stats = models.split_running_statistics(eval_params)
+      if stats:
+        batch_stats[name] = stats
     except ValueError as error:
       kind = ('a ResnetGenerator or UnetGenerator'
               if name in ('G', 'F') else 'an NLayerDiscriminator or PixelDiscriminator')
@@ -91,12 +97,16 @@ def convert_state_dicts(state_dicts: dict[str, dict]) -> tuple[dict, ml_collecti
     config.model.n_layers_D = config_lib.base_config().model.n_layers_D
   if config.lambda_identity > 0 and config.model.channels_A != config.model.channels_B:
     config.lambda_identity = 0.0
-  return params, config
+  return params, batch_stats, config
 
 
-def write_workdir(output: str | Path, params: dict, config: ml_collections.ConfigDict,
-                  sources: dict[str, str]) -> Path:
-  """A step-0 train state with `params` in place of the fresh networks' ones, saved in `output`."""
+def write_workdir(output: str | Path,
+                  params: dict,
+                  config: ml_collections.ConfigDict,
+                  sources: dict[str, str],
+                  batch_stats: dict | None = None) -> Path:
+  """A step-0 train state with `params` (and the running statistics in `batch_stats`) in place
+  of the fresh networks' ones, saved in `output`."""
   output = Path(output)
   if workdir_lib.checkpoint_dir(output).exists():
     raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
@@ -111,7 +121,14 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
           f'{name}: converted parameter shapes {actual} do not fit the config\'s '
           f'{expected}')
     merged[name] = jax.tree.map(jnp.asarray, imported)
-  state = state.replace(params=merged)  # Adam's fresh state is zeros of these same shapes.
+  merged_stats = dict(state.batch_stats)
+  for name, stats in (batch_stats or {}).items():
+    if jax.tree.map(np.shape, stats) != jax.tree.map(np.shape, merged_stats.get(name)):
+      raise errors.InvalidValueError(
+          f'{name}: converted running statistics do not fit the config\'s batch norms')
+    merged_stats[name] = jax.tree.map(jnp.asarray, stats)
+  # Adam's fresh state is zeros of these same shapes.
+  state = state.replace(params=merged, batch_stats=merged_stats)
   checkpointing.check_and_save_config(output, config)
   manager = checkpointing.create_manager(output, config.keep_checkpoints)
   try:
@@ -126,7 +143,9 @@ def write_workdir(output: str | Path, params: dict, config: ml_collections.Confi
 def convert(files: dict[str, Path], output: str | Path, crop_size: int) -> ml_collections.ConfigDict:
   """Converts {network name: official .pth file} into the workdir `output`; its config."""
   state_dicts = {name: pth.load_state_dict(path) for name, path in files.items()}
-  params, config = convert_state_dicts(state_dicts)
+  params, batch_stats, config = convert_state_dicts(state_dicts)
   config.data.crop_size = crop_size
-  write_workdir(output, params, config, {name: str(path) for name, path in files.items()})
+  write_workdir(output, params, config, {
+      name: str(path) for name, path in files.items()
+  }, batch_stats)
   return config
