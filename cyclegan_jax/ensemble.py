@@ -25,6 +25,7 @@ where they fill the device). The hyperparameters are arguments of the step in ev
 """
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -196,7 +197,18 @@ def to_slots(trees: list[Any], layout: SlotLayout) -> tuple[Any, ...]:
 
 
 def member_slice(tree: Any, k: int) -> Any:
-  """Member k of a stacked tree."""
+  """Member k of a stacked tree (numpy stays numpy). Device arrays are sliced in one program,
+  finished before this returns: indexed leaf by leaf, a tree sharded over several devices would
+  put one program per leaf in flight at once, each with its own collective, and on CPU devices
+  such programs can hold every thread of the runtime while waiting for each other (a deadlock).
+  """
+  if not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(tree)):
+    return jax.tree.map(lambda x: x[k], tree)
+  return jax.block_until_ready(_member_slice(tree, k))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _member_slice(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda x: x[k], tree)
 
 

@@ -186,3 +186,14 @@ def test_a_diverging_member_stops_alone(tmp_path):
   assert 'Non-finite' in failure['error'] and failure['step'] >= 1
   with pytest.raises(errors.DivergedError, match='Non-finite'):
     loop.train_and_evaluate(updated(config, ensemble__fail_fast=True), str(tmp_path / 'fast'))
+
+
+def test_a_member_is_sliced_out_of_host_and_device_trees_alike():
+  stacked = {'a': np.arange(24, dtype=np.float32).reshape(4, 6), 'b': {'c': np.arange(4)}}
+  on_host = ensemble.member_slice(stacked, 2)
+  assert isinstance(on_host['a'], np.ndarray)
+  on_device = ensemble.member_slice(jax.device_put(stacked), 2)
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(on_device))
+  for sliced in (on_host, on_device):
+    np.testing.assert_array_equal(sliced['a'], stacked['a'][2])
+    assert int(sliced['b']['c']) == 2
