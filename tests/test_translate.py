@@ -167,6 +167,10 @@ def test_unet_checkpoint_converted_and_exported_equals_the_official_network(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     from cyclegan_jax import export  # pylint: disable=g-import-not-at-top  # Its packages.
     assert np.abs(export.load_artifact(path)(x) - official).max() < 1e-4, fmt
+    generator_description = json.loads(export.sidecar_path(path).read_text())['generator']
+    assert generator_description['params'] == 655_443  # Without the running statistics.
+    assert generator_description['batch_norm_statistics'].startswith(
+        'running' if eval_mode else 'per image')
 
 
 # --- any size, any file -----------------------------------------------------------------------

@@ -27,8 +27,8 @@ the generator's minimum (8 for the ResNets, n for unet_<n>) and need not be mult
 needs (4, n): like `inference.translate_any_size`, sides are reflection-padded at the bottom and
 right inside the artifact and cropped back. As the official test.py, batch norm (norm='batch')
 normalizes each image by its own statistics, so an image gets the output it gets alone whatever
-batch it comes in; dropout layers are off (test.py --eval), so the artifact is a function of its
-input. Beside the artifact, `<output>.json` describes the contract, the source and the tool
+batch it comes in, or with --eval (test.py --eval) by the running statistics kept in training;
+dropout layers are off (test.py --eval), so the artifact is a function of its input. Beside the artifact, `<output>.json` describes the contract, the source and the tool
 versions. The exporters need `pip install -r requirements-export.txt`.
 """
 
@@ -129,13 +129,19 @@ def describe(generator: inference.Generator, fmt: str, quantize: str, path: Path
       'source':
           generator.description,
       'generator': {
-          'architecture': getattr(module, 'architecture',
-                                  type(module).__name__),
+          'architecture':
+              getattr(module, 'architecture',
+                      type(module).__name__),
           **{
               field: getattr(module, field) for field in ('ngf', 'norm', 'use_dropout') if hasattr(
                   module, field)
           },
-          'params': models.count_params(generator.params),
+          **({
+              'batch_norm_statistics': ('running (test.py --eval)' if getattr(
+                  module, 'norm_running_average', False) else 'per image (test.py)')
+          } if getattr(module, 'norm', None) == 'batch' else {}),
+          'params':
+              models.count_params(models.split_running_statistics(generator.params)[0]),
       },
       'input': {
           'name': INPUT_NAME,
