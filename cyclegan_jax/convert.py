@@ -4,12 +4,15 @@
     python -m cyclegan_jax.convert --torch_checkpoint=horse2zebra.pth --output=runs/h2z_official
     # A whole official training run: <epoch>_net_G_A/G_B/D_A/D_B.pth from its checkpoints folder.
     python -m cyclegan_jax.convert --torch_dir=checkpoints/horse2zebra_cyclegan --output=runs/h2z
+    # An official pix2pix run (<epoch>_net_G/D.pth): a pix2pix workdir.
+    python -m cyclegan_jax.convert --torch_dir=checkpoints/facades_pix2pix --output=runs/facades
 
 The workdir holds a step-0 checkpoint of a full train state in which the converted networks
 carry the PyTorch weights and the rest are freshly initialised, its config.json (architecture
 inferred from the state_dicts), and `imported.json` naming the converted networks. Use it with
 `translate --workdir`, `export --workdir`, or as `--config.init_from` of a training run.
-Official names map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X.
+Official names map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X;
+pix2pix's G and D keep their names. Batch norms' running statistics go into the train state.
 """
 
 from pathlib import Path
@@ -46,8 +49,9 @@ def define_flags():
   flags.DEFINE_string('torch_checkpoint', None, 'One official generator .pth file.')
   flags.DEFINE_enum('direction', 'AtoB', list(inference.DIRECTIONS),
                     "With --torch_checkpoint: the generator's direction (AtoB -> G, BtoA -> F).")
-  flags.DEFINE_string('torch_dir', None,
-                      'An official checkpoints folder holding <epoch>_net_{G_A,G_B,D_A,D_B}.pth.')
+  flags.DEFINE_string(
+      'torch_dir', None, 'An official checkpoints folder holding <epoch>_net_{G_A,G_B,D_A,D_B}.pth '
+      '(CycleGAN) or <epoch>_net_{G,D}.pth (pix2pix).')
   flags.DEFINE_string('epoch', 'latest', 'With --torch_dir: which epoch to convert.')
   flags.DEFINE_string('output', None, 'New workdir to write (must not hold checkpoints).')
   flags.DEFINE_integer('crop_size', 256, 'config.data.crop_size recorded in the workdir.')

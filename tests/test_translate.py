@@ -322,6 +322,47 @@ def test_official_run_folder_maps_names(tmp_path):
 
 
 @needs_parity_files
+def test_an_official_pix2pix_run_converts_into_a_pix2pix_workdir(tmp_path):
+  """<epoch>_net_G.pth and _net_D.pth (U-Net and conditional PatchGAN, batch norm): a pix2pix
+  workdir whose G translates as the file does, in both test modes, with D's weights and running
+  statistics in its train state."""
+  from cyclegan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  d_npz = PARITY_DIR / 'D_basic_cond6_ndf8_batchnorm_64_randbias.npz'
+  folder = tmp_path / 'facades_pix2pix'
+  folder.mkdir()
+  for name in ('G', 'D'):  # Only the names matter to the discovery.
+    (folder / f'latest_net_{name}.pth').symlink_to(UNET_PTH)
+  assert runs.official_run_files(folder, 'latest') == {
+      'G': folder / 'latest_net_G.pth',
+      'D': folder / 'latest_net_D.pth'
+  }
+  from cyclegan_jax.torch_io import pth  # pylint: disable=g-import-not-at-top
+  state_dicts = {'G': pth.load_state_dict(UNET_PTH), 'D': load_npz_state_dict(d_npz)}
+  params, batch_stats, config = runs.convert_state_dicts(state_dicts)
+  assert config.model_type == 'pix2pix' and config.data.dataset_mode == 'aligned'
+  assert (config.model.generator, config.model.discriminator, config.model.ndf) == ('unet_128',
+                                                                                    'basic', 8)
+  workdir = runs.write_workdir(tmp_path / 'converted', params, config, {
+      'G': 'g',
+      'D': 'd'
+  }, batch_stats)
+  state, _ = checkpointing.restore_train_state(workdir)
+  assert set(state.params) == set(state.batch_stats) == {'G', 'D'}
+  np.testing.assert_array_equal(state.batch_stats['D']['layer_1']['norm']['var'],
+                                state_dicts['D']['model.3.running_var'])
+  x, _ = unet_inputs_and_official_outputs()
+  for eval_mode in (False, True):
+    converted = inference.load_generator(workdir=workdir, eval_mode=eval_mode)
+    direct = inference.load_generator(torch_checkpoint=UNET_PTH, eval_mode=eval_mode)
+    np.testing.assert_allclose(inference.translate_any_size(converted, x),
+                               inference.translate_any_size(direct, x),
+                               atol=1e-6)
+  unconditional = {**state_dicts['D'], 'model.0.weight': state_dicts['D']['model.0.weight'][:, :3]}
+  with pytest.raises(ValueError, match='takes 3 channels.*stacked on channels: 6'):
+    runs.convert_state_dicts({'G': state_dicts['G'], 'D': unconditional})
+
+
+@needs_parity_files
 def test_discriminators_convert_with_their_architecture():
   state_dict = load_npz_state_dict(PARITY_DIR / 'D_basic_ndf8_64_randbias.npz')
   generator = load_npz_state_dict(PARITY_DIR / 'G_resnet_6blocks_ngf8_32_randbias.npz')

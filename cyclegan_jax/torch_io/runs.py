@@ -3,7 +3,8 @@
 The workdir holds a step-0 checkpoint of a full train state in which the converted networks
 carry the PyTorch weights and the rest are freshly initialised, its config.json (architecture
 inferred from the state_dicts), and `imported.json` naming the converted networks. Official names
-map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X.
+map to ours as G_A -> G, G_B -> F, D_A -> D_Y (it judges domain B), D_B -> D_X; a pix2pix run's
+G and D (the conditional discriminator) become a pix2pix workdir's.
 """
 
 from pathlib import Path
@@ -23,20 +24,24 @@ from cyclegan_jax.torch_io import mapping
 from cyclegan_jax.torch_io import pth
 
 OFFICIAL_NAMES = {'G_A': 'G', 'G_B': 'F', 'D_A': 'D_Y', 'D_B': 'D_X'}
+# An official pix2pix run (Pix2PixModel) saves G (A -> B) and the conditional D on concat(A, B).
+PIX2PIX_NAMES = {'G': 'G', 'D': 'D'}
 
 
 def official_run_files(torch_dir: str | Path, epoch: str) -> dict[str, Path]:
-  """{our network name: file} for the `<epoch>_net_<name>.pth` files in an official folder."""
+  """{our network name: file} for the `<epoch>_net_<name>.pth` files in an official folder: a
+  CycleGAN run's (G_A, G_B, D_A, D_B), or else a pix2pix run's (G, D)."""
   torch_dir = Path(torch_dir)
   if not torch_dir.is_dir():
     raise errors.PathNotFoundError(f'Folder not found: {torch_dir}')
-  files = {
-      ours: torch_dir / f'{epoch}_net_{official}.pth' for official, ours in OFFICIAL_NAMES.items()
-  }
-  files = {name: path for name, path in files.items() if path.is_file()}
-  if not files:
-    raise errors.PathNotFoundError(f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B)')
-  return files
+  for names in (OFFICIAL_NAMES, PIX2PIX_NAMES):
+    files = {ours: torch_dir / f'{epoch}_net_{official}.pth' for official, ours in names.items()}
+    files = {name: path for name, path in files.items() if path.is_file()}
+    if files:
+      return files
+  raise errors.PathNotFoundError(
+      f'{torch_dir} holds no {epoch}_net_G_A.pth (nor G_B, D_A, D_B) of a CycleGAN run, nor '
+      f'{epoch}_net_G.pth (nor D) of a pix2pix run')
 
 
 def _shared(arches: dict[str, dict], names: tuple[str, ...], fields: tuple[str, ...]) -> tuple:
@@ -51,8 +56,12 @@ def _shared(arches: dict[str, dict], names: tuple[str, ...], fields: tuple[str, 
 def convert_state_dicts(
     state_dicts: dict[str, dict]) -> tuple[dict, dict, ml_collections.ConfigDict]:
   """{network: PyTorch state_dict} -> ({network: Flax params}, {network: its batch norms'
-  running statistics, for those that keep them}, the config they fit)."""
-  config = config_lib.base_config()
+  running statistics, for those that keep them}, the config they fit). A 'D' makes it a pix2pix
+  run (config_lib.pix2pix_config), whose D judges A and B images stacked on channels."""
+  paired = 'D' in state_dicts
+  config = config_lib.pix2pix_config() if paired else config_lib.base_config()
+  if paired:  # The files do not say which pairs trained them: the offline ones, which read alike.
+    config.data.source = 'embedded'
   params, batch_stats, arches = {}, {}, {}
   for name, state_dict in state_dicts.items():
     convert = (mapping.generator_params_from_state_dict
@@ -87,10 +96,16 @@ def convert_state_dicts(
           f'the networks disagree on the channels of domain {domain}: {values}')
   config.model.channels_A = channels.get('A', {3}).pop()
   config.model.channels_B = channels.get('B', {3}).pop()
+  pair_channels = config.model.channels_A + config.model.channels_B
+  if paired and arches['D']['input_nc'] != pair_channels:
+    raise errors.InvalidValueError(
+        f"the D state_dict takes {arches['D']['input_nc']} channels; pix2pix's D judges A and B "
+        f'images stacked on channels: {pair_channels}')
 
   # The arch fields are config.model fields of the same names.
+  discriminator_names = ('D',) if paired else state_lib.DISCRIMINATOR_NAMES
   for names, fields in ((state_lib.GENERATOR_NAMES, ('generator', 'ngf', 'use_dropout')),
-                        (state_lib.DISCRIMINATOR_NAMES, ('discriminator', 'ndf', 'n_layers_D'))):
+                        (discriminator_names, ('discriminator', 'ndf', 'n_layers_D'))):
     for field, value in zip(fields, _shared(arches, names, fields)):
       config.model[field] = value
   if config.model.discriminator == 'pixel':
