@@ -3,6 +3,10 @@ checkpoint converter, init and norm options, bfloat16 compute."""
 
 from functools import partial
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -639,6 +643,35 @@ def test_valid_conv_chooses_winograd_for_large_float32_maps_with_many_channels()
   kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, channels))
   expected = values_and_grads(fast_convs._plain_conv, x, kernel)
   assert_relatively_close(expected, values_and_grads(fast_convs.valid_conv, x, kernel), 1e-4)
+
+
+def test_importing_the_package_keeps_xla_cpu_convolutions_off_ynnpack_on_one_device():
+  program = textwrap.dedent("""
+      import os
+      import cyclegan_jax
+      import jax
+      import jax.numpy as jnp
+      conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+          x, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      text = conv.lower(jnp.ones((1, 66, 66, 256)), jnp.ones((3, 3, 256, 256))).compile().as_text()
+      print('ynn' in text, os.environ['XLA_FLAGS'])
+  """)
+
+  def run(xla_flags):
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_flags}
+    result = subprocess.run([sys.executable, '-c', program],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            check=True)
+    return result.stdout.split(maxsplit=1)
+
+  assert run('') == ['False', '--xla_cpu_experimental_ynn_fusion_type=\n']
+  own = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'
+  assert run(own)[1] == own + '\n'
+  # Simulated devices keep the default (see cyclegan_jax/__init__.py).
+  simulated = '--xla_force_host_platform_device_count=2'
+  assert run(simulated)[1] == simulated + '\n'
 
 
 def test_fast_and_plain_generators_share_parameters_and_outputs():
