@@ -547,6 +547,27 @@ def test_valid_conv_equals_the_plain_conv(kernel_shape, size):
   assert_relatively_close(expected, values_and_grads(fast_convs.valid_conv, x, kernel), 1e-4)
 
 
+def test_patchgan_on_small_images_differentiates_its_stride_1_convs_as_patches():
+  # On 32 px images the last two convs (4x4, zero pad 1) give 3x3 and 2x2 outputs: their input
+  # gradients are patch matmuls, not XLA's operand-swapped convolutions.
+  assert fast_convs.reformulates((4, 6, 6, 64), (4, 4, 64, 128))
+  assert not fast_convs.reformulates((1, 34, 34, 256), (4, 4, 256, 512))
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  fast = models.NLayerDiscriminator(ndf=8)
+  plain = models.NLayerDiscriminator(ndf=8, fast_convs=False)
+  params = fast.init(jax.random.key(1), x)
+  reformulated = lambda network: str(jax.make_jaxpr(network.apply)(params, x)).count('custom_vjp')
+  assert (reformulated(fast), reformulated(plain)) == (2, 0)
+
+  def values_and_grads_of(network):
+    loss = lambda params, x: jnp.sum(jnp.sin(network.apply(params, x)))
+    return network.apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+  fast_result = jax.jit(lambda: values_and_grads_of(fast))()
+  assert fast_result[0].shape == (2, 2, 2, 1)
+  assert_relatively_close(jax.jit(lambda: values_and_grads_of(plain))(), fast_result, 1e-5)
+
+
 @pytest.mark.parametrize('tile', sorted(fast_convs.WINOGRAD_POINTS))
 def test_winograd_transforms_compute_the_correlation(tile):
   output_transform, kernel_transform, input_transform = fast_convs._winograd_transforms(

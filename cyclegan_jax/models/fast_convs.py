@@ -6,7 +6,9 @@ stride-2 transposed convolutions (the ResNet's 3x3, the U-Net's 4x4) in sub-pixe
 (`subpixel_conv_transpose`; their gradients were ~10x slower as the dilated convolutions
 `nn.ConvTranspose` lowers to), and the generator's 7x7 stem and
 head and, on large feature maps, the residual blocks' 3x3 convs through `valid_conv` (on CPU a
-64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60). In float32 those 3x3 convs
+64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60), and the input gradients of
+stride-1 convs whose output is no larger than their kernel (a PatchGAN's last convs on small
+images, their zero padding applied first: ~7x faster as a patch matmul). In float32 those 3x3 convs
 use Winograd's F(4x4, 3x3) (`winograd_conv`: 4x fewer multiplies, exact in exact arithmetic, float
 errors ~10x a direct sum's). False keeps plain `nn.Conv` and `nn.ConvTranspose`.
 """
@@ -279,12 +281,22 @@ def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callab
     return _tap_sum_conv, _plain_conv
   if 4 * cin <= cout:
     return _plain_conv, _im2col_conv
+  if x_shape[1] - kh < kh or x_shape[2] - kw < kw:
+    # An output no larger than the kernel (a PatchGAN's last layers on small images): XLA
+    # computes the input gradient with the kernel and the output gradient's roles swapped, ~7x
+    # slower than the patches' matmul (measured: 4x4 64 -> 128 on 3x3 outputs, batch 4).
+    return _plain_conv, _im2col_conv
   if (out_pixels >= _WINOGRAD_MIN_PIXELS and (kh, kw) == (3, 3) and
       min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and jnp.dtype(dtype) == jnp.float32):
     return winograd_conv, winograd_conv
   if large_map:
     return _tap_sum_conv, _im2col_conv
   return _plain_conv, _plain_conv
+
+
+def reformulates(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
+  """Whether `valid_conv` computes or differentiates this conv other than as a plain conv."""
+  return _conv_formulations(x_shape, kernel_shape, dtype) != (_plain_conv, _plain_conv)
 
 
 @jax.custom_vjp

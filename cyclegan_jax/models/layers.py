@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from cyclegan_jax import config_lib
 from cyclegan_jax.models.fast_convs import ReformulatedConv
+from cyclegan_jax.models.fast_convs import reformulates
 from cyclegan_jax.models.fast_convs import subpixel_padding
 
 NORM_EPS = 1e-5
@@ -188,6 +189,12 @@ class ConvNormAct(nn.Module):
     torch_padding = (subpixel_padding(self.kernel_size, self.strides, padding)
                      if self.transpose else None)
     plain_stride_1 = self.strides == 1 and padding == VALID and not self.transpose
+    if self.fast_convs and self.strides == 1 and not self.transpose and not plain_stride_1:
+      padded_shape = (x.shape[0], x.shape[1] + sum(padding[0]), x.shape[2] + sum(padding[1]))
+      kernel_shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+      if reformulates(padded_shape, kernel_shape, self.dtype):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        plain_stride_1 = True
     if self.fast_convs and (plain_stride_1 or torch_padding is not None):
       conv = functools.partial(ReformulatedConv, self.features, self.kernel_size, self.transpose,
                                self.use_bias, self.dtype, conv_args['kernel_init'],
