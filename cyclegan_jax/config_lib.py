@@ -137,7 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
   # code's input_nc and output_nc).
   config.model.channels_A = 3
   config.model.channels_B = 3
-  # Exact faster formulations of slow convolutions (models/fast_convs.py); False: plain lax convs.
+  # Exact faster formulations of slow convolutions (models/fast_convs.py) and, on CPU, of instance
+  # norm's statistics (layers.instance_norm); False: plain lax convs and reductions.
   config.model.fast_convs = True
 
   config.data = ml_collections.ConfigDict()
