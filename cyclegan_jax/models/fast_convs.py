@@ -268,7 +268,8 @@ _WINOGRAD_MIN_PIXELS = 32 * 32
 def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callable, Callable]:
   """(forward, backward) formulations of a VALID stride-1 conv: all are the same sums in another
   order. XLA's CPU convolutions are slow to run with few output channels or on large maps, and
-  slow to differentiate with few input channels or on large maps; other backends keep their own
+  slow to differentiate on large maps or with outputs no larger than the kernel; other backends
+  keep their own
   convolutions. float32 3x3 convs with many channels on large maps use Winograd's F(4x4, 3x3),
   forward and backward; it rounds differently (errors ~10x those of a direct sum, still ~1e-6 of
   the sums of |x| |w|), so not in lower precisions."""
@@ -279,13 +280,15 @@ def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callab
   large_map = out_pixels >= _LARGE_MAP_PIXELS
   if 4 * cout <= cin:
     return _tap_sum_conv, _plain_conv
-  if 4 * cin <= cout:
-    return _plain_conv, _im2col_conv
   if x_shape[1] - kh < kh or x_shape[2] - kw < kw:
     # An output no larger than the kernel (a PatchGAN's last layers on small images): XLA
     # computes the input gradient with the kernel and the output gradient's roles swapped, ~7x
     # slower than the patches' matmul (measured: 4x4 64 -> 128 on 3x3 outputs, batch 4).
     return _plain_conv, _im2col_conv
+  if 4 * cin <= cout:
+    # Few input channels (the generator's stem): XLA's own kernel gradient beats the patches'
+    # (3 -> 64, 7x7, 256 px: 36 ms against 84), and its convs need no reformulation on large maps.
+    return _plain_conv, _plain_conv
   if (out_pixels >= _WINOGRAD_MIN_PIXELS and (kh, kw) == (3, 3) and
       min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and jnp.dtype(dtype) == jnp.float32):
     return winograd_conv, winograd_conv
