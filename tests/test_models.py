@@ -671,6 +671,19 @@ def test_winograd_conv_and_gradients_within_their_rounding_bound(tile, shape):
     assert tolerance.max() < 1e-2 * np.abs(expected).max(), name
 
 
+def test_winograd_kernel_transform_by_sums_equals_the_matrix_products():
+  # Inference transforms the kernel by sums of taps, training by matmuls: the same values.
+  _, kernel_transform, _ = fast_convs._winograd_transforms(fast_convs.WINOGRAD_POINTS[4])
+  kernel = jax.random.normal(jax.random.key(0), (3, 3, 5, 7))
+  products = jax.random.normal(jax.random.key(1), (6, 6, 5, 7))
+  for taps, matrix in ((kernel, kernel_transform), (kernel, kernel_transform[:, ::-1]),
+                       (products, kernel_transform.T)):
+    np.testing.assert_allclose(fast_convs._transform_kernel_by_sums(taps, matrix),
+                               fast_convs._transform_kernel(taps, matrix),
+                               rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_valid_conv_chooses_winograd_for_large_float32_maps_with_many_channels():
   large, kernel = (1, 66, 66, 256), (3, 3, 256, 256)
   choose = fast_convs._conv_formulations
