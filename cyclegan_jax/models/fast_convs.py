@@ -285,10 +285,9 @@ def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callab
   """(forward, backward) formulations of a VALID stride-1 conv: all are the same sums in another
   order. XLA's CPU convolutions are slow to run with few output channels or on large maps, and
   slow to differentiate on large maps or with outputs no larger than the kernel; other backends
-  keep their own
-  convolutions. float32 3x3 convs with many channels on large maps use Winograd's F(4x4, 3x3),
-  forward and backward; it rounds differently (errors ~10x those of a direct sum, still ~1e-6 of
-  the sums of |x| |w|), so not in lower precisions."""
+  keep their own convolutions. float32 3x3 convs with many channels on large maps use Winograd's
+  F(4x4, 3x3), forward and backward; it rounds differently (errors ~10x those of a direct sum,
+  still ~1e-6 of the sums of |x| |w|), so not in lower precisions."""
   if jax.default_backend() != 'cpu':
     return _plain_conv, _plain_conv
   kh, kw, cin, cout = kernel_shape

@@ -227,6 +227,7 @@ class ConvNormAct(nn.Module):
     torch_padding = (subpixel_padding(self.kernel_size, self.strides, padding)
                      if self.transpose else None)
     plain_stride_1 = self.strides == 1 and padding == VALID and not self.transpose
+    # A zero-padded stride-1 conv that valid_conv reformulates: pad first, then it is VALID.
     if self.fast_convs and self.strides == 1 and not self.transpose and not plain_stride_1:
       padded_shape = (x.shape[0], x.shape[1] + sum(padding[0]), x.shape[2] + sum(padding[1]))
       kernel_shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
