@@ -671,17 +671,19 @@ def test_winograd_conv_and_gradients_within_their_rounding_bound(tile, shape):
     assert tolerance.max() < 1e-2 * np.abs(expected).max(), name
 
 
-def test_winograd_kernel_transform_by_sums_equals_the_matrix_products():
-  # Inference transforms the kernel by sums of taps, training by matmuls: the same values.
+def test_winograd_kernel_transform_is_the_two_sided_matrix_product():
+  # The forward, adjoint (flipped) and kernel-gradient (inverse) uses, against M g M^T per
+  # channel pair in float64.
   _, kernel_transform, _ = fast_convs._winograd_transforms(fast_convs.WINOGRAD_POINTS[4])
-  kernel = jax.random.normal(jax.random.key(0), (3, 3, 5, 7))
-  products = jax.random.normal(jax.random.key(1), (6, 6, 5, 7))
+  kernel = np.random.default_rng(0).normal(size=(3, 3, 5, 7)).astype(np.float32)
+  products = np.random.default_rng(1).normal(size=(6, 6, 5, 7)).astype(np.float32)
   for taps, matrix in ((kernel, kernel_transform), (kernel, kernel_transform[:, ::-1]),
                        (products, kernel_transform.T)):
-    np.testing.assert_allclose(fast_convs._transform_kernel_by_sums(taps, matrix),
-                               fast_convs._transform_kernel(taps, matrix),
+    expected = np.einsum('ai,ijco,bj->abco', matrix, taps.astype(np.float64), matrix)
+    np.testing.assert_allclose(fast_convs._transform_kernel(jnp.asarray(taps), matrix),
+                               expected.reshape(-1, 5, 7),
                                rtol=1e-5,
-                               atol=1e-5)
+                               atol=1e-5 * np.abs(expected).max())
 
 
 def test_valid_conv_chooses_winograd_for_large_float32_maps_with_many_channels():
