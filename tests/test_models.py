@@ -535,10 +535,11 @@ def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels
   assert_relatively_close(expected, actual, 1e-5)
 
 
-# Few output channels: tap sums forward; an output no larger than the kernel: patches backward; a
-# large map: both.
-@pytest.mark.parametrize('kernel_shape, size', [((7, 7, 16, 3), 13), ((4, 4, 8, 16), 6),
-                                                ((3, 3, 8, 8), 52)])
+# Few output channels: tap sums forward, the kernel gradient by the output gradient's patches; few
+# input channels: the input gradient by tap sums; an output no larger than the kernel: patches
+# backward; a large map: both.
+@pytest.mark.parametrize('kernel_shape, size', [((7, 7, 16, 3), 13), ((7, 7, 3, 16), 20),
+                                                ((4, 4, 8, 16), 6), ((3, 3, 8, 8), 52)])
 def test_valid_conv_equals_the_plain_conv(kernel_shape, size):
   forward, backward = fast_convs._conv_formulations((2, size, size, 0), kernel_shape)
   assert (forward, backward) != (fast_convs._plain_conv, fast_convs._plain_conv)

@@ -105,6 +105,49 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
+def _kernel_grad_by_output_patches(x, output_grad, kernel_hw):
+  """The kernel gradient of a VALID stride-1 conv with few output channels, as one matmul of the
+  output gradient's patches (kh * kw * out rows, one column per input pixel) with x. Its patches
+  are stacked rows first, then columns (one stack of kh * kw shifted planes ran 3x slower)."""
+  kh, kw = kernel_hw
+  _, height, width, in_channels = x.shape
+  planes = jnp.pad(output_grad.transpose(3, 0, 1, 2),
+                   ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1)))
+  rows = jnp.stack([planes[:, :, kh - 1 - i:kh - 1 - i + height] for i in range(kh)])
+  patches = jnp.stack([rows[..., kw - 1 - j:kw - 1 - j + width] for j in range(kw)], axis=1)
+  grad = patches.reshape(kh * kw * output_grad.shape[-1], -1) @ x.reshape(-1, in_channels)
+  return grad.reshape(kh, kw, -1, in_channels).transpose(0, 1, 3, 2)
+
+
+@jax.custom_vjp
+def _few_channels_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A plain conv whose gradients avoid XLA's CPU convolutions where these are slow: with few
+  output channels (the generator's head), the kernel gradient by the output gradient's patches;
+  with few input channels (the stem), the input gradient, itself a conv with few output
+  channels, by tap sums (7x7 at 256 px: 40 -> 19 ms and 39 -> 23 ms)."""
+  return _plain_conv(x, kernel)
+
+
+def _few_channels_conv_forward(x, kernel):
+  return _plain_conv(x, kernel), (x, kernel)
+
+
+def _few_channels_conv_backward(residuals, output_grad):
+  x, kernel = residuals
+  kh, kw, in_channels, out_channels = kernel.shape
+  x_grad, kernel_grad = jax.vjp(_plain_conv, x, kernel)[1](output_grad)
+  if 4 * in_channels <= out_channels:
+    x_grad = _tap_sum_conv(
+        jnp.pad(output_grad, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0))),
+        kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+  if 4 * out_channels <= in_channels:
+    kernel_grad = _kernel_grad_by_output_patches(x, output_grad, (kh, kw))
+  return x_grad, kernel_grad
+
+
+_few_channels_conv.defvjp(_few_channels_conv_forward, _few_channels_conv_backward)
+
+
 @functools.cache
 def _winograd_transforms(points: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(A^T, G, B^T) of the Winograd / Toom-Cook algorithm F(m, 3) for the given m + 1 finite
@@ -280,7 +323,7 @@ def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callab
   out_pixels = (x_shape[1] - kh + 1) * (x_shape[2] - kw + 1)
   large_map = out_pixels >= _LARGE_MAP_PIXELS
   if 4 * cout <= cin:
-    return _tap_sum_conv, _plain_conv
+    return _tap_sum_conv, _few_channels_conv
   if x_shape[1] - kh < kh or x_shape[2] - kw < kw:
     # An output no larger than the kernel (a PatchGAN's last layers on small images): XLA
     # computes the input gradient with the kernel and the output gradient's roles swapped, ~7x
@@ -289,7 +332,7 @@ def _conv_formulations(x_shape, kernel_shape, dtype=jnp.float32) -> tuple[Callab
   if 4 * cin <= cout:
     # Few input channels (the generator's stem): XLA's own kernel gradient beats the patches'
     # (3 -> 64, 7x7, 256 px: 36 ms against 84), and its convs need no reformulation on large maps.
-    return _plain_conv, _plain_conv
+    return _plain_conv, _few_channels_conv
   if (out_pixels >= _WINOGRAD_MIN_PIXELS and (kh, kw) == (3, 3) and
       min(cin, cout) >= _WINOGRAD_MIN_CHANNELS and jnp.dtype(dtype) == jnp.float32):
     return winograd_conv, winograd_conv
