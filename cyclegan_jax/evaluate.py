@@ -5,19 +5,18 @@
         --inception_weights=/data/pt_inception-2015-12-05-6726825d.pth
 
 Metrics and their keys are listed in cyclegan_jax/evaluation.py. Results go to
-`RUN/eval/step_<step>.json`, to TensorBoard and metrics.jsonl as `eval/<key>`, and to the last
-stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here or in the run's
+`RUN/eval/step_<step>.json`, to TensorBoard and metrics.jsonl as `eval/<key>` (with
+`--weights=raw` on a run that keeps moving averages: `RUN/eval_raw/`, `eval_raw/<key>`), and
+to the last stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here or in the run's
 `config.inception_weights`) FID and KID are skipped with a message.
 """
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from cyclegan_jax import cli
 from cyclegan_jax import evaluation
 from cyclegan_jax import summaries
-from cyclegan_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +28,6 @@ def main(argv):
   step, results = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.inception_weights,
                                               FLAGS.data_root, FLAGS.batch_size, FLAGS.weights)
   evaluation.log_summary(step, results)
-  logging.info('Wrote %s.', workdir_lib.eval_file(FLAGS.workdir, step))
   print('eval: ' + summaries.key_values({'step': step, **results}), flush=True)
 
 

@@ -9,6 +9,7 @@ Standard library only, so that every module (training, evaluation, plots, sweeps
       damaged_checkpoints/ DAMAGED_DIR: checkpoints found damaged at a resume (kept)
       samples/step_N.png   SAMPLES_DIR: sample grids
       eval/step_N.json     EVAL_DIR: evaluation metrics
+      eval_raw/step_N.json RAW_EVAL_DIR: `evaluate --weights=raw` of a run that keeps averages
       tensorboard/         TENSORBOARD_DIR: event files
       metrics.jsonl        METRICS_FILE: every logged scalar, one JSON line per log step
       final.json           FINAL_FILE: the final summary, once the run has finished
@@ -17,7 +18,8 @@ Standard library only, so that every module (training, evaluation, plots, sweeps
       run.lock             LOCK_FILE: who holds the workdir while a run trains
 
 Scalar names: the train step's metrics are `loss/<term>`, `score/<D>/<real|fake>` and `lr`;
-evaluation metrics are logged as `eval/<key>` (`eval_scalar`). Flat files whose keys cannot hold a
+evaluation metrics are logged as `eval/<key>` (`eval_scalar`), those of a run's trained weights
+where it evaluates with their moving averages as `eval_raw/<key>`. Flat files whose keys cannot hold a
 slash (final.json, a sweep's results.csv) spell them with `_` (`flat_name`).
 
 The lock: a training run holds `<workdir>/run.lock` from before it writes anything until it ends.
@@ -45,6 +47,7 @@ CHECKPOINTS_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'
 SAMPLES_DIR = 'samples'
 EVAL_DIR = 'eval'
+RAW_EVAL_DIR = 'eval_raw'
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
 FINAL_FILE = 'final.json'
@@ -52,6 +55,7 @@ FAILURE_FILE = 'failure.json'  # An ensemble member stopped on a non-finite loss
 PLOTS_DIR = 'plots'
 LOCK_FILE = 'run.lock'
 EVAL_PREFIX = 'eval/'
+RAW_EVAL_PREFIX = 'eval_raw/'
 # flock errors that mean "this file system does not do locks", not "someone holds it".
 _NO_LOCK_SUPPORT = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -65,17 +69,20 @@ def step_file(folder: Path, step: int, suffix: str) -> Path:
   return folder / f'step_{step:08d}{suffix}'
 
 
-def eval_file(workdir: str | os.PathLike, step: int) -> Path:
-  return step_file(Path(workdir) / EVAL_DIR, step, '.json')
+def eval_file(workdir: str | os.PathLike, step: int, raw_weights: bool = False) -> Path:
+  """The evaluation at `step`; `raw_weights`: of the trained weights of a run that evaluates
+  with their moving averages, kept apart from the run's own evaluations."""
+  return step_file(Path(workdir) / (RAW_EVAL_DIR if raw_weights else EVAL_DIR), step, '.json')
 
 
 def sample_file(workdir: str | os.PathLike, step: int) -> Path:
   return step_file(Path(workdir) / SAMPLES_DIR, step, '.png')
 
 
-def eval_scalar(metric: str) -> str:
-  """The scalar name of an evaluation metric: 'heldout_mae_AtoB' -> 'eval/heldout_mae_AtoB'."""
-  return EVAL_PREFIX + metric
+def eval_scalar(metric: str, raw_weights: bool = False) -> str:
+  """The scalar name of an evaluation metric: 'heldout_mae_AtoB' -> 'eval/heldout_mae_AtoB'
+  (`raw_weights`, as `eval_file`: 'eval_raw/heldout_mae_AtoB')."""
+  return (RAW_EVAL_PREFIX if raw_weights else EVAL_PREFIX) + metric
 
 
 def flat_name(scalar: str) -> str:

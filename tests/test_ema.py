@@ -120,6 +120,10 @@ def test_the_run_evaluates_with_the_average(ema_run):
   key = 'heldout_mae_AtoB'
   assert abs(during[key] - average[key]) < 1e-3 * during[key]
   assert abs(raw[key] - average[key]) > 1e-6
+  # The trained weights' results go beside the run's own, which they do not replace.
+  assert json.loads(workdir_lib.eval_file(workdir, 4).read_text())[key] == average[key]
+  assert json.loads(workdir_lib.eval_file(workdir, 4,
+                                          raw_weights=True).read_text())[key] == raw[key]
 
 
 def test_a_run_without_averages_refuses_ema_with_one_line(finished_tiny_run, tmp_path):

@@ -221,9 +221,15 @@ def evaluate_workdir(workdir: str,
   translate_AtoB = translate('G')
   translate_BtoA = translate('F') if 'F' in state.params else None  # pix2pix has G alone.
   results = evaluate(translate_AtoB, translate_BtoA, test_sets, paired, features, batch_size)
+  # The trained weights of a run that evaluates with their averages: apart from its own results.
+  raw_weights = weights == 'raw' and 'G' + state_lib.EMA_SUFFIX in state.params
   if jax.process_index() == 0:
     writer = summaries.SummaryWriter(workdir)
-    writer.scalars(step, {workdir_lib.eval_scalar(key): value for key, value in results.items()})
+    writer.scalars(step, {
+        workdir_lib.eval_scalar(key, raw_weights): value for key, value in results.items()
+    })
     writer.close()
-    workdir_lib.write_json(workdir_lib.eval_file(workdir, step), {'step': step, **results})
+    path = workdir_lib.eval_file(workdir, step, raw_weights)
+    workdir_lib.write_json(path, {'step': step, **results})
+    logging.info('Wrote %s.', path)
   return step, results
