@@ -275,11 +275,11 @@ def test_penalised_objectives_train_their_discriminators_only_when_switched_on(
 
 
 def test_cpu_step_estimate_scales_the_measured_anchors():
-  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 256, 1) == pytest.approx(23.0)
-  assert loop.cpu_seconds_per_step('resnet_6blocks', 64, 128, 1) == pytest.approx(2.7)
+  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 256, 1) == pytest.approx(7.0)
+  assert loop.cpu_seconds_per_step('resnet_6blocks', 64, 128, 1) == pytest.approx(1.6)
   # Pixels x batch, over the cores relative to two; (ngf / 64)^2.
-  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 128, 4, cores=8) == pytest.approx(5.75)
-  assert loop.cpu_seconds_per_step('resnet_6blocks', 32, 256, 1, members=2) == pytest.approx(5.4)
+  assert loop.cpu_seconds_per_step('resnet_9blocks', 64, 128, 4, cores=8) == pytest.approx(1.75)
+  assert loop.cpu_seconds_per_step('resnet_6blocks', 32, 256, 1, members=2) == pytest.approx(3.2)
   assert loop.cpu_seconds_per_step('unet_256', 64, 256, 1) is None
 
 
@@ -287,9 +287,9 @@ def test_paper_sized_run_on_cpu_alone_warns_with_the_estimate(tiny_config):
   paper = config_lib.base_config()  # 256 px, resnet_9blocks, ngf 64, batch 1.
   cpu, gpu = types.SimpleNamespace(platform='cpu'), types.SimpleNamespace(platform='gpu')
   message = loop.cpu_only_warning(paper, 1, [cpu], cores=2)
-  assert 'roughly 23 s' in message and '6.4 hours per 1,000 steps' in message
+  assert 'roughly 7 s' in message and '1.9 hours per 1,000 steps' in message
   assert 'jax[cuda12]==' in message and 'Install on accelerators' in message
-  assert 'roughly 92 s' in loop.cpu_only_warning(paper, 8, [cpu], cores=4)
+  assert 'roughly 28 s' in loop.cpu_only_warning(paper, 8, [cpu], cores=4)
   assert loop.cpu_only_warning(paper, 1, [gpu, cpu], cores=2) is None
   assert loop.cpu_only_warning(tiny_config, 1, [cpu], cores=2) is None
   tiny_config.model.generator = 'resnet_6blocks'  # 32 px, ngf 8: far below a second.
