@@ -7,8 +7,8 @@
 Metrics and their keys are listed in cyclegan_jax/evaluation.py. Results go to
 `RUN/eval/step_<step>.json`, to TensorBoard and metrics.jsonl as `eval/<key>` (with
 `--weights=raw` on a run that keeps moving averages: `RUN/eval_raw/`, `eval_raw/<key>`), and
-to the last stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here or in the run's
-`config.inception_weights`) FID and KID are skipped with a message.
+to the last stdout line, `eval: step=<step> key=value ...`. Without Inception weights (here or
+in the run's `config.inception_weights`) FID and KID are skipped with a message.
 """
 
 from absl import app

@@ -135,6 +135,7 @@ def _few_channels_conv_forward(x, kernel):
 def _few_channels_conv_backward(residuals, output_grad):
   x, kernel = residuals
   kh, kw, in_channels, out_channels = kernel.shape
+  # XLA drops whichever of these two the formulations below replace.
   x_grad, kernel_grad = jax.vjp(_plain_conv, x, kernel)[1](output_grad)
   if 4 * in_channels <= out_channels:
     x_grad = _tap_sum_conv(
