@@ -19,8 +19,8 @@ Standard library only, so that every module (training, evaluation, plots, sweeps
 
 Scalar names: the train step's metrics are `loss/<term>`, `score/<D>/<real|fake>` and `lr`;
 evaluation metrics are logged as `eval/<key>` (`eval_scalar`), those of a run's trained weights
-where it evaluates with their moving averages as `eval_raw/<key>`. Flat files whose keys cannot hold a
-slash (final.json, a sweep's results.csv) spell them with `_` (`flat_name`).
+where it evaluates with their moving averages as `eval_raw/<key>`. Flat files whose keys cannot
+hold a slash (final.json, a sweep's results.csv) spell them with `_` (`flat_name`).
 
 The lock: a training run holds `<workdir>/run.lock` from before it writes anything until it ends.
 The file records who holds it (host, process id, start time, command). It is an advisory
