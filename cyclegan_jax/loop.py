@@ -153,7 +153,7 @@ def exclusive_workdirs(workdirs: list[Path]):
 
 # The train step measured on this project's 2-core CPU (AVX-512 x86_64, jax 0.10.2, float32,
 # batch 1, ngf 64, the default fast_convs; README, "Speed against the official PyTorch code"; an
-# AVX2 CPU of the same size took ~2.5x as long): generator -> (crop size, seconds per step).
+# AVX2 CPU of the same size took ~1.7-2x as long): generator -> (crop size, seconds per step).
 CPU_STEP_ANCHORS = {'resnet_9blocks': (256, 7.0), 'resnet_6blocks': (128, 1.6)}
 CPU_ANCHOR_CORES = 2
 # A run found on CPU devices alone warns when its estimated step takes at least this long.
