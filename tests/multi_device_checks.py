@@ -1,7 +1,7 @@
 """Checks that need several (simulated) devices, run by tests/test_scaling.py in a subprocess.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multi_device_checks.py \
-        equivalence|resume WORKDIR|ensembles WORKDIR
+        equivalence|resume WORKDIR|ensembles WORKDIR 8x1|4x2
 
 Each check prints one JSON line of measurements for the test to assert on.
 """
@@ -107,89 +107,79 @@ def final_states(workdir: pathlib.Path, names: list[str]) -> list[tuple[int, obj
   return states
 
 
-def ensembles(workdir: pathlib.Path) -> dict:
-  """8 members at batch 1 and 4 at batch 2 on all devices: the mesh, each member beside its own
-  run on one device for 3 steps; for 4 at batch 2 also 4 steps straight against 2 + 2 with a
-  restart."""
-  results = {'devices': jax.device_count()}
-  for num_members, batch_size in ((8, 1), (4, 2)):
-    config = updated(load_config('tiny'),
-                     batch_size=batch_size,
-                     ensemble__seed=','.join(map(str, range(num_members))),
-                     ensemble__lambda_cycle=','.join(str(10.0 - k) for k in range(num_members)))
-    members = ensemble.members(config)
-    trainer = train.build_trainer(config, 1000, members=members)
-    state = trainer.init()
-    dataset = data.create_dataset(config.data, seed=0)
-    one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',),
-                                   axis_types=(jax.sharding.AxisType.Auto,))
-    # The first and the last member beside their own runs (each own run compiles its program).
-    compared = (0, num_members - 1)
-    own = {k: train.build_trainer(members[k].config, 1000, mesh=one_device) for k in compared}
-    own_states = {k: run.init() for k, run in own.items()}
-    outcome = {
-        'mesh': [trainer.state_sharding.mesh.shape[axis] for axis in ('member', 'data')],
-        'slots': len(trainer.layout.slots),
-        'first_step_metrics': 0.0,
-        'later_metrics': 0.0,
-        'adam_mu': 0.0,
-        'adam_nu': 0.0,
-    }
-    for step in range(3):
-      rows = [
-          train_batch(dataset.reseeded(member.config.seed), step, batch_size) for member in members
-      ]
-      batch = tuple(
-          loop.global_batch(slot, trainer.batch_sharding)
-          for slot in ensemble.to_slots(rows, trainer.layout))
-      state, metrics = trainer.step(state, batch)
-      for k, run in own.items():
-        own_states[k], own_metrics = run.step(own_states[k],
-                                              jax.device_put(rows[k], run.batch_sharding))
-        mine = state_lib.to_host(
-            (ensemble.member_of(state, trainer.layout,
-                                k), ensemble.member_of(metrics, trainer.layout, k)))
-        theirs = state_lib.to_host((own_states[k], own_metrics))
-        key = 'first_step_metrics' if step == 0 else 'later_metrics'
-        outcome[key] = max(outcome[key], relative_difference(theirs[1], mine[1]))
-        if step == 0:
-          for name in ('opt_state_generators', 'opt_state_discriminators'):
-            ours, reference = getattr(mine[0], name)[0], getattr(theirs[0], name)[0]
-            outcome['adam_mu'] = max(outcome['adam_mu'], relative_difference(reference.mu, ours.mu))
-            outcome['adam_nu'] = max(outcome['adam_nu'], relative_difference(reference.nu, ours.nu))
-    pools = [(state_lib.to_host(ensemble.member_of(state, trainer.layout,
-                                                   k)), state_lib.to_host(own_states[k]))
-             for k in compared]
-    outcome['pool_counts'] = [[int(a.pool_A.count), int(b.pool_A.count)] for a, b in pools]
-    outcome['pool_max_difference'] = max(
-        float(np.max(np.abs(a.pool_B.images - b.pool_B.images))) for a, b in pools)
-
-    if batch_size == 1:  # Resume is checked on the layout that also shards each batch.
-      results[f'{num_members}x{batch_size}'] = outcome
-      continue
-    run_config = updated(config,
-                         num_train_steps=4,
-                         checkpoint_every_steps=2,
-                         sample_every_steps=4,
-                         data__num_heldout=2)
-    root = workdir / f'{num_members}x{batch_size}'
-    loop.train_and_evaluate(run_config, str(root / 'straight'))
-    loop.train_and_evaluate(updated(run_config, num_train_steps=2), str(root / 'interrupted'))
-    loop.train_and_evaluate(run_config, str(root / 'interrupted'))
-    names = [member.name for member in members]
-    straight, resumed = final_states(root / 'straight',
-                                     names), final_states(root / 'interrupted', names)
-    outcome['steps'] = sorted({step for step, _ in straight + resumed})
-    outcome['unequal_leaves'] = sum(
-        not np.array_equal(a, b)
-        for (_, state_a), (_, state_b) in zip(straight, resumed)
-        for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)))
-    # Each member's folder restores alone, as a run of its own.
-    outcome['restored_alone'] = [
-        checkpointing.restore_train_state(root / 'interrupted' / name)[1] for name in names
+def ensembles(workdir: pathlib.Path, layout: str) -> dict:
+  """`layout` = MEMBERSxBATCH on all devices: the mesh, and the last member (its own seed and
+  lambda, the farthest slot from the first) beside its own run on one device for 3 steps; at batch
+  2 (each member over two devices) also 4 steps straight against 2 + 2 with a restart."""
+  num_members, batch_size = map(int, layout.split('x'))
+  config = updated(load_config('tiny'),
+                   batch_size=batch_size,
+                   ensemble__seed=','.join(map(str, range(num_members))),
+                   ensemble__lambda_cycle=','.join(str(10.0 - k) for k in range(num_members)))
+  members = ensemble.members(config)
+  trainer = train.build_trainer(config, 1000, members=members)
+  state = trainer.init()
+  dataset = data.create_dataset(config.data, seed=0)
+  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',),
+                                 axis_types=(jax.sharding.AxisType.Auto,))
+  # One member beside its own run: each own run compiles a program of its own.
+  compared = num_members - 1
+  own = train.build_trainer(members[compared].config, 1000, mesh=one_device)
+  own_state = own.init()
+  outcome = {
+      'devices': jax.device_count(),
+      'mesh': [trainer.state_sharding.mesh.shape[axis] for axis in ('member', 'data')],
+      'slots': len(trainer.layout.slots),
+      'first_step_metrics': 0.0,
+      'later_metrics': 0.0,
+  }
+  for step in range(3):
+    rows = [
+        train_batch(dataset.reseeded(member.config.seed), step, batch_size) for member in members
     ]
-    results[f'{num_members}x{batch_size}'] = outcome
-  return results
+    batch = tuple(
+        loop.global_batch(slot, trainer.batch_sharding)
+        for slot in ensemble.to_slots(rows, trainer.layout))
+    state, metrics = trainer.step(state, batch)
+    own_state, own_metrics = own.step(own_state, jax.device_put(rows[compared], own.batch_sharding))
+    mine = state_lib.to_host(
+        tuple(ensemble.member_of(slots, trainer.layout, compared) for slots in (state, metrics)))
+    theirs = state_lib.to_host((own_state, own_metrics))
+    key = 'first_step_metrics' if step == 0 else 'later_metrics'
+    outcome[key] = max(outcome[key], relative_difference(theirs[1], mine[1]))
+    if step == 0:
+      for name, moments in (('adam_mu', lambda m: m.mu), ('adam_nu', lambda m: m.nu)):
+        outcome[name] = max(
+            relative_difference(moments(getattr(theirs[0], opt)[0]),
+                                moments(getattr(mine[0], opt)[0]))
+            for opt in ('opt_state_generators', 'opt_state_discriminators'))
+  mine, theirs = mine[0], theirs[0]
+  outcome['pool_counts'] = [int(mine.pool_A.count), int(theirs.pool_A.count)]
+  outcome['pool_max_difference'] = float(np.max(np.abs(mine.pool_B.images - theirs.pool_B.images)))
+  if batch_size == 1:  # Resume is checked on the layout that also shards each batch.
+    return outcome
+
+  run_config = updated(config,
+                       num_train_steps=4,
+                       checkpoint_every_steps=2,
+                       sample_every_steps=4,
+                       data__num_heldout=2)
+  loop.train_and_evaluate(run_config, str(workdir / 'straight'))
+  loop.train_and_evaluate(updated(run_config, num_train_steps=2), str(workdir / 'interrupted'))
+  loop.train_and_evaluate(run_config, str(workdir / 'interrupted'))
+  names = [member.name for member in members]
+  straight, resumed = final_states(workdir / 'straight',
+                                   names), final_states(workdir / 'interrupted', names)
+  outcome['steps'] = sorted({step for step, _ in straight + resumed})
+  outcome['unequal_leaves'] = sum(
+      not np.array_equal(a, b)
+      for (_, state_a), (_, state_b) in zip(straight, resumed)
+      for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)))
+  # Each member's folder restores alone, as a run of its own.
+  outcome['restored_alone'] = [
+      checkpointing.restore_train_state(workdir / 'interrupted' / name)[1] for name in names
+  ]
+  return outcome
 
 
 if __name__ == '__main__':
@@ -199,5 +189,5 @@ if __name__ == '__main__':
   elif check == 'resume':
     result = resume(pathlib.Path(sys.argv[2]))
   else:
-    result = ensembles(pathlib.Path(sys.argv[2]))
+    result = ensembles(pathlib.Path(sys.argv[2]), sys.argv[3])
   print('RESULT ' + json.dumps(result), flush=True)
