@@ -40,6 +40,10 @@ def parse_args(argv=None):
   parser.add_argument('--official_repo',
                       default=os.environ.get('OFFICIAL_REPO'),
                       help='Checkout of the official code (default: $OFFICIAL_REPO).')
+  parser.add_argument('--official_commit',
+                      default=None,
+                      help='Its commit, for the result line (default: read with git; a copy '
+                      'without .git needs this flag to be named).')
   parser.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:1', or 'auto'.")
   parser.add_argument('--threads',
                       type=int,
@@ -169,7 +173,7 @@ def main(argv=None):
   results = {
       'workload': 'generator_inference' if args.inference else 'train_step',
       'framework': 'official_pytorch',
-      'official_commit': repo_commit(args.official_repo),
+      'official_commit': args.official_commit or repo_commit(args.official_repo),
       'torch': torch.__version__,
       'platform': 'gpu' if device.type == 'cuda' else 'cpu',
       'device_kind': device_kind.replace(' ', '_'),
