@@ -9,11 +9,13 @@ A flag that does not parse, a misspelt `--config.<field>`, an `app.UsageError` a
 problem (and the fix), and exit status 2. Every other exception is a bug and keeps its traceback.
 """
 
+import re
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from cyclegan_jax import errors
 from cyclegan_jax import state
@@ -29,12 +31,43 @@ def fail(message: str) -> NoReturn:
   sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def _config_file_problem(error: OSError, flag: str = 'config file') -> str:
+  """One line from ml_collections' multi-line error for a config file it could not read."""
+  reason = re.search(r'\[Errno \d+\] (.+)', str(error))
+  return (f'{flag}: {reason.group(1) if reason else " ".join(str(error).split())} (give the path '
+          'of a Python file with get_config(), e.g. configs/default.py)')
+
+
+def _config_files_not_loaded() -> list[str]:
+  """What is wrong with each `--config` file named on the command line that could not be read.
+  ml_collections loads a config file on first use (at parsing only when there are overrides) and
+  keeps one it cannot read as an object that raises on access: checked here, before the program
+  starts."""
+  problems = []
+  for name in flags.FLAGS:
+    try:
+      filename = config_flags.get_config_filename(flags.FLAGS[name])
+    except (TypeError, AttributeError, flags.Error):  # Not a config file flag, or not given.
+      continue
+    try:
+      hasattr(flags.FLAGS[name].value, 'keys')  # Raises the loading error, if any.
+    except OSError as error:
+      problems.append(_config_file_problem(error, f'--{name}={filename}'))
+  return problems
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's parsing, with every parsing error (config overrides included) as one line."""
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    problems = _config_files_not_loaded()
+    if not problems:
+      return remaining
+    message = '; '.join(problems)
   except flags.Error as error:
     message = str(error)
+  except OSError as error:  # ml_collections: a config file that cannot be read, with overrides.
+    message = _config_file_problem(error)  # The flag is not marked parsed: the error names it.
   except (AttributeError, KeyError) as error:  # ml_collections: a field that does not exist.
     detail = error.args[0] if error.args else error
     message = 'no such config field ' + str(

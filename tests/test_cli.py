@@ -46,6 +46,18 @@ def test_invalid_config_values(tmp_path, override, expected):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.parametrize('config, overrides, expected', [
+    ('configs/nope.py', (), "--config=configs/nope.py: No such file or directory: 'configs/nope.py'"),
+    # With an override ml_collections reads the file while parsing, and fails there.
+    ('configs/nope.py', ('--config.batch_size=2',), "No such file or directory: 'configs/nope.py'"),
+    ('configs', (), "--config=configs: Is a directory: 'configs'"),
+])
+def test_a_config_file_that_cannot_be_read(tmp_path, config, overrides, expected):
+  result = run_main(tmp_path / 'run', *overrides, config=config)
+  assert_one_line_user_error(result, expected, 'configs/default.py')
+  assert not (tmp_path / 'run').exists()
+
+
 @pytest.mark.parametrize('train_b, b_images, expected', [
     (False, False, 'no trainB/ folder'),
     (True, False, 'trainB holds no jpg/jpeg'),
