@@ -25,7 +25,27 @@ from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import workdir as workdir_lib
 
+def _write_replicated_arrays_whole() -> None:
+  """In a single process, each replicated array is written once, whole, from one device.
+
+  Orbax's default on CPU and TPU splits the writing of a replicated array among its replicas: one
+  slice per array and replica, each an eager program compiled on first use. That spreads the
+  writes over the hosts of a multi-process run; in one process all replicas are in one host's
+  memory and the slicing is pure cost (8 CPU devices, the tiny state: 7.4 s for the first save,
+  0.76 s for later ones, against 0.40 s each written whole). Orbax already writes whole on GPU."""
+  if jax.process_count() > 1:
+    return
+  current = ocp.type_handlers.get_type_handler(jax.Array)
+  ocp.type_handlers.register_type_handler(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
+                                     array_metadata_store=getattr(current, '_array_metadata_store',
+                                                                  None)),
+      override=True)
+
+
 def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
+  _write_replicated_arrays_whole()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir), options=options)
 

@@ -74,12 +74,38 @@ def equivalence() -> dict:
   return {'devices': jax.device_count(), 'first_step': first, 'third_step': third}
 
 
+def programs_lowered_by_a_save(config, workdir: pathlib.Path) -> int:
+  """The programs JAX lowers while a fresh state replicated on all devices is checkpointed (any
+  would be compiled on first use; lowering is counted because a persistent compilation cache may
+  skip the compile itself)."""
+  trainer = train.build_trainer(config, 1000)
+  state = jax.block_until_ready(trainer.init())
+  lowered = []
+
+  def count(event, duration_secs, **kwargs):
+    del duration_secs, kwargs
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    manager = checkpointing.create_manager(workdir, keep=1)
+    checkpointing.save(manager, state, config)
+    manager.wait_until_finished()
+    manager.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  return len(lowered)
+
+
 def resume(workdir: pathlib.Path) -> dict:
-  """4 steps straight, and 2 + 2 with a restart, on all devices: the final states' differences."""
+  """4 steps straight, and 2 + 2 with a restart, on all devices: the final states' differences;
+  the programs a checkpoint save lowers."""
   config = load_config('tiny')
   config.batch_size = jax.device_count()
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
+  save_lowerings = programs_lowered_by_a_save(config, workdir / 'saved')
   loop.train_and_evaluate(config, str(workdir / 'straight'))
   loop.train_and_evaluate(updated(config, num_train_steps=2), str(workdir / 'interrupted'))
   loop.train_and_evaluate(config, str(workdir / 'interrupted'))
@@ -95,6 +121,7 @@ def resume(workdir: pathlib.Path) -> dict:
       'steps': [step_a, step_b],
       'leaves': len(leaves_a),
       'unequal_leaves': sum(not np.array_equal(a, b) for a, b in zip(leaves_a, leaves_b)),
+      'save_lowerings': save_lowerings,
   }
 
 

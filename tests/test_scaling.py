@@ -68,6 +68,8 @@ def test_8_device_run_checkpoints_and_resumes_exactly(tmp_path):
   result = run_check('resume', 8, tmp_path)
   assert result['devices'] == 8 and result['steps'] == [4, 4]
   assert result['leaves'] > 0 and result['unequal_leaves'] == 0
+  # One process writes each replicated array whole: no slicing program per array and replica.
+  assert result['save_lowerings'] == 0
 
 
 @pytest.mark.parametrize('layout, mesh', [('8x1', [8, 1]), ('4x2', [4, 2])])
