@@ -25,6 +25,7 @@ from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import workdir as workdir_lib
 
+
 def _write_replicated_arrays_whole() -> None:
   """In a single process, each replicated array is written once, whole, from one device.
 
