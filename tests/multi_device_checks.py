@@ -98,6 +98,15 @@ def programs_lowered_by_a_save(config, workdir: pathlib.Path) -> int:
   return len(lowered)
 
 
+def final_states(workdir: pathlib.Path, names: list[str]) -> list[tuple[int, object]]:
+  states = []
+  for name in names:
+    manager = checkpointing.create_manager(workdir / name, keep=3)
+    states.append((manager.latest_step(), manager.restore(manager.latest_step())['state']))
+    manager.close()
+  return states
+
+
 def resume(workdir: pathlib.Path) -> dict:
   """4 steps straight, and 2 + 2 with a restart, on all devices: the final states' differences;
   the programs a checkpoint save lowers."""
@@ -109,12 +118,7 @@ def resume(workdir: pathlib.Path) -> dict:
   loop.train_and_evaluate(config, str(workdir / 'straight'))
   loop.train_and_evaluate(updated(config, num_train_steps=2), str(workdir / 'interrupted'))
   loop.train_and_evaluate(config, str(workdir / 'interrupted'))
-  states = []
-  for name in ('straight', 'interrupted'):
-    manager = checkpointing.create_manager(workdir / name, keep=3)
-    states.append((manager.latest_step(), manager.restore(manager.latest_step())['state']))
-    manager.close()
-  (step_a, state_a), (step_b, state_b) = states
+  (step_a, state_a), (step_b, state_b) = final_states(workdir, ['straight', 'interrupted'])
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
   return {
       'devices': jax.device_count(),
@@ -123,15 +127,6 @@ def resume(workdir: pathlib.Path) -> dict:
       'unequal_leaves': sum(not np.array_equal(a, b) for a, b in zip(leaves_a, leaves_b)),
       'save_lowerings': save_lowerings,
   }
-
-
-def final_states(workdir: pathlib.Path, names: list[str]) -> list[tuple[int, object]]:
-  states = []
-  for name in names:
-    manager = checkpointing.create_manager(workdir / name, keep=3)
-    states.append((manager.latest_step(), manager.restore(manager.latest_step())['state']))
-    manager.close()
-  return states
 
 
 def ensembles(workdir: pathlib.Path, layout: str) -> dict:
