@@ -276,7 +276,7 @@ def saved_config(workdir: str | Path) -> ml_collections.ConfigDict:
   if saved is None:
     raise errors.PathNotFoundError(
         f'{workdir} has no {workdir_lib.CONFIG_FILE}: not a training run '
-        'workdir (nor one written by cyclegan_jax.convert)')
+        'workdir (nor one written by cyclegan_jax.convert).' + workdir_lib.runs_below_hint(workdir))
   config = config_lib.base_config()
   config.update_from_flattened_dict(_known_fields(config, saved))
   return config

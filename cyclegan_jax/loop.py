@@ -220,8 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the run in `workdir`; returns the final summary. With ensemble fields
   set (`ensemble`), trains the members in `<workdir>/<name>` and returns {name: summary}.
 
-  Nothing is written into a workdir unless the config is valid, the dataset is found, and no
-  other live run holds it.
+  Nothing is written into a workdir unless the config is valid, the dataset is found, the
+  workdir is of the run's kind (`workdir.check_run_kind`), and no other live run holds it.
   """
   workdir = Path(workdir)
   if ensemble.is_ensemble(config):
@@ -232,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     config_lib.validate(config, num_devices=jax.device_count())
     member_list = [ensemble.Member('', config, {})]
+  workdir_lib.check_run_kind(workdir, ensemble=bool(member_list[0].name))
   dataset = data.create_dataset(config.data,
                                 seed=member_list[0].config.seed,
                                 channels_A=config.model.channels_A,

@@ -95,12 +95,14 @@ def load_metrics(path: str | Path) -> Series:
   line was appended to. Raises FileNotFoundError or MetricsError (empty or corrupt file).
   """
   path = Path(path)
+  hint = ''
   if path.is_dir():
+    hint = workdir_lib.runs_below_hint(path)
     path = path / workdir_lib.METRICS_FILE
   if not path.is_file():
     raise errors.PathNotFoundError(
         f'No {workdir_lib.METRICS_FILE} at {path}: the run has not logged any scalars '
-        '(or this is not a run directory).')
+        '(or this is not a run directory).' + hint)
   lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
   while lines and not lines[-1].strip():
     lines.pop()

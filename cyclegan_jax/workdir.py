@@ -113,6 +113,50 @@ def read_json(path: str | os.PathLike) -> dict | None:
   return values if isinstance(values, dict) else None
 
 
+def runs_in_subfolders(folder: str | os.PathLike) -> list[str]:
+  """The names of `folder`'s subfolders that hold a run (its config.json), sorted."""
+  try:
+    children = sorted(Path(folder).iterdir())
+  except OSError:
+    return []
+  return [child.name for child in children if (child / CONFIG_FILE).is_file()]
+
+
+def _named(names: list[str]) -> str:
+  return ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
+
+
+def runs_below_hint(folder: str | os.PathLike) -> str:
+  """For a message about a folder that is not a run: which of its subfolders are (an ensemble's
+  or a sweep's root holds its runs there), or '' if none."""
+  below = runs_in_subfolders(folder)
+  if not below:
+    return ''
+  return (f' Its subfolders hold runs ({_named(below)}): give one of them, e.g. '
+          f'{Path(folder) / below[0]}.')
+
+
+def check_run_kind(workdir: str | os.PathLike, ensemble: bool) -> None:
+  """Refuses to train an ensemble in a single run's folder (its members would train in
+  subfolders among that run's files), or a single run in a folder whose subfolders hold other
+  runs (an ensemble's or a sweep's): a PathExistsError that says which folder to use instead."""
+  workdir = Path(workdir)
+  holds_run = (workdir / CONFIG_FILE).is_file() or (workdir / CHECKPOINTS_DIR).is_dir()
+  if ensemble and holds_run:
+    raise errors.PathExistsError(
+        f'{workdir} holds a single run ({CONFIG_FILE}, {CHECKPOINTS_DIR}/), and an ensemble '
+        'trains its members in subfolders of its --workdir: give the ensemble a folder of its own '
+        f'(e.g. --workdir={workdir}_ensemble)')
+  if not ensemble and not holds_run:
+    below = runs_in_subfolders(workdir)
+    if below:
+      raise errors.PathExistsError(
+          f'{workdir} holds the runs of an ensemble or a sweep in its subfolders '
+          f'({_named(below)}), and '
+          'this config trains a single run: give it a folder of its own, or set the '
+          'config.ensemble fields of that ensemble to resume it')
+
+
 def _holder_record() -> dict:
   return {
       'host': socket.gethostname(),

@@ -1,6 +1,7 @@
 """Ensembles: members trained by one program equal their own runs, resume exactly, and fail alone."""
 
 import json
+import re
 import shutil
 
 import jax
@@ -18,6 +19,7 @@ from cyclegan_jax import errors
 from cyclegan_jax import state as state_lib
 from cyclegan_jax import train
 from cyclegan_jax import loop
+from cyclegan_jax import plots
 from cyclegan_jax import workdir as workdir_lib
 
 
@@ -172,6 +174,31 @@ def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
     assert saved['seed'] == int(name.split('=')[1]) and saved['ensemble']['seed'] == ''
     # Every tool reads a member's folder as a run of its own.
     assert checkpointing.restore_train_state(interrupted / name)[1] == 6
+
+
+def _listing(folder):
+  return sorted(str(path.relative_to(folder)) for path in folder.rglob('*'))
+
+
+def test_ensembles_and_single_runs_keep_out_of_each_others_folders(finished_tiny_run, tmp_path):
+  run = tmp_path / 'run'
+  shutil.copytree(finished_tiny_run[0], run)
+  before = _listing(run)
+  with pytest.raises(errors.PathExistsError, match='holds a single run'):
+    loop.train_and_evaluate(ensemble_config(ensemble__seed='0,1'), str(run))
+  assert _listing(run) == before
+  root = tmp_path / 'sweep'
+  shutil.copytree(finished_tiny_run[0], root / 'a')
+  before = _listing(root)
+  with pytest.raises(errors.PathExistsError, match=r'runs of an ensemble or a sweep .*\(a\)'):
+    loop.train_and_evaluate(ensemble_config(), str(root))
+  assert _listing(root) == before
+  # Readers of a run given the root instead name the runs below it.
+  named_below = re.escape(f'give one of them, e.g. {root / "a"}.')
+  with pytest.raises(errors.PathNotFoundError, match=named_below):
+    checkpointing.saved_config(root)
+  with pytest.raises(errors.PathNotFoundError, match=named_below):
+    plots.load_metrics(root)
 
 
 def test_a_diverging_member_stops_alone(tmp_path):
