@@ -338,6 +338,32 @@ def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[A
   return jax.device_get(restored.state), restored.step
 
 
+def saved_steps(workdir: str | Path) -> list[int]:
+  """The steps of the checkpoints in `workdir` (their folders; not read), ascending."""
+  directory = workdir_lib.checkpoint_dir(workdir)
+  if not directory.is_dir():
+    return []
+  return sorted(int(path.name) for path in directory.iterdir()
+                if path.name.isdigit() and path.is_dir())
+
+
+def check_warm_start(config: ml_collections.ConfigDict) -> None:
+  """What `warm_started` needs of config.init_from, checked from its files and shapes alone (no
+  array is read), so that a new run can refuse it before writing anything: a run folder with
+  checkpoints (the named step among them) that holds the parts, shaped as this run's."""
+  parts = config_lib.parse_init_parts(config.init_parts, config.model_type)
+  source_workdir, step = locate(config.init_from)
+  check_imported(source_workdir, parts, config.init_from)
+  source_config = saved_config(source_workdir)
+  steps = saved_steps(source_workdir)
+  if not steps:
+    raise errors.PathNotFoundError(
+        f'config.init_from = {config.init_from!r} has no checkpoints yet '
+        f'({workdir_lib.checkpoint_dir(source_workdir)}).')
+  merge(state_lib.abstract_train_state(config), state_lib.abstract_train_state(source_config),
+        parts)
+
+
 def warm_started(state: state_lib.TrainState, config: ml_collections.ConfigDict,
                  sharding: jax.sharding.Sharding) -> state_lib.TrainState:
   """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
@@ -358,9 +384,13 @@ NETWORK_PARTS = ('G', 'F', 'D_X', 'D_Y', 'D')
 def locate(init_from: str | Path) -> tuple[Path, int | None]:
   """(workdir, step or None for the latest) of a workdir or `<workdir>/checkpoints/<step>`."""
   path = Path(init_from)
+  names_step = path.name.isdigit() and path.parent.name == workdir_lib.CHECKPOINTS_DIR
   if not path.exists():
-    raise errors.PathNotFoundError(f'config.init_from = {str(init_from)!r} does not exist.')
-  if path.name.isdigit() and path.parent.name == workdir_lib.CHECKPOINTS_DIR:
+    steps = saved_steps(path.parent.parent) if names_step else []
+    raise errors.PathNotFoundError(
+        f'config.init_from = {str(init_from)!r} does not exist' +
+        (f': that run has checkpoints for steps {", ".join(map(str, steps))}.' if steps else '.'))
+  if names_step:
     return path.parent.parent, int(path.name)
   return path, None
 

@@ -221,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   set (`ensemble`), trains the members in `<workdir>/<name>` and returns {name: summary}.
 
   Nothing is written into a workdir unless the config is valid, the dataset is found, the
-  workdir is of the run's kind (`workdir.check_run_kind`), and no other live run holds it.
+  workdir is of the run's kind (`workdir.check_run_kind`), a new run's config.init_from fits it,
+  and no other live run holds it.
   """
   workdir = Path(workdir)
   if ensemble.is_ensemble(config):
@@ -233,6 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_lib.validate(config, num_devices=jax.device_count())
     member_list = [ensemble.Member('', config, {})]
   workdir_lib.check_run_kind(workdir, ensemble=bool(member_list[0].name))
+  new_run = not any(
+      checkpointing.saved_steps(workdir / member.name if member.name else workdir)
+      for member in member_list)
+  if config.init_from and new_run:
+    checkpointing.check_warm_start(member_list[0].config)
   dataset = data.create_dataset(config.data,
                                 seed=member_list[0].config.seed,
                                 channels_A=config.model.channels_A,

@@ -107,3 +107,24 @@ def test_a_run_warm_starts_once_then_resumes_its_own_checkpoints(tiny_config, so
   final = loop.train_and_evaluate(
       updated(config, num_train_steps=4, init_from=str(tmp_path / 'gone')), str(run))
   assert final['step'] == 4
+
+
+def test_a_new_run_refuses_a_source_that_does_not_fit_before_writing(tiny_config, source_run,
+                                                                      tmp_path):
+  workdir, _ = source_run
+  no_checkpoints = tmp_path / 'no_checkpoints'
+  no_checkpoints.mkdir()
+  (no_checkpoints / workdir_lib.CONFIG_FILE).write_text(
+      (workdir / workdir_lib.CONFIG_FILE).read_text())
+  bad = [
+      ({'init_from': str(tmp_path)}, FileNotFoundError, 'has no config.json'),
+      ({'init_from': str(no_checkpoints)}, FileNotFoundError, 'has no checkpoints'),
+      ({'init_from': str(workdir_lib.checkpoint_dir(workdir) / '4')}, FileNotFoundError,
+       'does not exist: that run has checkpoints for steps 3, 6'),
+      ({'init_from': str(workdir), 'model__ngf': 16}, ValueError, r"params\['[GF]'\].*shape"),
+  ]
+  for fields, error, message in bad:
+    run = tmp_path / 'new'
+    with pytest.raises(error, match=message):
+      loop.train_and_evaluate(updated(tiny_config, **fields), str(run))
+    assert not run.exists()
