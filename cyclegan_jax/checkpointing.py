@@ -354,7 +354,10 @@ def check_warm_start(config: ml_collections.ConfigDict) -> None:
   parts = config_lib.parse_init_parts(config.init_parts, config.model_type)
   source_workdir, step = locate(config.init_from)
   check_imported(source_workdir, parts, config.init_from)
-  source_config = saved_config(source_workdir)
+  try:
+    source_config = saved_config(source_workdir)
+  except errors.PathNotFoundError as error:
+    raise errors.PathNotFoundError(f'config.init_from: {error}') from None
   steps = saved_steps(source_workdir)
   if not steps:
     raise errors.PathNotFoundError(

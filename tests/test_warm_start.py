@@ -117,7 +117,7 @@ def test_a_new_run_refuses_a_source_that_does_not_fit_before_writing(tiny_config
   (no_checkpoints / workdir_lib.CONFIG_FILE).write_text(
       (workdir / workdir_lib.CONFIG_FILE).read_text())
   bad = [
-      ({'init_from': str(tmp_path)}, FileNotFoundError, 'has no config.json'),
+      ({'init_from': str(tmp_path)}, FileNotFoundError, 'config.init_from: .* has no config.json'),
       ({'init_from': str(no_checkpoints)}, FileNotFoundError, 'has no checkpoints'),
       ({'init_from': str(workdir_lib.checkpoint_dir(workdir) / '4')}, FileNotFoundError,
        'does not exist: that run has checkpoints for steps 3, 6'),
