@@ -233,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     config_lib.validate(config, num_devices=jax.device_count())
     member_list = [ensemble.Member('', config, {})]
+  workdir_lib.check_folder(workdir, '--workdir')
   workdir_lib.check_run_kind(workdir, ensemble=bool(member_list[0].name))
   new_run = not any(
       checkpointing.saved_steps(workdir / member.name if member.name else workdir)

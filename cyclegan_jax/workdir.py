@@ -113,6 +113,16 @@ def read_json(path: str | os.PathLike) -> dict | None:
   return values if isinstance(values, dict) else None
 
 
+def check_folder(folder: str | os.PathLike, flag: str) -> None:
+  """Refuses a folder to write into that is a file, or lies below one (`flag` names the option
+  it came from, e.g. '--workdir'): a PathExistsError instead of an OS error halfway through."""
+  folder = Path(folder)
+  existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+  if existing is not None and not existing.is_dir():
+    raise errors.PathExistsError(
+        f'{flag}={folder}: {existing} is a file, not a folder; choose another {flag}')
+
+
 def runs_in_subfolders(folder: str | os.PathLike) -> list[str]:
   """The names of `folder`'s subfolders that hold a run (its config.json), sorted."""
   try:

@@ -70,6 +70,7 @@ def run_sweep(config: str,
     raise SweepError(f'no config file {config_file}')
   sweep = load_sweep_file(sweep_path)
   planned = plan(sweep)
+  workdir_lib.check_folder(root, '--root')
   runner.check_root(root, config, sweep_path, planned, force)
   groups = None
   if vectorize:

@@ -1,4 +1,5 @@
-"""The workdir lock: one live writer per workdir, and a dead writer's lock never blocks a rerun."""
+"""The workdir: one live writer per workdir, a dead writer's lock never blocks a rerun, and a file
+where a folder is to be written is a clear error."""
 
 import errno
 import json
@@ -73,3 +74,25 @@ def test_without_flock_the_record_decides(tmp_path, monkeypatch):
   with pytest.raises(errors.WorkdirBusyError,
                      match=rf'on host elsewhere .*If that run is dead.*delete {lock_file}'):
     workdir.WorkdirLock(tmp_path).acquire()
+
+
+def test_a_file_where_a_folder_is_written_is_one_clear_error(tmp_path):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from cyclegan_jax import loop  # pylint: disable=g-import-not-at-top
+  from cyclegan_jax.inference import files  # pylint: disable=g-import-not-at-top
+  from cyclegan_jax.torch_io import runs  # pylint: disable=g-import-not-at-top
+  from experiments import sweep  # pylint: disable=g-import-not-at-top
+  a_file = tmp_path / 'notes.txt'
+  a_file.write_text('kept\n')
+  workdir.check_folder(tmp_path / 'new' / 'folder', '--workdir')  # Not there yet: fine.
+  for target in (a_file, a_file / 'below'):
+    message = f'{a_file} is a file, not a folder'
+    with pytest.raises(errors.PathExistsError, match=f'--workdir=.*{message}'):
+      loop.train_and_evaluate(load_config('tiny'), str(target))
+    with pytest.raises(errors.PathExistsError, match=f'--output=.*{message}'):
+      files.check_outputs([], target, grid=False, overwrite=True)
+    with pytest.raises(errors.PathExistsError, match=f'--output=.*{message}'):
+      runs.write_workdir(target, {}, load_config('tiny'), {})
+    with pytest.raises(errors.PathExistsError, match=f'--root=.*{message}'):
+      sweep.run_sweep('configs/tiny.py', str(ROOT / 'experiments/sweeps/lambda_cycle.py'), target)
+  assert a_file.read_text() == 'kept\n'

@@ -23,6 +23,7 @@ import numpy as np
 from cyclegan_jax import errors
 from cyclegan_jax import inference
 from cyclegan_jax import summaries
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.data import image_io
 
 class Job(collections.namedtuple('Job', 'source relative')):
@@ -58,7 +59,9 @@ def find_inputs(pattern: str) -> list[Job]:
 
 
 def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) -> None:
-  """Rejects two inputs that would write one output, and existing outputs unless overwriting."""
+  """Rejects an output folder that is a file, two inputs that would write one output, and
+  existing outputs unless overwriting."""
+  workdir_lib.check_folder(output, '--output')
   seen: dict[Path, Path] = {}
   for job in jobs:
     target = job.output_path(output)

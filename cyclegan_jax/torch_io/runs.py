@@ -123,6 +123,7 @@ def write_workdir(output: str | Path,
   """A step-0 train state with `params` (and the running statistics in `batch_stats`) in place
   of the fresh networks' ones, saved in `output`."""
   output = Path(output)
+  workdir_lib.check_folder(output, '--output')
   if workdir_lib.checkpoint_dir(output).exists():
     raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
   config_lib.validate(config)
