@@ -61,6 +61,7 @@ from tensorflow_datasets.image_classification import cycle_gan
 
 from cyclegan_jax import cli
 from cyclegan_jax import errors
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.data import image_io
 from cyclegan_jax.data import layout
 
@@ -230,6 +231,7 @@ def prepare(name: str,
     raise errors.InvalidValueError(f'unknown CycleGAN dataset name {name!r}: expected one of '
                                    f'{", ".join(CONFIG_NAMES)}')
   data_dir = str(pathlib.Path(data_dir or default_data_dir()).expanduser().absolute())
+  workdir_lib.check_folder(data_dir, '--data_dir')
   source = pathlib.Path(source).expanduser().absolute()
   full_name = f'{DATASET_NAME}/{name}'
 

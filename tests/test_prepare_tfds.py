@@ -254,6 +254,14 @@ def test_missing_source(tmp_path):
     prepare_tfds.prepare(NAME, tmp_path / 'absent.zip', tmp_path / 'tfds')
 
 
+def test_a_data_dir_that_is_a_file(folder, tmp_path):
+  a_file = tmp_path / 'tfds'
+  a_file.write_text('kept\n')
+  with pytest.raises(FileExistsError, match=f'--data_dir={a_file}: {a_file} is a file'):
+    prepare_tfds.prepare(NAME, folder, a_file)
+  assert a_file.read_text() == 'kept\n'
+
+
 def test_missing_train_a(folder, tmp_path):
   for path in (folder / 'trainA').iterdir():
     path.unlink()
