@@ -262,6 +262,27 @@ def test_glob_keeps_names_and_rejects_colliding_outputs(tmp_path):
 
 
 @needs_parity_files
+def test_an_output_never_replaces_an_input_even_with_overwrite(tmp_path):
+  inputs = tmp_path / 'in'
+  (inputs / 'sub').mkdir(parents=True)
+  for name in ('a.png', 'sub/a.png'):
+    Image.new('RGB', (8, 8)).save(inputs / name)
+  jobs = files.find_inputs(str(inputs))
+  for overwrite in (False, True):
+    # The input folder itself (also spelt another way), or a subfolder holding inputs.
+    for output in (inputs, tmp_path / 'sub' / '..' / 'in', inputs / 'sub'):
+      with pytest.raises(FileExistsError, match='would replace the input image'):
+        files.check_outputs(jobs, output, grid=False, overwrite=overwrite)
+    files.check_outputs(jobs, tmp_path / 'out', grid=True, overwrite=overwrite)
+  # Inputs in <output>/grid/: the grid images would replace them.
+  (tmp_path / 'g' / 'grid').mkdir(parents=True)
+  Image.new('RGB', (8, 8)).save(tmp_path / 'g' / 'grid' / 'x.png')
+  jobs = files.find_inputs(str(tmp_path / 'g' / 'grid'))
+  files.check_outputs(jobs, tmp_path / 'g', grid=False, overwrite=False)
+  with pytest.raises(FileExistsError, match='would replace the input image'):
+    files.check_outputs(jobs, tmp_path / 'g', grid=True, overwrite=True)
+
+
 def test_cli_errors_are_one_clear_line(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'garbage')
   result = run('translate', f'--torch_checkpoint={LEGACY_PTH}', f'--input={tmp_path / "bad.png"}',

@@ -70,6 +70,14 @@ def check_outputs(jobs: list[Job], output: Path, grid: bool, overwrite: bool) ->
           f'{seen[target]} and {job.source} would both be written to {target}; '
           'translate them into different --output folders.')
     seen[target] = job.source
+  inputs = {job.source.resolve() for job in jobs}
+  outputs = [job.output_path(folder) for job in jobs
+             for folder in ((output, output / 'grid') if grid else (output,))]
+  replaced = [target for target in outputs if target.resolve() in inputs]
+  if replaced:
+    raise errors.PathExistsError(
+        f'An output would replace the input image {replaced[0]} (inputs are kept, even with '
+        '--overwrite); choose an --output folder apart from the inputs.')
   if overwrite:
     return
   targets = list(seen)
