@@ -96,3 +96,13 @@ def test_a_file_where_a_folder_is_written_is_one_clear_error(tmp_path):
     with pytest.raises(errors.PathExistsError, match=f'--root=.*{message}'):
       sweep.run_sweep('configs/tiny.py', str(ROOT / 'experiments/sweeps/lambda_cycle.py'), target)
   assert a_file.read_text() == 'kept\n'
+
+
+def test_a_converted_run_does_not_land_among_other_runs(tmp_path):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from cyclegan_jax.torch_io import runs  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'root' / 'member').mkdir(parents=True)
+  (tmp_path / 'root' / 'member' / workdir.CONFIG_FILE).write_text('{}\n')
+  with pytest.raises(errors.PathExistsError, match='runs of an ensemble or a sweep'):
+    runs.write_workdir(tmp_path / 'root', {}, load_config('tiny'), {})
+  assert sorted(path.name for path in (tmp_path / 'root').iterdir()) == ['member']

@@ -126,6 +126,10 @@ def write_workdir(output: str | Path,
   workdir_lib.check_folder(output, '--output')
   if workdir_lib.checkpoint_dir(output).exists():
     raise errors.PathExistsError(f'{output} already holds checkpoints; choose a new --output.')
+  if workdir_lib.runs_in_subfolders(output):
+    raise errors.PathExistsError(
+        f'{output} holds the runs of an ensemble or a sweep in its subfolders; choose a new '
+        '--output.')
   config_lib.validate(config)
   state = jax.jit(state_lib.train_state_initializer(config))()
   merged = dict(state.params)
