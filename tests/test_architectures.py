@@ -307,6 +307,33 @@ def test_batch_norm_generator_translates_each_image_as_alone(module):
   assert np.abs(together - singles).max() > 100 * tolerance
 
 
+@pytest.mark.parametrize('module, independent', [
+    (models.ResnetGenerator(ngf=4, num_blocks=1, norm='instance'), True),
+    (models.ResnetGenerator(ngf=4, num_blocks=1, norm='none'), True),
+    (models.ResnetGenerator(ngf=4, num_blocks=1, norm='batch'), False),
+    (models.ResnetGenerator(ngf=4, num_blocks=1, norm='batch', norm_per_image=True), True),
+    (models.ResnetGenerator(ngf=4, num_blocks=1, use_dropout=True), False),
+    (models.ResnetGenerator(ngf=4, num_blocks=1, use_dropout=True, deterministic=True), True),
+    (models.UnetGenerator(ngf=4, num_downs=5, norm='instance'), True),
+    (models.UnetGenerator(ngf=4, num_downs=6, norm='instance', use_dropout=True), False),
+    (models.NLayerDiscriminator(ndf=4, norm='instance'), True),
+    (models.NLayerDiscriminator(ndf=4, norm='batch'), False),
+    (models.PixelDiscriminator(ndf=4, norm='instance'), True),
+])
+def test_networks_that_map_examples_independently(module, independent):
+  """The train step runs a network's calls on several batches as one call on their concatenation
+  exactly where this holds: then the call on both equals the separate calls."""
+  assert module.maps_examples_independently(3) is independent
+  if independent:
+    params = random_params(module, 32)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    apply = models.network_fn(module, params)
+    together = np.asarray(apply(jnp.asarray(x)))
+    singles = np.concatenate([apply(jnp.asarray(x[i:i + 1])) for i in range(2)])
+    # Other blockings of the same sums: float32 rounding of outputs of scale 1.
+    np.testing.assert_allclose(together, singles, atol=1e-5)
+
+
 # --- training with the other networks -------------------------------------------------------
 
 

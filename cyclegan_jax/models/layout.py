@@ -142,6 +142,12 @@ def has_norm(layers: Layout, norm: str) -> bool:
   return any(conv.norm == norm for _, conv in walk(layers))
 
 
+def has_dropout(layers: Layout) -> bool:
+  return any(
+      isinstance(layer, Dropout) or (isinstance(layer, BLOCKS) and has_dropout(layer.body))
+      for layer in layers)
+
+
 def min_side(layers: Layout) -> int:
   """The smallest height and width the network takes: every reflection pad needs a map larger
   than the pad (numpy's 'reflect' does not repeat the edge), at its depth."""
@@ -187,6 +193,15 @@ class LayoutModule(nn.Module):
 
   def check_input(self, x: jax.Array, layers: Layout) -> None:
     """Raises ValueError for an input the network does not take (nothing to check by default)."""
+
+  def maps_examples_independently(self, in_channels: int) -> bool:
+    """Whether each example's output depends on that example alone (no batch norm over the
+    batch, no active dropout): then one call on a concatenation of batches gives what separate
+    calls give, up to float rounding."""
+    layers = self.layout(in_channels)
+    batch_statistics = has_norm(layers, 'batch') and not (self.norm_per_image or
+                                                          self.norm_running_average)
+    return not batch_statistics and (self.deterministic or not has_dropout(layers))
 
   def settings(self) -> dict[str, Any]:
     """The shared settings, for `apply_layout`. Initialisation runs dropout as the identity, so
