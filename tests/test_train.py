@@ -95,7 +95,8 @@ def test_step_updates_generators_with_frozen_discriminators_then_discriminators(
   nets = trainer.networks
   # The step runs each network's independent calls as one call on both batches (G on a and b, D_X
   # on a and fake_a, ...); this recomputation calls them one at a time, as the official code.
-  assert all(getattr(nets, name).maps_examples_independently(3) for name in ('G', 'F', 'D_X', 'D_Y'))
+  assert all(
+      getattr(nets, name).maps_examples_independently(3) for name in ('G', 'F', 'D_X', 'D_Y'))
   state = trainer.init()
   old = jax.device_get(state.params)
   batch = train_batch(dataset, 0, 2)
