@@ -93,8 +93,9 @@ def test_step_updates_generators_with_frozen_discriminators_then_discriminators(
   tiny_config.model.norm = 'none'
   trainer, dataset = tiny_setup(tiny_config)
   nets = trainer.networks
-  # The step runs each network's independent calls as one call on both batches (G on a and b, D_X
-  # on a and fake_a, ...); this recomputation calls them one at a time, as the official code.
+  # The step runs each network's independent calls as one call on their batches (G on a and b, F
+  # on b, a and G(a), D_X on a and fake_a, ...); this recomputation calls them one at a time, as
+  # the official code.
   assert all(
       getattr(nets, name).maps_examples_independently(3) for name in ('G', 'F', 'D_X', 'D_Y'))
   state = trainer.init()
