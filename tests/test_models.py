@@ -593,6 +593,40 @@ def test_patchgan_on_small_images_differentiates_its_stride_1_convs_as_patches()
   assert_relatively_close(jax.jit(lambda: values_and_grads_of(plain))(), fast_result, 1e-5)
 
 
+@pytest.mark.parametrize('kernel_size, shape', [(3, (2, 10, 9, 3)), (4, (1, 9, 12, 2))])
+def test_stride_2_conv_equals_the_plain_conv(kernel_size, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[-1], 5))
+  plain = lambda x, kernel: jax.lax.conv_general_dilated(
+      x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = values_and_grads(plain, x, kernel)
+  actual = values_and_grads(partial(fast_convs.stride_2_conv, padding=1), x, kernel)
+  assert actual[0].shape == expected[0].shape
+  assert_relatively_close(expected, actual, 1e-5)
+
+
+def test_stride_2_convs_with_mid_sized_taps_take_their_kernel_gradient_as_a_matmul():
+  # The 128 px ResNet's down convs, not the 256 px one's first nor the offline default's.
+  assert fast_convs.stride_2_reformulates((2, 128, 128, 64), (3, 3, 64, 128), 1)
+  assert fast_convs.stride_2_reformulates((1, 64, 64, 128), (3, 3, 128, 256), 1)
+  assert not fast_convs.stride_2_reformulates((1, 256, 256, 64), (3, 3, 64, 128), 1)
+  assert not fast_convs.stride_2_reformulates((8, 32, 32, 16), (3, 3, 16, 32), 1)
+  x = jax.random.normal(jax.random.key(0), (2, 128, 128, 3))
+  fast = models.NLayerDiscriminator(ndf=16)
+  plain = models.NLayerDiscriminator(ndf=16, fast_convs=False)
+  params = fast.init(jax.random.key(1), x)
+  jaxpr = lambda network: str(jax.make_jaxpr(network.apply)(params, x))
+  # layer_1 (16 -> 32 channels, 1 MiB of taps an image); layer_0 and layer_2 have fewer.
+  assert 'stride_2_conv' in jaxpr(fast) and 'stride_2_conv' not in jaxpr(plain)
+
+  def values_and_grads_of(network):
+    loss = lambda params, x: jnp.sum(jnp.sin(network.apply(params, x)))
+    return network.apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+  assert_relatively_close(jax.jit(lambda: values_and_grads_of(plain))(),
+                          jax.jit(lambda: values_and_grads_of(fast))(), 1e-5)
+
+
 @pytest.mark.parametrize('tile', sorted(fast_convs.WINOGRAD_POINTS))
 def test_winograd_transforms_compute_the_correlation(tile):
   output_transform, kernel_transform, input_transform = fast_convs._winograd_transforms(

@@ -1,6 +1,6 @@
 """Exact faster formulations of slow convolutions on XLA's CPU backend (`fast_convs`).
 
-`fast_convs` (default True) computes two kinds of convolution by exact reformulations (the same
+`fast_convs` (default True) computes several kinds of convolution by exact reformulations (the same
 parameters, the same sums in another order) that XLA's CPU backend runs much faster: the
 stride-2 transposed convolutions (the ResNet's 3x3, the U-Net's 4x4) in sub-pixel form
 (`subpixel_conv_transpose`; their gradients were ~10x slower as the dilated convolutions
@@ -8,7 +8,9 @@ stride-2 transposed convolutions (the ResNet's 3x3, the U-Net's 4x4) in sub-pixe
 head and, on large feature maps, the residual blocks' 3x3 convs through `valid_conv` (on CPU a
 64 -> 3 conv ran at ~4 GFLOP/s, a 3x3 conv on 64 x 64 maps at ~60), and the input gradients of
 stride-1 convs whose output is no larger than their kernel (a PatchGAN's last convs on small
-images, their zero padding applied first: ~7x faster as a patch matmul). In float32 those 3x3 convs
+images, their zero padding applied first: ~7x faster as a patch matmul), and the kernel gradients
+of stride-2 convs with mid-sized maps (`stride_2_conv`: a matmul of the input's strided taps, ~2x
+faster for the 128 px ResNet's down convs). In float32 those 3x3 convs
 use Winograd's F(4x4, 3x3) (`winograd_conv`: 4x fewer multiplies, exact in exact arithmetic, float
 errors ~10x a direct sum's). False keeps plain `nn.Conv` and `nn.ConvTranspose`.
 """
@@ -370,11 +372,77 @@ def _valid_conv_backward(residuals, output_grad):
 valid_conv.defvjp(_valid_conv_forward, _valid_conv_backward)
 
 
+def _stride_2_plain_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((padding, padding), (padding, padding)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _stride_2_kernel_grad_by_taps(x, output_grad, kernel_hw, padding):
+  """The kernel gradient of a stride-2 conv as one matmul per image: the input's kh * kw strided
+  taps side by side (a [pixels, kh * kw * in] matrix) times the output gradient. Per image, since
+  one matmul over a batch of two 128 px maps ran slower than XLA's own gradient."""
+  kh, kw = kernel_hw
+  _, out_height, out_width, out_channels = output_grad.shape
+  in_channels = x.shape[-1]
+  grad = 0
+  for image, image_grad in zip(x, output_grad):
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    taps = jnp.concatenate([
+        jax.lax.slice(padded, (i, j, 0),
+                      (i + 2 * out_height - 1, j + 2 * out_width - 1, in_channels), (2, 2, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ], axis=-1)
+    grad += taps.reshape(-1, kh * kw * in_channels).T @ image_grad.reshape(-1, out_channels)
+  return grad.reshape(kh, kw, in_channels, out_channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def stride_2_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """A stride-2 NHWC conv with `padding` zeros on each side, computed by XLA, whose kernel gradient
+  is one matmul of the input's strided taps per image (`_stride_2_kernel_grad_by_taps`)."""
+  return _stride_2_plain_conv(x, kernel, padding)
+
+
+def _stride_2_conv_forward(x, kernel, padding):
+  return _stride_2_plain_conv(x, kernel, padding), (x, kernel)
+
+
+def _stride_2_conv_backward(padding, residuals, output_grad):
+  x, kernel = residuals
+  # As in valid_conv: the taps are built in the backward pass, not kept from the forward one.
+  x, kernel, output_grad = jax.lax.optimization_barrier((x, kernel, output_grad))
+  x_grad = jax.vjp(lambda x: _stride_2_plain_conv(x, kernel, padding), x)[1](output_grad)[0]
+  return x_grad, _stride_2_kernel_grad_by_taps(x, output_grad, kernel.shape[:2], padding)
+
+
+stride_2_conv.defvjp(_stride_2_conv_forward, _stride_2_conv_backward)
+
+# Bytes of one image's taps between which a stride-2 conv's kernel gradient is faster as their
+# matmul than as XLA's CPU convolution (measured, 3x3 convs of the 128 px ResNet, batch 1 / 2:
+# 64 -> 128 channels on 128 x 128 maps 13.6 / 21 ms -> 6 / 16 ms, 128 -> 256 on 64 x 64 maps
+# 10 / 17 -> 5.6 / 8.9 ms). Below, no gain, and the per-image matmuls tripled the compile time of
+# the offline default's step; above (the 256 px ResNet's first, 38 MB a 256 x 256 image), no gain.
+_STRIDE_2_TAPS_BYTES = (2**20, 2**24)
+
+
+def stride_2_reformulates(x_shape, kernel_shape, padding) -> bool:
+  """Whether `stride_2_conv` is faster than XLA's own gradient for this conv (CPU only)."""
+  if jax.default_backend() != 'cpu':
+    return False
+  kh, kw, in_channels, _ = kernel_shape
+  out_pixels = (((x_shape[1] + 2 * padding - kh) // 2 + 1) *
+                ((x_shape[2] + 2 * padding - kw) // 2 + 1))
+  low, high = _STRIDE_2_TAPS_BYTES
+  return low <= out_pixels * kh * kw * in_channels * 4 <= high
+
+
 class ReformulatedConv(nn.Module):
-  """Drop-in for a VALID stride-1 `nn.Conv` (computed by `valid_conv`) or, with `transpose`, for
-  an official stride-2 transposed conv whose output is twice its input (`nn.ConvTranspose` with
-  transpose_kernel=True; computed by `subpixel_conv_transpose` with PyTorch's `padding`): the same
-  parameters."""
+  """Drop-in for a VALID stride-1 `nn.Conv` (computed by `valid_conv`), for a stride-2 `nn.Conv`
+  with `padding` zeros on each side (`stride` 2; computed by `stride_2_conv`) or, with
+  `transpose`, for an official stride-2 transposed conv whose output is twice its input
+  (`nn.ConvTranspose` with transpose_kernel=True; computed by `subpixel_conv_transpose` with
+  PyTorch's `padding`): the same parameters."""
   features: int
   kernel_size: int
   transpose: bool
@@ -382,7 +450,8 @@ class ReformulatedConv(nn.Module):
   dtype: Dtype
   kernel_init: Callable
   bias_init: Callable
-  padding: int = 1  # PyTorch's padding of the transposed conv.
+  padding: int = 1  # PyTorch's padding of the transposed conv, or the stride-2 conv's zeros.
+  stride: int = 1  # 2: a (not transposed) stride-2 conv.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -391,6 +460,8 @@ class ReformulatedConv(nn.Module):
                         jnp.float32)
     if self.transpose:
       y = subpixel_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+    elif self.stride == 2:
+      y = stride_2_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
     else:
       y = valid_conv(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from cyclegan_jax import config_lib
 from cyclegan_jax.models.fast_convs import ReformulatedConv
 from cyclegan_jax.models.fast_convs import reformulates
+from cyclegan_jax.models.fast_convs import stride_2_reformulates
 from cyclegan_jax.models.fast_convs import subpixel_padding
 
 NORM_EPS = 1e-5
@@ -234,10 +235,27 @@ class ConvNormAct(nn.Module):
       if reformulates(padded_shape, kernel_shape, self.dtype):
         x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
         plain_stride_1 = True
-    if self.fast_convs and (plain_stride_1 or torch_padding is not None):
-      conv = functools.partial(ReformulatedConv, self.features, self.kernel_size, self.transpose,
-                               self.use_bias, self.dtype, conv_args['kernel_init'],
-                               conv_args['bias_init'], torch_padding or 0)
+    # A stride-2 conv with the same zero padding on every side, whose kernel gradient
+    # `stride_2_conv` computes faster on CPU.
+    stride_2_padding = None
+    if self.fast_convs and self.strides == 2 and not self.transpose and len(
+        {side for sides in padding for side in sides}) == 1:
+      stride_2_padding = padding[0][0]
+      kernel_shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+      if not stride_2_reformulates(x.shape, kernel_shape, stride_2_padding):
+        stride_2_padding = None
+    if self.fast_convs and (plain_stride_1 or torch_padding is not None or
+                            stride_2_padding is not None):
+      conv = functools.partial(ReformulatedConv,
+                               self.features,
+                               self.kernel_size,
+                               self.transpose,
+                               self.use_bias,
+                               self.dtype,
+                               conv_args['kernel_init'],
+                               conv_args['bias_init'],
+                               torch_padding or stride_2_padding or 0,
+                               stride=1 if stride_2_padding is None else 2)
     elif self.transpose:
       # transpose_kernel=True: kernel is (kH, kW, out, in), the same axis order as a PyTorch
       # ConvTranspose2d weight after transpose(2, 3, 1, 0), and fan_in is computed as PyTorch does.
