@@ -54,6 +54,8 @@ FINAL_FILE = 'final.json'
 FAILURE_FILE = 'failure.json'  # An ensemble member stopped on a non-finite loss: why, when.
 PLOTS_DIR = 'plots'
 LOCK_FILE = 'run.lock'
+# The files a run keeps at the top of its workdir, which no other command may replace.
+RUN_FILES = (CONFIG_FILE, IMPORTED_FILE, METRICS_FILE, FINAL_FILE, FAILURE_FILE, LOCK_FILE)
 EVAL_PREFIX = 'eval/'
 RAW_EVAL_PREFIX = 'eval_raw/'
 # flock errors that mean "this file system does not do locks", not "someone holds it".
@@ -88,6 +90,12 @@ def eval_scalar(metric: str, raw_weights: bool = False) -> str:
 def flat_name(scalar: str) -> str:
   """A scalar's name in final.json and results.csv: 'loss/gan_G' -> 'loss_gan_G'."""
   return scalar.replace('/', '_')
+
+
+def is_run_file(path: str | os.PathLike) -> bool:
+  """Whether `path` is (or would be) one of `RUN_FILES` of a run's (or converted) workdir."""
+  path = Path(path)
+  return path.name in RUN_FILES and (path.parent / CONFIG_FILE).is_file()
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:

@@ -227,6 +227,22 @@ def test_errors(generator, tmp_path, monkeypatch):
   with pytest.raises(FileExistsError, match='pass --overwrite'):
     export.write(module, params, 'onnx', existing)
   assert existing.read_bytes() == b'keep'
+  # A stale description beside a new output needs --overwrite too.
+  export.sidecar_path(tmp_path / 'new.onnx').write_text('{}')
+  with pytest.raises(FileExistsError, match=r'new.onnx.json exists; pass --overwrite'):
+    export.export(inference.Generator(module, params, 3, 3, 'g'), 'onnx', tmp_path / 'new.onnx')
+  # A run's own files are never replaced, not even with --overwrite: the output, or its
+  # description <output>.json, as the run's config.json.
+  run = tmp_path / 'run'
+  run.mkdir()
+  for name in ('config.json', 'metrics.jsonl'):
+    (run / name).write_text('keep')
+  for output in (run / 'config', run / 'config.json', run / 'metrics.jsonl'):
+    with pytest.raises(FileExistsError, match='a file of the run in .*run; give another file'):
+      export.export(inference.Generator(module, params, 3, 3, 'g'), 'onnx', output,
+                    overwrite=True)
+  assert [(run / name).read_text() for name in ('config.json', 'metrics.jsonl')] == ['keep'] * 2
+  assert sorted(path.name for path in run.iterdir()) == ['config.json', 'metrics.jsonl']
   monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # As if not installed.
   with pytest.raises(export.MissingPackageError,
                      match=r'needs onnxruntime.*pip install -r requirements-export.txt'):

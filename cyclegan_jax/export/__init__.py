@@ -187,7 +187,7 @@ def write(module: nn.Module,
           overwrite: bool = False) -> Path:
   """Writes the network (any module with a layout) as `fmt` to `path`, without a sidecar."""
   check_format(fmt, quantize)
-  path = check_output(path, overwrite)
+  path = check_output(path, overwrite, sidecar=False)
   require_packages(fmt)
   if fmt == 'stablehlo':
     data = stablehlo_bytes(module, params, platforms, input_shape)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from cyclegan_jax import errors
 from cyclegan_jax import inference
+from cyclegan_jax import workdir as workdir_lib
 from cyclegan_jax.models import fast_convs
 from cyclegan_jax.models import layout as layout_lib
 
@@ -64,15 +65,22 @@ def check_format(fmt: str, quantize: str = 'none') -> None:
         f'--quantize={quantize} is for --format=tflite only; {fmt} is float32')
 
 
-def check_output(path: str | Path, overwrite: bool = False) -> Path:
-  """The output path, if its folder exists and it is not a file to keep."""
+def check_output(path: str | Path, overwrite: bool = False, sidecar: bool = True) -> Path:
+  """The output path, if its folder exists and neither it nor (with `sidecar`) its description
+  `<path>.json` is a file to keep: an existing file without `overwrite`, a run's own files
+  (config.json, metrics.jsonl, ...) never."""
   path = Path(path)
   if not path.parent.is_dir():
     raise errors.PathNotFoundError(f'The output folder {path.parent} does not exist')
   if path.is_dir():
     raise errors.InvalidValueError(f'The output {path} is a folder; give a file name')
-  if path.exists() and not overwrite:
-    raise errors.PathExistsError(f'{path} exists; pass --overwrite to replace it')
+  for target in (path, sidecar_path(path)) if sidecar else (path,):
+    if workdir_lib.is_run_file(target):
+      raise errors.PathExistsError(
+          f'--output={path} would replace {target}, a file of the run in {target.parent}; '
+          'give another file name')
+    if target.exists() and not overwrite:
+      raise errors.PathExistsError(f'{target} exists; pass --overwrite to replace it')
   return path
 
 
