@@ -22,6 +22,8 @@
 #
 # Settings (environment variables):
 #   VENV=.venv            venv to create or reuse (SKIP_INSTALL=1: use the active Python as is)
+#   PYTHON                the interpreter (default: python on the PATH, else python3)
+#   PROBE_TIMEOUT=180     seconds allowed for the first import of jax and its device query
 #   JAX_CUDA=cuda12       jax extra: cuda12 (NVIDIA driver >= 525) or cuda13 (driver >= 580)
 #   STEPS=10 WARMUP=3     timed and untimed steps per run
 #   RUN_TIMEOUT=420       seconds allowed per run (a run past it is recorded as failed)
@@ -43,6 +45,7 @@ OUT_DIR=${OUT_DIR:-runs/gpu_benchmark/$(date +%Y%m%d-%H%M%S)}
 OFFICIAL_REPO=${OFFICIAL_REPO:-}
 ALLOW_CPU=${ALLOW_CPU:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
+PROBE_TIMEOUT=${PROBE_TIMEOUT:-180}
 RECIPE=${RECIPE:-configs/monet.py}
 SMALL=${SMALL:-configs/default.py}
 
@@ -58,12 +61,21 @@ if [[ $SKIP_INSTALL != 1 ]]; then
   python -m pip install --quiet -r requirements.txt "jax[$JAX_CUDA]==$jax_pin"
 fi
 
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 mkdir -p "$OUT_DIR/logs"
 JSONL=$OUT_DIR/results.jsonl
 : >"$JSONL"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-platform=$(python -c 'import jax; print(jax.default_backend())')
-python -c 'import jax; print("jax", jax.__version__, jax.devices())'
+# A GPU runtime that hangs while starting is reported, not waited on.
+echo "== $PYTHON: import jax, list its devices"
+if ! probe=$(timeout "$PROBE_TIMEOUT" "$PYTHON" -c \
+  'import jax; print(jax.default_backend(), "jax", jax.__version__, jax.devices())' 2>&1); then
+  echo "$probe" | tail -n 5
+  echo "importing jax and listing its devices failed or took over PROBE_TIMEOUT=$PROBE_TIMEOUT s" >&2
+  exit 1
+fi
+echo "$probe" | tail -n 1
+platform=$(echo "$probe" | tail -n 1 | cut -d' ' -f1)
 if [[ $platform != gpu && $ALLOW_CPU != 1 ]]; then
   echo "jax finds no GPU (backend: $platform); check the driver and JAX_CUDA, or set ALLOW_CPU=1" >&2
   exit 1
@@ -87,7 +99,7 @@ run() {
     tail -n 5 "$log" | sed 's/^/   /'
   fi
   grep -E '^(benchmark|official): ' "$log" | tail -n 1 || true
-  python experiments/gpu_results.py record --label="$label" --jsonl="$JSONL" --log="$log" \
+  "$PYTHON" experiments/gpu_results.py record --label="$label" --jsonl="$JSONL" --log="$log" \
     >/dev/null
   echo "   ($((SECONDS - started)) s)"
 }
@@ -95,7 +107,7 @@ run() {
 bench() {
   local label=$1
   shift
-  run "$label" python -m cyclegan_jax.benchmark --steps="$STEPS" --warmup="$WARMUP" "$@"
+  run "$label" "$PYTHON" -m cyclegan_jax.benchmark --steps="$STEPS" --warmup="$WARMUP" "$@"
 }
 
 seeds() { seq -s, 0 $(($1 - 1)); }
@@ -105,9 +117,9 @@ bench 256px_b1_float32 --config="$RECIPE" --config.batch_size=1 --config.compute
 bench 256px_b1_bfloat16 --config="$RECIPE" --config.batch_size=1 --config.compute_dtype=bfloat16
 bench 256px_b1_bfloat16_x8 --config="$RECIPE" --config.batch_size=1 \
   --config.compute_dtype=bfloat16 --config.ensemble.seed="$(seeds 8)"
-if [[ -n $OFFICIAL_REPO ]] && python -c 'import torch' 2>/dev/null; then
-  crop=$(python -c "import runpy; print(runpy.run_path('$RECIPE')['get_config']().data.crop_size)")
-  run official_256px_b1_float32 python experiments/official_step.py \
+if [[ -n $OFFICIAL_REPO ]] && "$PYTHON" -c 'import torch' 2>/dev/null; then
+  crop=$("$PYTHON" -c "import runpy; print(runpy.run_path('$RECIPE')['get_config']().data.crop_size)")
+  run official_256px_b1_float32 "$PYTHON" experiments/official_step.py \
     --official_repo="$OFFICIAL_REPO" --device=cuda --crop_size="$crop" --batch_size=1 \
     --steps="$STEPS" --warmup="$WARMUP"
 else
@@ -120,12 +132,12 @@ bench default_float32_x16 --config="$SMALL" --config.ensemble.seed="$(seeds 16)"
 bench 256px_G_inference_b1_float32 --config="$RECIPE" --config.batch_size=1 --inference
 bench 256px_G_inference_b1_bfloat16 --config="$RECIPE" --config.batch_size=1 \
   --config.compute_dtype=bfloat16 --inference
-if python -c "from cyclegan_jax import config_lib; assert 'steps_per_call' in config_lib.base_config()" \
+if "$PYTHON" -c "from cyclegan_jax import config_lib; assert 'steps_per_call' in config_lib.base_config()" \
   2>/dev/null; then
   bench default_float32_steps_per_call8 --config="$SMALL" --config.steps_per_call=8
 fi
 
 echo
-python experiments/gpu_results.py table "$JSONL" | tee "$OUT_DIR/table.md"
+"$PYTHON" experiments/gpu_results.py table "$JSONL" | tee "$OUT_DIR/table.md"
 echo
 echo "results: $JSONL, table: $OUT_DIR/table.md, logs: $OUT_DIR/logs/"
