@@ -6,6 +6,7 @@ steps the compiled trainer (`train.build_trainer`), logging, sampling, evaluatin
 checkpointing as the config says, until the run's last step or a stop signal.
 """
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -19,7 +20,6 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -38,6 +38,17 @@ from cyclegan_jax import workdir as workdir_lib
 LOGGED_LOSSES = (('G', 'loss/gan_G'), ('F', 'loss/gan_F'), ('cycle_A', 'loss/cycle_A'),
                  ('cycle_B', 'loss/cycle_B'), ('L1', 'loss/L1'), ('D_X', 'loss/D_X'),
                  ('D_Y', 'loss/D_Y'), ('D', 'loss/D'))
+
+
+# Steps dispatched ahead of the last one known to be done: the host prepares the next batches while
+# the device computes, and a stop request or a non-finite loss waits for at most this many steps.
+MAX_STEPS_IN_FLIGHT = 2
+
+
+def sum_in_order(trees: list[Any]) -> Any:
+  """The leafwise sum of host trees, added one after the other in their dtype (float32 metrics
+  sum exactly as the same additions on the device would)."""
+  return functools.reduce(lambda total, tree: jax.tree.map(np.add, total, tree), trees)
 
 
 def global_batch(local_batch: dict[str, np.ndarray],
@@ -408,7 +419,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
 
   progress = summaries.Progress(start_step, num_steps)
   start_time = time.perf_counter()
-  metric_sums, metric_count = None, 0
+  logged_metrics = []  # Each step's metrics since the last progress line, on the device.
+  in_flight = collections.deque()  # The metrics of the steps dispatched and maybe not done.
   step = start_step
   # Whatever ends the loop (a non-finite loss included), pending checkpoint writes complete.
   with _StopRequest() as stop, contextlib.ExitStack() as cleanup:
@@ -418,16 +430,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
     while step < num_steps and not stop.requested:
       state, metrics = trainer.step(state, next_batch())
       step += 1
-      metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
-      metric_count += 1
+      logged_metrics.append(metrics)
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
 
       last = step == num_steps or stop.requested
       if step % config.log_every_steps == 0 or last:
-        sums = state_lib.to_host(metric_sums)
+        sums = sum_in_order(state_lib.to_host(logged_metrics))
         member_sums = [sums] if trainer.num_members == 1 else [
             ensemble.member_of(sums, trainer.layout, k) for k in range(len(runs))
         ]
-        count, metric_sums, metric_count = metric_count, None, 0
+        count, logged_metrics = len(logged_metrics), []
         steps_per_s, eta_s = progress.report(step)
         for k, run in enumerate(runs):
           if run.failure:

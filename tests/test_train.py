@@ -1,6 +1,7 @@
 """The learning-rate schedule, the train step's update order, learning, and exact resume."""
 
 import functools
+import json
 import types
 
 import jax
@@ -238,6 +239,30 @@ def test_resume_equals_uninterrupted_run_bitwise(tiny_config, tmp_path, source):
   data_state = manager.restore(6, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   manager.close()
   assert data_state['next_example'] == 12 and data_state['seed'] == tiny_config.seed
+
+
+def test_logged_losses_average_the_steps_since_the_previous_line(tiny_config, tmp_path):
+  """The loop dispatches steps ahead of their results; each progress line still averages exactly
+  its own steps (here 1-2, 3-4 and 5), replayed one by one with the same batches."""
+  tiny_config.num_train_steps = 5
+  tiny_config.log_every_steps = 2
+  loop.train_and_evaluate(tiny_config, str(tmp_path))
+  logged = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  logged = {record['step']: record for record in logged if 'loss/cycle_A' in record}
+  assert sorted(logged) == [2, 4, 5]
+
+  dataset = data.create_dataset(tiny_config.data, seed=tiny_config.seed)
+  epoch_steps = state_lib.steps_per_epoch(dataset.epoch_size, tiny_config.batch_size)
+  trainer = train.build_trainer(tiny_config, epoch_steps)
+  state, replayed = trainer.init(), []
+  for step in range(5):
+    batch = train_batch(dataset, step, tiny_config.batch_size)
+    state, metrics = trainer.step(state, jax.device_put(batch, trainer.batch_sharding))
+    replayed.append(jax.device_get(metrics))
+  for last, steps in ((2, [0, 1]), (4, [2, 3]), (5, [4])):
+    for name in ('loss/cycle_A', 'loss/D_Y', 'lr'):
+      expected = np.mean([np.float64(replayed[k][name]) for k in steps])
+      np.testing.assert_allclose(logged[last][name], expected, rtol=1e-6, err_msg=name)
 
 
 def test_resume_refuses_a_different_architecture(tiny_config, tmp_path):
