@@ -194,16 +194,20 @@ def drop_aborted_read_noise() -> None:
   logging_std.getLogger('asyncio').addFilter(_AbortedReadFilter())
 
 
+RESUME_REMEDY = 'Restore the folder from a copy, or start the run afresh in a new --workdir.'
+
+
 def restore_intact(manager: ocp.CheckpointManager,
                    abstract_state: Any,
-                   step: int | None = None) -> Restored:
+                   step: int | None = None,
+                   remedy: str = RESUME_REMEDY) -> Restored:
   """The checkpoint at `step`, or by default the newest one that restores.
 
   A checkpoint that fails to restore (a truncated or missing array file after a partial copy, a
   full disk or a broken network file system) is damaged: without `step`, each damaged one is
   named in a warning and the next older one is tried; the damaged files are left as they are.
   Raises a user error naming the damaged steps if none restores, or if `step` is damaged or
-  absent (with the steps there are).
+  absent (with the steps there are); `remedy` ends the message where none restores.
   """
   directory = Path(manager.directory)
   drop_aborted_read_noise()  # Before any read: the noise starts before the failure surfaces.
@@ -234,8 +238,8 @@ def restore_intact(manager: ocp.CheckpointManager,
       continue
     return Restored(state, data_state, candidate, damaged)
   raise errors.CheckpointError(
-      f'No checkpoint in {directory} can be restored; each is damaged ({"; ".join(reasons)}). '
-      'Restore the folder from a copy, or start the run afresh in a new --workdir.')
+      f'No checkpoint in {directory} can be restored; each is damaged ({"; ".join(reasons)}). ' +
+      remedy)
 
 
 def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
@@ -323,8 +327,11 @@ def check_and_save_config(workdir: str | Path,
                            config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
-def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[Any, int]:
-  """(train state as numpy, its step) from the latest checkpoint, or the one at `step`."""
+def restore_train_state(workdir: str | Path,
+                        step: int | None = None,
+                        remedy: str = RESUME_REMEDY) -> tuple[Any, int]:
+  """(train state as numpy, its step) from the latest checkpoint, or the one at `step`
+  (`restore_intact`)."""
   workdir = Path(workdir)
   config = saved_config(workdir)
   directory = workdir_lib.checkpoint_dir(workdir)
@@ -332,7 +339,7 @@ def restore_train_state(workdir: str | Path, step: int | None = None) -> tuple[A
     raise errors.PathNotFoundError(f'{workdir} has no checkpoints/ folder')
   manager = create_manager(workdir, config.keep_checkpoints)
   try:
-    restored = restore_intact(manager, state_lib.abstract_train_state(config), step)
+    restored = restore_intact(manager, state_lib.abstract_train_state(config), step, remedy)
   finally:
     manager.close()
   return jax.device_get(restored.state), restored.step
@@ -367,15 +374,37 @@ def check_warm_start(config: ml_collections.ConfigDict) -> None:
         parts)
 
 
-def warm_started(state: state_lib.TrainState, config: ml_collections.ConfigDict,
-                 sharding: jax.sharding.Sharding) -> state_lib.TrainState:
-  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from`."""
+class WarmStartSource(NamedTuple):
+  """What config.init_from gives a new run: `parts` of the train state (numpy) of `workdir`'s
+  checkpoint at `step`."""
+  workdir: Path
+  step: int
+  parts: list[str]
+  state: Any
+
+
+def read_warm_start_source(config: ml_collections.ConfigDict) -> WarmStartSource:
+  """The source of a warm start, checked (`check_warm_start`) and read: a run reads it before it
+  writes anything, so that a source without an intact checkpoint leaves no trace."""
+  check_warm_start(config)
   parts = config_lib.parse_init_parts(config.init_parts, config.model_type)
   source_workdir, step = locate(config.init_from)
-  check_imported(source_workdir, parts, config.init_from)
-  source, source_step = restore_train_state(source_workdir, step)
-  merged = merge(jax.device_get(state), source, parts)
-  logging.info('Warm start: %s from %s at step %d.', ', '.join(parts), source_workdir, source_step)
+  state, source_step = restore_train_state(
+      source_workdir, step, 'Restore that folder from a copy, or warm-start from another run.')
+  return WarmStartSource(source_workdir, source_step, parts, state)
+
+
+def warm_started(state: state_lib.TrainState,
+                 config: ml_collections.ConfigDict,
+                 sharding: jax.sharding.Sharding,
+                 source: WarmStartSource | None = None) -> state_lib.TrainState:
+  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from` (`source`,
+  if it was read already)."""
+  if source is None:
+    source = read_warm_start_source(config)
+  merged = merge(jax.device_get(state), source.state, source.parts)
+  logging.info('Warm start: %s from %s at step %d.', ', '.join(source.parts), source.workdir,
+               source.step)
   return jax.device_put(merged, sharding)
 
 

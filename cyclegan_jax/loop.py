@@ -232,8 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   set (`ensemble`), trains the members in `<workdir>/<name>` and returns {name: summary}.
 
   Nothing is written into a workdir unless the config is valid, the dataset is found, the
-  workdir is of the run's kind (`workdir.check_run_kind`), a new run's config.init_from fits it,
-  and no other live run holds it.
+  workdir is of the run's kind (`workdir.check_run_kind`), a new run's config.init_from fits it
+  and can be read, and no other live run holds it.
   """
   workdir = Path(workdir)
   if ensemble.is_ensemble(config):
@@ -249,12 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   new_run = not any(
       checkpointing.saved_steps(workdir / member.name if member.name else workdir)
       for member in member_list)
-  if config.init_from and new_run:
-    checkpointing.check_warm_start(member_list[0].config)
   dataset = data.create_dataset(config.data,
                                 seed=member_list[0].config.seed,
                                 channels_A=config.model.channels_A,
                                 channels_B=config.model.channels_B)
+  # A new run reads its warm start's source before it writes anything.
+  warm_start = (checkpointing.read_warm_start_source(member_list[0].config)
+                if config.init_from and new_run else None)
   warning = cpu_only_warning(config, len(member_list), jax.devices(), _cpu_cores())
   if warning and jax.process_index() == 0:
     logging.warning(warning)
@@ -263,13 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               dataset.reseeded(member.config.seed)) for member in member_list
   ]
   with exclusive_workdirs([workdir] + [run.workdir for run in runs if run.name]):
-    finals = _train_and_evaluate(config, runs, member_list)
+    finals = _train_and_evaluate(config, runs, member_list, warm_start)
   return finals[''] if not runs[0].name else finals
 
 
-def _restore(runs: list[_Member], trainer: train.Trainer) -> tuple[Any, int]:
+def _restore(runs: list[_Member], trainer: train.Trainer,
+             warm_start: checkpointing.WarmStartSource | None) -> tuple[Any, int]:
   """(the state to start from, its step): the members' newest step that all have intact, or a
-  fresh state (warm-started where config.init_from says)."""
+  fresh state (warm-started where config.init_from says, from `warm_start` if already read)."""
   # A single run restores straight into its (possibly multi-process) sharding; members are
   # restored on one device and stacked.
   sharding = (trainer.state_sharding if trainer.num_members == 1 else
@@ -302,15 +304,16 @@ def _restore(runs: list[_Member], trainer: train.Trainer) -> tuple[Any, int]:
     else:
       state = trainer.init()
       if runs[0].config.init_from:
-        state = checkpointing.warm_started(state, runs[0].config, trainer.state_sharding)
+        state = checkpointing.warm_started(state, runs[0].config, trainer.state_sharding,
+                                           warm_start)
   else:
     if states is None:
       state = trainer.init()
       if runs[0].config.init_from:
         fresh = state_lib.to_host(state)
         states = [
-            checkpointing.warm_started(ensemble.member_slice(fresh, k), run.config, None)
-            for k, run in enumerate(runs)
+            checkpointing.warm_started(ensemble.member_of(fresh, trainer.layout, k), run.config,
+                                       None, warm_start) for k, run in enumerate(runs)
         ]
     if states is not None:
       state = tuple(
@@ -329,8 +332,9 @@ def _member_state(trainer: train.Trainer, state: Any, k: int) -> Any:
   return state if trainer.num_members == 1 else ensemble.member_of(state, trainer.layout, k)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
-                        member_list: list[ensemble.Member]) -> dict[str, dict[str, Any]]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, runs: list[_Member], member_list: list[ensemble.Member],
+    warm_start: checkpointing.WarmStartSource | None) -> dict[str, dict[str, Any]]:
   is_chief = jax.process_index() == 0
   dataset = runs[0].dataset
   if len(runs) == 1:  # The run's own config (an ensemble of one member has its own values).
@@ -360,7 +364,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, runs: list[_Member],
   for run in runs:
     run.manager = checkpointing.create_manager(run.workdir, run.config.keep_checkpoints)
     run.writer = summaries.SummaryWriter(run.workdir)
-  state, start_step = _restore(runs, trainer)
+  state, start_step = _restore(runs, trainer, warm_start)
   samples = dataset.sample_images(config.num_sample_images) if config.num_sample_images else None
   has_test_data = min(dataset.num_test('A'), dataset.num_test('B')) > 0
   test_sets, paired = (evaluation.load_test_sets(dataset, config.data.paired_test)

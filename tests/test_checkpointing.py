@@ -63,6 +63,7 @@ def test_readers_skip_a_damaged_newest_checkpoint_and_name_it(finished_tiny_run,
   config = updated(load_config('tiny'), init_from=str(run / 'checkpoints' / '6'))
   with pytest.raises(errors.CheckpointError, match='step 6'):
     loop.train_and_evaluate(config, str(tmp_path / 'warm'))
+  assert not (tmp_path / 'warm').exists()  # Refused before the new run wrote anything.
   # Readers never move or delete anything.
   assert (run / 'checkpoints' / '6').is_dir() and not (run / workdir.DAMAGED_DIR).exists()
 
@@ -113,6 +114,11 @@ def test_no_intact_checkpoint_is_one_clear_error(finished_tiny_run, tmp_path):
     loop.train_and_evaluate(config, str(run))
   assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['3', '6']
   assert not (run / workdir.LOCK_FILE).exists()  # Released on the way out.
+  # Nor can a new run warm-start from it; the new run's folder is left as it was: absent.
+  warm = tmp_path / 'warm'
+  with pytest.raises(errors.CheckpointError, match=r'No checkpoint in .* can be restored'):
+    loop.train_and_evaluate(updated(load_config('tiny'), init_from=str(run)), str(warm))
+  assert not warm.exists()
 
 
 def test_a_run_saved_before_the_channel_fields_were_renamed_still_restores_and_resumes(

@@ -176,6 +176,25 @@ def test_an_interrupted_ensemble_resumes_exactly(tmp_path):
     assert checkpointing.restore_train_state(interrupted / name)[1] == 6
 
 
+def test_warm_started_members_equal_their_own_warm_started_runs(finished_tiny_run, tmp_path):
+  """One read of config.init_from serves every member: member seed=1 ends bitwise as the single
+  run with seed 1 and the same warm start (one CPU device: the same program)."""
+  source, _ = finished_tiny_run
+  config = ensemble_config(ensemble__seed='0,1', num_train_steps=2, init_from=str(source),
+                           init_parts='G,F')
+  loop.train_and_evaluate(config, str(tmp_path / 'ensemble'))
+  single = updated(load_config('tiny'), seed=1, num_train_steps=2, init_from=str(source),
+                   init_parts='G,F')
+  loop.train_and_evaluate(single, str(tmp_path / 'single'))
+  (step_a, member), = restored_states(tmp_path / 'ensemble', ['seed=1']).values()
+  (step_b, run), = restored_states(tmp_path, ['single']).values()
+  assert step_a == step_b == 2
+  for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(run)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  source_G = checkpointing.restore_train_state(source)[0].params['G']
+  assert not trees_equal(member['params']['G'], jax.device_get(source_G))  # It trained on.
+
+
 def _listing(folder):
   return sorted(str(path.relative_to(folder)) for path in folder.rglob('*'))
 
