@@ -55,6 +55,20 @@ def test_images_of_several_sizes_keep_their_order():
   assert [float(o.mean()) for o in outputs] == pytest.approx([0.2, 0.4, 0.6])
 
 
+def test_per_image_metrics_of_several_sizes_are_those_of_each_image_alone():
+  """Images are measured in batches of equal sizes (several calls where a size exceeds the pixel
+  budget); each value is the one its image gives alone, in input order."""
+  rng = np.random.default_rng(0)
+  sizes = (8, 12, 8, 8, 12, 8)
+  prediction = [rng.uniform(-1, 1, (s, s, 3)).astype(np.float32) for s in sizes]
+  target = [rng.uniform(-1, 1, (s, s, 3)).astype(np.float32) for s in sizes]
+  alone = [evaluation.paired_errors(p[None], t[None]) for p, t in zip(prediction, target)]
+  for pixels_per_call in (2**20, 2 * 8 * 8):  # One call per size; at most two 8x8 images a call.
+    values = evaluation.per_image(evaluation.paired_errors, prediction, target, pixels_per_call)
+    for name in ('mae', 'psnr'):
+      np.testing.assert_allclose(values[name], [float(a[name][0]) for a in alone], rtol=1e-6)
+
+
 def test_paired_test_splits_pair_by_name():
   evaluation.pair_test_images({'A': ['1_A.jpg', '2_A.jpg'], 'B': ['1_B.jpg', '2_B.jpg']})
   with pytest.raises(ValueError, match='do not pair'):

@@ -93,6 +93,27 @@ def _mean(values: Iterable[float]) -> float:
   return float(np.mean(np.asarray(list(values), np.float64)))
 
 
+def per_image(fn: Callable[..., dict[str, np.ndarray]],
+              first: Sequence[np.ndarray],
+              second: Sequence[np.ndarray],
+              pixels_per_call: int = 2**20) -> dict[str, np.ndarray]:
+  """`fn` of pairs of [N, H, W, C] batches (-> per-image values [N] by name) over two lists of
+  images paired by index, called on batches of equal sizes of up to `pixels_per_call` pixels
+  (at least one image); the values in list order."""
+  groups = collections.defaultdict(list)
+  for index, (x, y) in enumerate(zip(first, second, strict=True)):
+    groups[(x.shape, y.shape)].append(index)
+  values: dict[str, np.ndarray] = {}
+  for (shape, _), indices in groups.items():
+    size = max(1, pixels_per_call // (shape[0] * shape[1]))
+    for start in range(0, len(indices), size):
+      chunk = indices[start:start + size]
+      batch = fn(np.stack([first[i] for i in chunk]), np.stack([second[i] for i in chunk]))
+      for name, value in batch.items():
+        values.setdefault(name, np.zeros(len(first), np.float64))[chunk] = np.asarray(value)
+  return values
+
+
 def evaluate(translate_AtoB: Translate,
              translate_BtoA: Translate | None,
              test: dict[str, list[np.ndarray]],
@@ -119,20 +140,19 @@ def evaluate(translate_AtoB: Translate,
     }
     for domain in ('A', 'B'):
       results[f'cycle_mae_{domain}'] = _mean(
-          float(paired_errors(rec[None], x[None])['mae'][0])
-          for rec, x in zip(reconstructed[domain], real[domain]))
+          per_image(paired_errors, reconstructed[domain], real[domain])['mae'])
 
   for direction, source, target in directions:
     prediction, truth = fake[target], real[target]
     if paired:
-      errors = [paired_errors(p[None], t[None]) for p, t in zip(prediction, truth)]
-      results[f'heldout_mae_{direction}'] = _mean(float(e['mae'][0]) for e in errors)
-      results[f'heldout_psnr_{direction}'] = _mean(float(e['psnr'][0]) for e in errors)
-      results[f'heldout_ssim_{direction}'] = _mean(
-          float(metrics.ssim(p[None], t[None])[0]) for p, t in zip(prediction, truth))
+      heldout = per_image(lambda p, t: {
+          **paired_errors(p, t), 'ssim': metrics.ssim(p, t)
+      }, prediction, truth)
+      for name in ('mae', 'psnr', 'ssim'):
+        results[f'heldout_{name}_{direction}'] = _mean(heldout[name])
       if real[source][0].shape[-1] == truth[0].shape[-1]:
         results[f'baseline_mae_{direction}'] = _mean(
-            float(paired_errors(s[None], t[None])['mae'][0]) for s, t in zip(real[source], truth))
+            per_image(paired_errors, real[source], truth)['mae'])
     if features is not None:
       fake_features = np.stack(apply_by_size(features, prediction, batch_size))
       real_features = np.stack(apply_by_size(features, truth, batch_size))
