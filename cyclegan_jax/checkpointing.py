@@ -39,12 +39,16 @@ def _write_replicated_arrays_whole() -> None:
   # The new handler keeps the default one's array metadata store, which orbax exposes only as an
   # attribute of the handler (without it, None: the handler's own default).
   current = ocp.type_handlers.get_type_handler(jax.Array)
-  ocp.type_handlers.register_type_handler(
-      jax.Array,
-      ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
-                                     array_metadata_store=getattr(current, '_array_metadata_store',
-                                                                  None)),
-      override=True)
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
+                                           array_metadata_store=getattr(
+                                               current, '_array_metadata_store', None))
+  # Orbax warns of every override; this one is intended, and the warning would open every command.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
