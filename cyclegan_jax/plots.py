@@ -201,12 +201,15 @@ def summary_metrics(columns: Iterable[str], baselines: bool = True) -> list[str]
 
 
 def read_results(root: str | Path) -> list[dict]:
-  """The rows of a sweep's `results.csv`, numbers as floats and empty cells dropped."""
+  """The rows of a sweep's `results.csv`, numbers as floats and empty cells dropped; for a root
+  without one whose subfolders hold runs (an ensemble's), `runs_results` of those."""
   path = Path(root) / RESULTS_FILE
   if not path.is_file():
+    if workdir_lib.runs_in_subfolders(root):
+      return runs_results(root)
     raise errors.PathNotFoundError(
-        f'No {RESULTS_FILE} in {root}: run `python -m experiments.sweep` '
-        'there first (it writes the file at the end, also with --plot).')
+        f'No {RESULTS_FILE} in {root}, and no runs in its subfolders: give a sweep\'s root (run '
+        '`python -m experiments.sweep` there first) or an ensemble\'s workdir.')
   with open(path, newline='', encoding='utf-8') as file:
     rows = []
     for row in csv.DictReader(file):
@@ -220,6 +223,32 @@ def read_results(root: str | Path) -> list[dict]:
           parsed[key] = value
       rows.append(parsed)
   return rows
+
+
+_SEED_IN_NAME = re.compile(r'(^|,)seed=[^,]*')
+
+
+def runs_results(root: str | Path) -> list[dict]:
+  """A row per run in `root`'s subfolders (an ensemble's members), as a sweep's results.csv has
+  them: `name`, `group` (the name without its `seed=` part: members that differ only by seed
+  form a group), final.json's values and the latest evaluation's (`eval_<key>`)."""
+  return [{
+      'name': name,
+      'group': _SEED_IN_NAME.sub('', name).strip(',') or 'seeds',
+      **run_results(Path(root) / name)
+  } for name in workdir_lib.runs_in_subfolders(root)]
+
+
+def run_results(workdir: str | Path) -> dict:
+  """A run's results row: its final.json values and its latest evaluation's (`eval_<key>`, with
+  `eval_step`); empty for a run that has neither."""
+  row = dict(workdir_lib.read_json(Path(workdir) / workdir_lib.FINAL_FILE) or {})
+  evaluations = load_eval_results(workdir)
+  if evaluations:
+    step = max(evaluations)
+    row[EVAL_COLUMN_PREFIX + 'step'] = step
+    row.update({EVAL_COLUMN_PREFIX + key: value for key, value in evaluations[step].items()})
+  return row
 
 
 # Drawing.
@@ -473,13 +502,15 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags (defined only when run as a program, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'A run: plots its metrics.jsonl into <workdir>/plots/.')
-  flags.DEFINE_string('root', None, 'A sweep root: plots its results.csv into <root>/plots/.')
+  flags.DEFINE_string('root', None, 'A sweep root (its results.csv) or an ensemble workdir (its '
+                      'members): plots them into <root>/plots/.')
 
 
 def main(argv):
   cli.no_extra_arguments(argv)
   if (FLAGS.workdir is None) == (FLAGS.root is None):
-    raise app.UsageError('Pass exactly one of --workdir (a run) and --root (a sweep).')
+    raise app.UsageError(
+        'Pass exactly one of --workdir (a run) and --root (a sweep or an ensemble).')
   paths = plot_run(FLAGS.workdir) if FLAGS.workdir is not None else plot_sweep(FLAGS.root)
   for path in paths:
     print(f'wrote {path}')

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cyclegan_jax import errors
 from cyclegan_jax import plots
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -179,3 +180,31 @@ def test_plot_sweep_groups_seeds_and_overlays_curves(tmp_path):
       timeout=120,
       check=False)
   assert missing.returncode == 2 and missing.stderr.startswith('Error: No metrics.jsonl')
+
+
+def test_an_ensemble_workdir_plots_its_members_grouped_by_seed(tmp_path):
+  """Without a results.csv, --root reads the runs in its subfolders (an ensemble's members): their
+  final.json and latest evaluation, members that differ only by seed as one group."""
+  names = ('lambda_cycle=5.0,seed=0', 'lambda_cycle=5.0,seed=1', 'seed=2,lambda_cycle=10.0',
+           'custom')
+  for index, name in enumerate(names):
+    run = tmp_path / name
+    write_run(run, seed=index)
+    (run / 'config.json').write_text('{}')
+    (run / 'final.json').write_text(json.dumps({'step': 100, 'loss_D_X': 0.1 * index}))
+    (run / 'eval').mkdir()
+    for step in (50, 100):
+      (run / 'eval' / f'step_{step:08d}.json').write_text(
+          json.dumps({'step': step, 'heldout_mae_AtoB': step + index}))
+  (tmp_path / 'not_a_run').mkdir()
+  rows = {row['name']: row for row in plots.read_results(tmp_path)}
+  assert sorted(rows) == sorted(names)
+  assert [rows[name]['group'] for name in names] == [
+      'lambda_cycle=5.0', 'lambda_cycle=5.0', 'lambda_cycle=10.0', 'custom'
+  ]
+  assert rows['custom']['eval_heldout_mae_AtoB'] == 103 and rows['custom']['eval_step'] == 100
+  assert rows['lambda_cycle=5.0,seed=1']['loss_D_X'] == 0.1
+  for path in plots.plot_sweep(tmp_path):
+    assert_png(path)
+  with pytest.raises(errors.PathNotFoundError, match='no runs in its subfolders'):
+    plots.read_results(tmp_path / 'not_a_run')

@@ -14,13 +14,6 @@ from experiments.sweeplib import spec
 from experiments.sweeplib.runner import Failure
 from experiments.sweeplib.spec import PlannedRun
 
-def _latest_eval(workdir: Path) -> tuple[int, dict[str, float]] | None:
-  results = plots.load_eval_results(workdir)
-  if not results:
-    return None
-  step = max(results)
-  return step, results[step]
-
 
 def collect_results(root: Path,
                     planned: Sequence[PlannedRun],
@@ -38,11 +31,7 @@ def collect_results(root: Path,
     else:
       status = statuses.get(run.name) or ('unfinished' if workdir.exists() else 'pending')
     row = {'name': run.name, 'group': run.group, 'status': status, **run.overrides}
-    row.update(final or {})
-    latest = _latest_eval(workdir)
-    if latest is not None:
-      row[plots.EVAL_COLUMN_PREFIX + 'step'] = latest[0]
-      row.update({plots.EVAL_COLUMN_PREFIX + key: value for key, value in latest[1].items()})
+    row.update(plots.run_results(workdir))
     rows.append(row)
   return rows
 
