@@ -24,6 +24,7 @@
 #   VENV=.venv            venv to create or reuse (SKIP_INSTALL=1: use the active Python as is)
 #   PYTHON                the interpreter (default: python on the PATH, else python3)
 #   PROBE_TIMEOUT=180     seconds allowed for the first import of jax and its device query
+#                         (and for the import of torch)
 #   JAX_CUDA=cuda12       jax extra: cuda12 (NVIDIA driver >= 525) or cuda13 (driver >= 580)
 #   STEPS=10 WARMUP=3     timed and untimed steps per run
 #   RUN_TIMEOUT=420       seconds allowed per run (a run past it is recorded as failed)
@@ -117,7 +118,7 @@ bench 256px_b1_float32 --config="$RECIPE" --config.batch_size=1 --config.compute
 bench 256px_b1_bfloat16 --config="$RECIPE" --config.batch_size=1 --config.compute_dtype=bfloat16
 bench 256px_b1_bfloat16_x8 --config="$RECIPE" --config.batch_size=1 \
   --config.compute_dtype=bfloat16 --config.ensemble.seed="$(seeds 8)"
-if [[ -n $OFFICIAL_REPO ]] && "$PYTHON" -c 'import torch' 2>/dev/null; then
+if [[ -n $OFFICIAL_REPO ]] && timeout "$PROBE_TIMEOUT" "$PYTHON" -c 'import torch' 2>/dev/null; then
   crop=$("$PYTHON" -c "import runpy; print(runpy.run_path('$RECIPE')['get_config']().data.crop_size)")
   run official_256px_b1_float32 "$PYTHON" experiments/official_step.py \
     --official_repo="$OFFICIAL_REPO" --device=cuda --crop_size="$crop" --batch_size=1 \
