@@ -43,12 +43,17 @@ def _write_replicated_arrays_whole() -> None:
                                            array_metadata_store=getattr(
                                                current, '_array_metadata_store', None))
   # Orbax warns of every override; this one is intended, and the warning would open every command.
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
+  # A filter for the call, not a level: the absl logger's own level stays as the user set it.
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(_registry_override_filter)
   try:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.removeFilter(_registry_override_filter)
+
+
+def _registry_override_filter(record: logging_std.LogRecord) -> bool:
+  return 'Type handler registry' not in record.getMessage()
 
 
 def create_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
 import pytest
@@ -143,3 +144,17 @@ def test_a_run_without_pools_checkpoints_and_resumes(tiny_config, tmp_path):
   assert step == 3 and state.pool_A.images.shape == (0, 32, 32, 3)
   tiny_config.num_train_steps = 4
   assert loop.train_and_evaluate(tiny_config, str(tmp_path))['step'] == 4
+
+
+def test_installing_the_array_handler_is_silent_and_leaves_log_levels_alone(caplog):
+  """Orbax's warning about our intended override is dropped, and nothing else: the absl logger's
+  own level (which decides whether other modules' INFO lines show) is what it was."""
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
+  with caplog.at_level(logging.INFO):
+    checkpointing._write_replicated_arrays_whole()  # pylint: disable=protected-access
+    absl_logging.info('still shown')
+  assert absl_logger.level == level
+  messages = [record.getMessage() for record in caplog.records]
+  assert 'still shown' in messages
+  assert not any('Type handler registry' in message for message in messages)
