@@ -204,6 +204,7 @@ def drop_aborted_read_noise() -> None:
 
 
 RESUME_REMEDY = 'Restore the folder from a copy, or start the run afresh in a new --workdir.'
+READER_REMEDY = 'Restore the folder from a copy, or give another run.'
 
 
 def restore_intact(manager: ocp.CheckpointManager,
@@ -338,7 +339,7 @@ def check_and_save_config(workdir: str | Path,
 
 def restore_train_state(workdir: str | Path,
                         step: int | None = None,
-                        remedy: str = RESUME_REMEDY) -> tuple[Any, int]:
+                        remedy: str = READER_REMEDY) -> tuple[Any, int]:
   """(train state as numpy, its step) from the latest checkpoint, or the one at `step`
   (`restore_intact`)."""
   workdir = Path(workdir)

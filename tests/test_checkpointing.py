@@ -111,15 +111,19 @@ def test_no_intact_checkpoint_is_one_clear_error(finished_tiny_run, tmp_path):
     truncate_largest_array_file(run, step)
   config = updated(load_config('tiny'), num_train_steps=8)
   with pytest.raises(errors.CheckpointError,
-                     match=r'No checkpoint in .* can be restored.*step 6: .*step 3: '):
+                     match=r'No checkpoint in .* can be restored.*step 6: .*step 3: .*afresh'):
     loop.train_and_evaluate(config, str(run))
   assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['3', '6']
   assert not (run / workdir.LOCK_FILE).exists()  # Released on the way out.
   # Nor can a new run warm-start from it; the new run's folder is left as it was: absent.
   warm = tmp_path / 'warm'
-  with pytest.raises(errors.CheckpointError, match=r'No checkpoint in .* can be restored'):
+  with pytest.raises(errors.CheckpointError,
+                     match=r'No checkpoint in .* can be restored.*warm-start from another run'):
     loop.train_and_evaluate(updated(load_config('tiny'), init_from=str(run)), str(warm))
   assert not warm.exists()
+  # Each reader's message says what helps it: a resume starts afresh, a reader reads another run.
+  with pytest.raises(errors.CheckpointError, match=r'can be restored.*give another run\.$'):
+    evaluation.evaluate_workdir(str(run))
 
 
 def test_a_run_saved_before_the_channel_fields_were_renamed_still_restores_and_resumes(
