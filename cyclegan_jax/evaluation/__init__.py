@@ -62,13 +62,19 @@ def batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
   return np.concatenate(outputs)
 
 
+def _indices_by_shape(*images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
+  """Indices into equally long lists of images, grouped by the shapes of the images at each index
+  (a tuple of one shape per list), in order of first appearance."""
+  groups = collections.defaultdict(list)
+  for index, shapes in enumerate(zip(*(map(np.shape, list_) for list_ in images), strict=True)):
+    groups[shapes].append(index)
+  return groups
+
+
 def apply_by_size(fn: Translate, images: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
   """`fn` over float images of possibly different sizes, batching equal sizes; input order."""
-  groups = collections.defaultdict(list)
-  for index, image in enumerate(images):
-    groups[image.shape].append(index)
   outputs: list[np.ndarray] = [None] * len(images)  # type: ignore[list-item]
-  for indices in groups.values():
+  for indices in _indices_by_shape(images).values():
     results = batched(fn, np.stack([images[i] for i in indices]), min(batch_size, len(indices)))
     for index, result in zip(indices, results):
       outputs[index] = result
@@ -100,11 +106,8 @@ def per_image(fn: Callable[..., dict[str, np.ndarray]],
   """`fn` of pairs of [N, H, W, C] batches (-> per-image values [N] by name) over two lists of
   images paired by index, called on batches of equal sizes of up to `pixels_per_call` pixels
   (at least one image); the values in list order."""
-  groups = collections.defaultdict(list)
-  for index, (x, y) in enumerate(zip(first, second, strict=True)):
-    groups[(x.shape, y.shape)].append(index)
   values: dict[str, np.ndarray] = {}
-  for (shape, _), indices in groups.items():
+  for (shape, _), indices in _indices_by_shape(first, second).items():
     size = max(1, pixels_per_call // (shape[0] * shape[1]))
     for start in range(0, len(indices), size):
       chunk = indices[start:start + size]
