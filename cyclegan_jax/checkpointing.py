@@ -404,14 +404,9 @@ def read_warm_start_source(config: ml_collections.ConfigDict) -> WarmStartSource
   return WarmStartSource(source_workdir, source_step, parts, state)
 
 
-def warm_started(state: state_lib.TrainState,
-                 config: ml_collections.ConfigDict,
-                 sharding: jax.sharding.Sharding,
-                 source: WarmStartSource | None = None) -> state_lib.TrainState:
-  """A fresh `state` with `config.init_parts` taken from the run at `config.init_from` (`source`,
-  if it was read already)."""
-  if source is None:
-    source = read_warm_start_source(config)
+def warm_started(state: state_lib.TrainState, source: WarmStartSource,
+                 sharding: jax.sharding.Sharding | None) -> state_lib.TrainState:
+  """A fresh `state` with the parts `source` names taken from its run (`read_warm_start_source`)."""
   merged = merge(jax.device_get(state), source.state, source.parts)
   logging.info('Warm start: %s from %s at step %d.', ', '.join(source.parts), source.workdir,
                source.step)

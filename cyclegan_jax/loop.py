@@ -246,7 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     member_list = [ensemble.Member('', config, {})]
   workdir_lib.check_folder(workdir, '--workdir')
   workdir_lib.check_run_kind(workdir, ensemble=bool(member_list[0].name))
-  new_run = not any(
+  # Members start afresh unless every one has a checkpoint (a kill between the members' saves).
+  starts_afresh = not all(
       checkpointing.saved_steps(workdir / member.name if member.name else workdir)
       for member in member_list)
   dataset = data.create_dataset(config.data,
@@ -255,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 channels_B=config.model.channels_B)
   # A new run reads its warm start's source before it writes anything.
   warm_start = (checkpointing.read_warm_start_source(member_list[0].config)
-                if config.init_from and new_run else None)
+                if config.init_from and starts_afresh else None)
   warning = cpu_only_warning(config, len(member_list), jax.devices(), _cpu_cores())
   if warning and jax.process_index() == 0:
     logging.warning(warning)
@@ -271,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _restore(runs: list[_Member], trainer: train.Trainer,
              warm_start: checkpointing.WarmStartSource | None) -> tuple[Any, int]:
   """(the state to start from, its step): the members' newest step that all have intact, or a
-  fresh state (warm-started where config.init_from says, from `warm_start` if already read)."""
+  fresh state (warm-started from `warm_start` where config.init_from says)."""
   # A single run restores straight into its (possibly multi-process) sharding; members are
   # restored on one device and stacked.
   sharding = (trainer.state_sharding if trainer.num_members == 1 else
@@ -304,16 +305,15 @@ def _restore(runs: list[_Member], trainer: train.Trainer,
     else:
       state = trainer.init()
       if runs[0].config.init_from:
-        state = checkpointing.warm_started(state, runs[0].config, trainer.state_sharding,
-                                           warm_start)
+        state = checkpointing.warm_started(state, warm_start, trainer.state_sharding)
   else:
     if states is None:
       state = trainer.init()
       if runs[0].config.init_from:
         fresh = state_lib.to_host(state)
         states = [
-            checkpointing.warm_started(ensemble.member_of(fresh, trainer.layout, k), run.config,
-                                       None, warm_start) for k, run in enumerate(runs)
+            checkpointing.warm_started(ensemble.member_of(fresh, trainer.layout, k), warm_start,
+                                       None) for k in range(len(runs))
         ]
     if states is not None:
       state = tuple(

@@ -193,6 +193,13 @@ def test_warm_started_members_equal_their_own_warm_started_runs(finished_tiny_ru
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   source_G = checkpointing.restore_train_state(source)[0].params['G']
   assert not trees_equal(member['params']['G'], jax.device_get(source_G))  # It trained on.
+  # Killed between the members' first saves: the rerun warm-starts every member afresh.
+  shutil.rmtree(workdir_lib.checkpoint_dir(tmp_path / 'ensemble' / 'seed=1'))
+  loop.train_and_evaluate(config, str(tmp_path / 'ensemble'))
+  (step_a, member), = restored_states(tmp_path / 'ensemble', ['seed=1']).values()
+  assert step_a == 2
+  for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(run)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _listing(folder):

@@ -26,6 +26,11 @@ def fresh_state(config):
   return trainer, trainer.init()
 
 
+def warm_started(fresh, config, trainer):
+  return checkpointing.warm_started(fresh, checkpointing.read_warm_start_source(config),
+                                    trainer.state_sharding)
+
+
 def assert_tree_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
@@ -39,7 +44,7 @@ def test_only_the_named_parts_are_taken(tiny_config, source_run):
   workdir, source = source_run
   config = updated(tiny_config, seed=1, init_from=str(workdir), init_parts='G, F')
   trainer, fresh = fresh_state(config)
-  state = checkpointing.warm_started(fresh, config, trainer.state_sharding)
+  state = warm_started(fresh, config, trainer)
   for name in ('G', 'F'):
     assert_tree_equal(state.params[name], source.params[name])
   for name in ('D_X', 'D_Y'):
@@ -51,7 +56,7 @@ def test_only_the_named_parts_are_taken(tiny_config, source_run):
   assert_tree_equal(state.rng, fresh.rng)
 
   everything = updated(config, init_parts='G,F,D_X,D_Y,optimizer,pools')
-  state = checkpointing.warm_started(fresh_state(everything)[1], everything, trainer.state_sharding)
+  state = warm_started(fresh_state(everything)[1], everything, trainer)
   assert_tree_equal(state.params, source.params)
   assert_tree_equal(state.opt_state_discriminators, source.opt_state_discriminators)
   assert_tree_equal((state.pool_A, state.pool_B), (source.pool_A, source.pool_B))
@@ -64,7 +69,7 @@ def test_a_checkpoint_folder_names_its_step(tiny_config, source_run):
                    init_from=str(workdir_lib.checkpoint_dir(workdir) / '3'),
                    init_parts='D_X')
   trainer, fresh = fresh_state(config)
-  state = checkpointing.warm_started(fresh, config, trainer.state_sharding)
+  state = warm_started(fresh, config, trainer)
   at_step_3, step = checkpointing.restore_train_state(workdir, 3)
   assert step == 3
   assert_tree_equal(state.params['D_X'], at_step_3.params['D_X'])
@@ -75,18 +80,18 @@ def test_shapes_that_do_not_fit_are_named(tiny_config, source_run):
   config = updated(tiny_config, init_from=str(workdir), model__ngf=16)
   trainer, fresh = fresh_state(config)
   with pytest.raises(ValueError, match=r"init_from does not fit.*params\['[GF]'\].*shape"):
-    checkpointing.warm_started(fresh, config, trainer.state_sharding)
+    warm_started(fresh, config, trainer)
   config = updated(tiny_config, init_from=str(workdir), init_parts='pools', pool_size=2)
   trainer, fresh = fresh_state(config)
   with pytest.raises(ValueError, match='pool_A.*shape'):
-    checkpointing.warm_started(fresh, config, trainer.state_sharding)
+    warm_started(fresh, config, trainer)
 
 
 def test_bad_init_settings_are_clear_errors(tiny_config, tmp_path):
   config = updated(tiny_config, init_from=str(tmp_path / 'absent'))
   trainer, fresh = fresh_state(config)
   with pytest.raises(FileNotFoundError, match='init_from'):
-    checkpointing.warm_started(fresh, config, trainer.state_sharding)
+    warm_started(fresh, config, trainer)
   for parts in ('G,Q', '', 'G,G'):
     with pytest.raises(ValueError, match=r'config\.init_parts'):
       config_lib.validate(updated(tiny_config, init_from='x', init_parts=parts))
