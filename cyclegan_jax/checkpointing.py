@@ -253,7 +253,8 @@ def restore_intact(manager: ocp.CheckpointManager,
 
 
 def set_aside(workdir: str | Path, steps: Sequence[int]) -> list[Path]:
-  """Moves damaged checkpoint folders out of the way of new saves, into workdir_lib.DAMAGED_DIR; kept."""
+  """Moves damaged checkpoint folders out of the way of new saves, into workdir_lib.DAMAGED_DIR
+  (kept there)."""
   moved = []
   for step in steps:
     source = workdir_lib.checkpoint_dir(workdir) / str(step)

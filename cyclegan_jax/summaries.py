@@ -47,7 +47,8 @@ class SummaryWriter:
     self._writer = None
     self._jsonl_path = Path(workdir) / workdir_lib.METRICS_FILE
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter as TensorBoardWriter  # pylint: disable=g-import-not-at-top
+      # pylint: disable-next=g-import-not-at-top
+      from tensorboardX import SummaryWriter as TensorBoardWriter
       self._writer = TensorBoardWriter(logdir=str(Path(workdir) / workdir_lib.TENSORBOARD_DIR))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:

@@ -203,7 +203,8 @@ class Trainer(NamedTuple):
   state_sharding: jax.sharding.NamedSharding
   batch_sharding: jax.sharding.NamedSharding
   init: Any  # () -> state_lib.TrainState, jitted
-  step: Any  # (state_lib.TrainState, batch) -> (state_lib.TrainState, metrics), jitted, state donated
+  # (state_lib.TrainState, batch) -> (state_lib.TrainState, metrics), jitted, state donated
+  step: Any
   # The translations take the run's `state.sample_key` first (dropout masks, if any).
   translate: Any  # (key, params, real_A, real_B) -> dict of images for grids, jitted
   translate_AtoB: Any  # (key, params, real_A) -> G(real_A) as numpy, test mode (models.for_test)

@@ -206,8 +206,9 @@ def _process_alive(pid) -> bool:
 
 def _busy_error(workdir: Path, record: dict, certain: bool) -> errors.WorkdirBusyError:
   lock = workdir / LOCK_FILE
+  command = f' ({record["command"]})' if record.get('command') else ''
   who = (f'process {record.get("pid", "?")} on host {record.get("host", "?")} since '
-         f'{record.get("since", "?")}' + (f' ({record["command"]})' if record.get('command') else ''))
+         f'{record.get("since", "?")}{command}')
   if certain:
     advice = ('Wait for it to end or stop it (it checkpoints on Ctrl-C or SIGTERM), or use another '
               '--workdir. The lock is released when that process ends, even if it is killed.')

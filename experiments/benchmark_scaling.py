@@ -1,4 +1,4 @@
-"""Data-parallel scaling on simulated CPU devices: steps/s and examples/s at a fixed per-device batch.
+"""Data-parallel scaling on simulated CPU devices: steps/s and examples/s, fixed per-device batch.
 
     python -m experiments.benchmark_scaling [--config=configs/tiny.py] [--devices=1,2,4,8]
 

@@ -76,7 +76,8 @@ def test_readers_skip_a_damaged_newest_checkpoint_and_name_it(finished_tiny_run,
   assert result.returncode == 2, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith('Error:')]
-  assert len(error_lines) == 1 and 'step 6' in error_lines[0] and 'Steps there: 3, 6' in error_lines[0]
+  assert len(error_lines) == 1
+  assert 'step 6' in error_lines[0] and 'Steps there: 3, 6' in error_lines[0]
 
 
 def test_training_resumes_from_the_newest_intact_checkpoint(finished_tiny_run, tmp_path, caplog):

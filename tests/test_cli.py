@@ -87,4 +87,5 @@ def test_a_bug_keeps_its_traceback(tmp_path):
             'cli.run(main)\n')
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
-  assert result.returncode == 1 and 'Traceback' in result.stderr and "KeyError: 'a bug'" in result.stderr
+  assert result.returncode == 1
+  assert 'Traceback' in result.stderr and "KeyError: 'a bug'" in result.stderr

@@ -1,4 +1,4 @@
-"""Ensembles: members trained by one program equal their own runs, resume exactly, and fail alone."""
+"""Ensembles: members trained by one program equal their own runs, resume exactly, fail alone."""
 
 import json
 import re
@@ -77,11 +77,11 @@ def test_a_member_equals_its_own_run(tiny_config, members_per_call, switches):
 
   One member per call (the CPU default) runs each member's own program (its switches compiled in
   as in its run): bitwise equal. Vectorized members make another program (a switch that differs
-  between them is traced, not compiled in), whose sums XLA may order differently. Such rounding is amplified from step
-  to step (Adam's first steps move every weight by about the learning rate whatever the sign of a
-  gradient that is rounding noise, e.g. a bias before instance norm), so those compare the first
-  gradients through Adam's moments, and every step's losses and the pools, which a wrong
-  hyperparameter or image would change by far more."""
+  between them is traced, not compiled in), whose sums XLA may order differently. Such rounding
+  is amplified from step to step (Adam's first steps move every weight by about the learning rate
+  whatever the sign of a gradient that is rounding noise, e.g. a bias before instance norm), so
+  those compare the first gradients through Adam's moments, and every step's losses and the pools,
+  which a wrong hyperparameter or image would change by far more."""
   config = updated(tiny_config,
                    ensemble__seed='0,1',
                    ensemble__lambda_cycle='10.0,5.0',

@@ -171,7 +171,8 @@ def tflite_models(generator, unet, tmp_path_factory):
   jobs = []
   for (module, params), named in ((generator, variants), (unet, {'unet': ('none', None)})):
     fields = {field: getattr(module, field) for field in ('output_nc', 'ngf', 'norm', 'fast_convs')}
-    fields.update({f: getattr(module, f) for f in ('num_blocks', 'num_downs') if hasattr(module, f)})
+    fields.update(
+        {f: getattr(module, f) for f in ('num_blocks', 'num_downs') if hasattr(module, f)})
     jobs.append((type(module).__name__, fields, jax.tree.map(np.asarray, params),
                  [(str(paths[name]), *variant) for name, variant in named.items()]))
   job = folder / 'job.pkl'

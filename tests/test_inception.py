@@ -1,7 +1,8 @@
 """The Flax FID Inception against pytorch-fid on seeded random weights, and weight loading.
 
 tests/data/fid_inception_reference.npz holds pytorch-fid's outputs (experiments/
-make_fid_reference.py); the weights are regenerated here by `experiments.make_fid_reference.random_state_dict`.
+make_fid_reference.py); the weights are regenerated here by
+`experiments.make_fid_reference.random_state_dict`.
 All forwards share one compiled network (batch 3).
 """
 

@@ -13,8 +13,8 @@ preprocess_for_training`), crops and flips it (`preprocess.sample_augmentation`,
 (`image_io.from_uint8`).
 
 Modules: `image_io` (decoding, channel policy, pixels), `preprocess` (official transforms and the
-stateless sampling), `sources` (folder, zip, TFDS and in-memory splits), `embedded` (the offline photos), `pipeline` (Dataset,
-BatchIterator, create_dataset).
+stateless sampling), `sources` (folder, zip, TFDS and in-memory splits), `embedded` (the offline
+photos), `pipeline` (Dataset, BatchIterator, create_dataset).
 """
 
 from cyclegan_jax.data.pipeline import BatchIterator

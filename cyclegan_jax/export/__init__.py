@@ -28,8 +28,9 @@ needs (4, n): like `inference.translate_any_size`, sides are reflection-padded a
 right inside the artifact and cropped back. As the official test.py, batch norm (norm='batch')
 normalizes each image by its own statistics, so an image gets the output it gets alone whatever
 batch it comes in, or with --eval (test.py --eval) by the running statistics kept in training;
-dropout layers are off (test.py --eval), so the artifact is a function of its input. Beside the artifact, `<output>.json` describes the contract, the source and the tool
-versions. The exporters need `pip install -r requirements-export.txt`.
+dropout layers are off (test.py --eval), so the artifact is a function of its input. Beside the
+artifact, `<output>.json` describes the contract, the source and the tool versions. The
+exporters need `pip install -r requirements-export.txt`.
 """
 
 import datetime

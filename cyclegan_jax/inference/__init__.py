@@ -12,9 +12,9 @@ Generators run as the official test.py runs them (`models.for_test`): batch norm
 image by its own statistics, so every image gets the output it gets alone, however images are
 batched; dropout layers (generators trained with `model.use_dropout`) stay on, their masks drawn
 from `seed`. In `eval_mode` (test.py --eval) dropout is off and batch norm uses the running
-statistics kept in training, which the generator's params then hold. Tiles keep this: batch-norm statistics are each
-image's own over all its tiles; a generator with dropout on is only translated whole, since its
-masks are drawn for the whole image.
+statistics kept in training, which the generator's params then hold. Tiles keep this: batch-norm
+statistics are each image's own over all its tiles; a generator with dropout on is only
+translated whole, since its masks are drawn for the whole image.
 
 A workdir written by `python -m cyclegan_jax.convert` holds only the networks it was converted
 from; `workdir.IMPORTED_FILE` lists them, and asking for another direction is an error.

@@ -176,7 +176,8 @@ class LayoutModule(nn.Module):
     does at batch size 1; otherwise by the statistics of the whole batch (training).
   norm_running_average: batch norm normalises by the running statistics that training kept
     (test.py --eval), given in 'params' beside each norm's scale and bias.
-  spectral_norm: every conv kernel is divided by its largest singular value (`layers.spectral_norm`).
+  spectral_norm: every conv kernel is divided by its largest singular value
+    (`layers.spectral_norm`).
   """
   init_type: str = 'normal'
   init_gain: float = 0.02

@@ -160,7 +160,8 @@ def write_workdir(output: str | Path,
   return output
 
 
-def convert(files: dict[str, Path], output: str | Path, crop_size: int) -> ml_collections.ConfigDict:
+def convert(files: dict[str, Path], output: str | Path,
+            crop_size: int) -> ml_collections.ConfigDict:
   """Converts {network name: official .pth file} into the workdir `output`; its config."""
   state_dicts = {name: pth.load_state_dict(path) for name, path in files.items()}
   params, batch_stats, config = convert_state_dicts(state_dicts)

@@ -75,7 +75,8 @@ def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
 def mean_std(values: Sequence[float]) -> str:
   if len(values) == 1:
     return spec.format_value(values[0])
-  return f'{spec.format_value(statistics.mean(values))} ± {spec.format_value(statistics.stdev(values))}'
+  mean, spread = statistics.mean(values), statistics.stdev(values)
+  return f'{spec.format_value(mean)} ± {spec.format_value(spread)}'
 
 
 def seed_groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

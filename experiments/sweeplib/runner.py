@@ -56,8 +56,8 @@ def check_root(root: Path, config: str, sweep_path: str, planned: Sequence[Plann
   hint = 'Pass another --root, or --force to use this one anyway.'
   if not record_path.exists():
     if root.is_dir() and any(root.iterdir()) and not force:
-      raise SweepError(f'{root} is not empty and has no {spec.SWEEP_FILE}: it is not a sweep root. ' +
-                       hint)
+      raise SweepError(
+          f'{root} is not empty and has no {spec.SWEEP_FILE}: it is not a sweep root. ' + hint)
     return
   recorded = workdir_lib.read_json(record_path)
   if recorded is None:
