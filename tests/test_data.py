@@ -541,6 +541,18 @@ def test_bad_images_are_skipped_with_a_warning_and_a_count(tmp_path, caplog):
     np.testing.assert_array_equal(crop, image_io.from_uint8(expected))
 
 
+def test_an_unreadable_image_is_named_with_what_is_wrong_with_it(tmp_path):
+  for content, problem in ((b'', 'the file is empty'), (b'plain text', 'not an image format'),
+                           (truncated_jpeg(0), 'truncated')):
+    path = tmp_path / 'x.jpg'
+    path.write_bytes(content)
+    with pytest.raises(image_io.UnreadableImageError) as raised:
+      image_io.load_image(path, 3)
+    message = str(raised.value)
+    assert message.startswith(f'cannot read image {path}: ') and problem in message.lower(), message
+    assert 'BytesIO' not in message
+
+
 def test_bad_image_raises_without_skipping_and_all_bad_always_raises(tmp_path):
   (tmp_path / 'trainA').mkdir()
   (tmp_path / 'trainA' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')

@@ -62,10 +62,17 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompression
 
 def decode_image(data: bytes, channels: int, name: str) -> Image.Image:
   """Encoded image bytes -> 'RGB' or 'L' PIL image; UnreadableImageError naming `name`."""
+  if not data:
+    raise UnreadableImageError(f'cannot read image {name}: the file is empty')
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()
       return convert_channels(image, channels)
+  except Image.UnidentifiedImageError as error:
+    # PIL's message names the in-memory buffer (<_io.BytesIO object at 0x...>), not the file.
+    raise UnreadableImageError(
+        f'cannot read image {name}: not an image format PIL can decode (or the file is '
+        'damaged)') from error
   except DECODE_ERRORS as error:
     raise UnreadableImageError(f'cannot read image {name}: {error}') from error
 
