@@ -9,12 +9,18 @@ A flag that does not parse, a misspelt `--config.<field>`, an `app.UsageError` a
 problem (and the fix), and exit status 2. Every other exception is a bug and keeps its traceback.
 """
 
+import hashlib
+import os
+from pathlib import Path
+import platform
 import re
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Mapping, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
+import jax
 from ml_collections import config_flags
 
 from cyclegan_jax import errors
@@ -93,11 +99,67 @@ def no_extra_arguments(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-  """`app.run(main)` with the error handling of the module docstring."""
+# Compiled programs are kept on disk between processes (jax's persistent compilation cache), so a
+# resumed run, the next run of a sweep and translate/evaluate/export of a run load their programs
+# instead of compiling them again. The environment variable names the folder, or '' / 'off' for
+# none; jax's own JAX_COMPILATION_CACHE_DIR, if set, wins.
+COMPILATION_CACHE_ENV = 'CYCLEGAN_JAX_COMPILATION_CACHE'
+COMPILATION_CACHE_MAX_BYTES = 4 * 2**30  # The least recently used programs are evicted beyond.
+
+
+def _machine_kind() -> str:
+  """A folder name per kind of machine: XLA's CPU code is compiled for the host's instruction set
+  (AVX2, AVX-512, ...), which jax's cache key leaves out; a cache shared by several machines
+  (a network home) keeps each kind's programs apart."""
+  description = platform.machine() + platform.processor()
+  try:
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith(('model name', 'flags', 'Features', 'CPU part')):
+        description += line
+        if line.startswith(('flags', 'Features')):
+          break
+  except OSError:
+    pass
+  return f'{platform.machine() or "machine"}-{hashlib.sha256(description.encode()).hexdigest()[:12]}'
+
+
+def compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
+  """The folder for compiled programs (see COMPILATION_CACHE_ENV), or None."""
+  if environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return None  # jax reads it itself.
+  chosen = environ.get(COMPILATION_CACHE_ENV)
+  if chosen is not None:
+    if chosen.strip().lower() in ('', 'off', '0', 'false', 'no'):
+      return None
+    return Path(chosen).expanduser() / _machine_kind()
+  root = Path(environ.get('XDG_CACHE_HOME') or Path.home() / '.cache')
+  return root / 'cyclegan_jax' / 'xla' / _machine_kind()
+
+
+def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> None:
+  """Turns on jax's persistent compilation cache in `compilation_cache_dir`; before the process's
+  first compilation. A folder that cannot be created only costs the compilations: a warning."""
+  folder = compilation_cache_dir(environ)
+  if folder is None:
+    return
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    logging.warning('No compilation cache (%s=off to silence): cannot create %s: %s',
+                    COMPILATION_CACHE_ENV, folder, error)
+    return
+  jax.config.update('jax_compilation_cache_dir', str(folder))
+  jax.config.update('jax_compilation_cache_max_size', COMPILATION_CACHE_MAX_BYTES)
+
+
+def run(main: Callable[[list[str]], int | None], compilation_cache: bool = False) -> None:
+  """`app.run(main)` with the error handling of the module docstring; with `compilation_cache`,
+  compiled programs are kept between processes (`use_compilation_cache`)."""
 
   def guarded(argv):
     try:
+      if compilation_cache:
+        use_compilation_cache()
       return main(argv)
     except (errors.UserError, app.UsageError, PermissionError) as error:
       fail(str(error))

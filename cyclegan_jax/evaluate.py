@@ -49,4 +49,4 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, compilation_cache=True)

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from conftest import assert_one_line_user_error
+from cyclegan_jax import cli
 from cyclegan_jax import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,3 +90,16 @@ def test_a_bug_keeps_its_traceback(tmp_path):
                           text=True, timeout=120, check=False)
   assert result.returncode == 1
   assert 'Traceback' in result.stderr and "KeyError: 'a bug'" in result.stderr
+
+
+def test_the_compilation_cache_folder_is_chosen_by_the_environment(tmp_path):
+  machine = cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: str(tmp_path)}).name
+  assert cli.compilation_cache_dir({'XDG_CACHE_HOME': str(tmp_path)}) == (
+      tmp_path / 'cyclegan_jax' / 'xla' / machine)
+  assert cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: '~/c'}) == (
+      pathlib.Path.home() / 'c' / machine)
+  for off in ('', 'off', 'OFF', '0'):
+    assert cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: off}) is None
+  # jax's own setting wins: jax reads it itself.
+  assert cli.compilation_cache_dir({'JAX_COMPILATION_CACHE_DIR': str(tmp_path),
+                                    cli.COMPILATION_CACHE_ENV: str(tmp_path)}) is None

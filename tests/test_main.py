@@ -19,6 +19,7 @@ import pytest
 from conftest import assert_one_line_user_error
 from conftest import make_jpeg_dataset
 from conftest import simulated_devices_env
+from cyclegan_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,6 +153,24 @@ def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r'Resumed from step [24]\b', resumed.stderr)
   assert final_line(resumed.stdout)['step'] == '6'
+
+
+def test_a_resumed_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
+  """Compiled programs are kept between processes (`cli.use_compilation_cache`), in a folder per
+  kind of machine: the second process of a run loads its train step instead of compiling it."""
+  workdir, cache = tmp_path / 'run', tmp_path / 'cache'
+  env = {key: value for key, value in os.environ.items() if key != 'JAX_COMPILATION_CACHE_DIR'}
+  env.update({cli.COMPILATION_CACHE_ENV: str(cache), 'JAX_LOG_COMPILES': '1'})
+  for steps in (3, 6):
+    result = subprocess.run(command(workdir, f'--config.num_train_steps={steps}'), cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hit = "Persistent compilation cache hit for 'jit_train_step'" in result.stderr
+    assert hit == (steps == 6), result.stderr[-3000:]
+  assert final_line(result.stdout)['step'] == '6'
+  machine, = cache.iterdir()
+  assert machine.name == cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: '/x'}).name
+  assert len(list(machine.glob('jit_train_step-*-cache'))) == 1
 
 
 def run_monet(tmp_path, *overrides):
