@@ -78,10 +78,10 @@ def test_smoke_run_writes_checkpoints_summaries_and_samples(tmp_path):
   assert 'Resumed from step 6' in again.stderr
 
 
-def start(workdir, *overrides):
+def start(workdir, *overrides, env=None):
   """A training process whose stderr lines are collected (and read) in the background."""
   process = subprocess.Popen(command(workdir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env=env)
   lines = []
   reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
   reader.start()
@@ -137,10 +137,22 @@ def test_a_second_writer_is_refused_sigterm_checkpoints_and_the_same_command_res
   assert final_line(resumed.stdout)['step'] == str(stopped_at + 2)
 
 
-def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
-  workdir = tmp_path / 'run'
+def compilation_cache_env(cache):
+  """The environment of a command that keeps compiled programs in `cache` (its own cache, not
+  the test session's), whatever their compile time (jax's threshold is 1 s, which a fast machine
+  may beat for the tiny config), and logs each load from it."""
+  env = {key: value for key, value in os.environ.items() if key != 'JAX_COMPILATION_CACHE_DIR'}
+  return {**env, cli.COMPILATION_CACHE_ENV: str(cache), 'JAX_LOG_COMPILES': '1',
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+
+
+def test_a_killed_run_resumes_despite_its_lock_with_its_train_step_from_the_cache(tmp_path):
+  """The lock of a kill -9'd run does not block the rerun, and the rerun loads its train step
+  from the compilation cache (`cli.use_compilation_cache`) instead of compiling it again."""
+  workdir, cache = tmp_path / 'run', tmp_path / 'cache'
+  env = compilation_cache_env(cache)
   overrides = (*LONG_RUN[:1], '--config.checkpoint_every_steps=2', *LONG_RUN[2:])
-  process, lines, reader = start(workdir, *overrides)
+  process, lines, reader = start(workdir, *overrides, env=env)
   try:
     wait_for(lines, r'step 5/100000', process)  # The step-4 checkpoint is written by now.
   finally:
@@ -148,27 +160,15 @@ def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path):
     process.wait()
     reader.join(timeout=60)
   assert (workdir / 'run.lock').exists()
+  assert "Persistent compilation cache hit for 'jit_train_step'" not in ''.join(lines)
   resumed = subprocess.run(command(workdir, *overrides[1:], '--config.num_train_steps=6'),
-                           cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r'Resumed from step [24]\b', resumed.stderr)
   assert final_line(resumed.stdout)['step'] == '6'
-
-
-def test_a_resumed_run_loads_its_train_step_from_the_compilation_cache(tmp_path):
-  """Compiled programs are kept between processes (`cli.use_compilation_cache`), in a folder per
-  kind of machine: the second process of a run loads its train step instead of compiling it."""
-  workdir, cache = tmp_path / 'run', tmp_path / 'cache'
-  env = {key: value for key, value in os.environ.items() if key != 'JAX_COMPILATION_CACHE_DIR'}
-  env.update({cli.COMPILATION_CACHE_ENV: str(cache), 'JAX_LOG_COMPILES': '1'})
-  for steps in (3, 6):
-    result = subprocess.run(command(workdir, f'--config.num_train_steps={steps}'), cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    hit = "Persistent compilation cache hit for 'jit_train_step'" in result.stderr
-    assert hit == (steps == 6), result.stderr[-3000:]
-  assert final_line(result.stdout)['step'] == '6'
-  machine, = cache.iterdir()
+  assert "Persistent compilation cache hit for 'jit_train_step'" in resumed.stderr
+  machine, = cache.iterdir()  # One folder for this kind of machine.
   assert machine.name == cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: '/x'}).name
   assert len(list(machine.glob('jit_train_step-*-cache'))) == 1
 
