@@ -120,7 +120,8 @@ def _machine_kind() -> str:
           break
   except OSError:
     pass
-  return f'{platform.machine() or "machine"}-{hashlib.sha256(description.encode()).hexdigest()[:12]}'
+  digest = hashlib.sha256(description.encode()).hexdigest()[:12]
+  return f'{platform.machine() or "machine"}-{digest}'
 
 
 def compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
