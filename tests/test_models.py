@@ -571,6 +571,19 @@ def test_instance_norm_and_its_gradient_equal_the_definition():
   assert np.abs(jax.jit(by_matmuls)(x) - expected).max() < 1e-5
 
 
+def test_bias_gradient_is_the_sum_of_the_output_gradient():
+  # On CPU add_bias sums the output gradient by matrix-vector products; the truth is the float64
+  # sum over batch, rows and columns, here of a large map far from zero mean, where one long
+  # float32 sum of its 4.7 million terms loses 2-4e-5 relative.
+  output_grad = np.random.default_rng(0).normal(5, 3, (2, 768, 1024, 3)).astype(np.float32)
+  y, bias = jnp.zeros(output_grad.shape), jnp.zeros(3)
+  y_grad, bias_grad = jax.jit(jax.vjp(fast_convs.add_bias, y, bias)[1])(output_grad)
+  np.testing.assert_array_equal(y_grad, output_grad)
+  np.testing.assert_allclose(bias_grad, output_grad.sum(axis=(0, 1, 2), dtype=np.float64),
+                             rtol=2e-6)
+  assert jnp.array_equal(fast_convs.add_bias(y + 1, bias + 2), jnp.full(y.shape, 3.0))
+
+
 def test_patchgan_on_small_images_differentiates_its_stride_1_convs_as_patches():
   # On 32 px images the last two convs (4x4, zero pad 1) give 3x3 and 2x2 outputs: their input
   # gradients are patch matmuls, not XLA's operand-swapped convolutions.
