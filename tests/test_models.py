@@ -582,6 +582,10 @@ def test_bias_gradient_is_the_sum_of_the_output_gradient():
   np.testing.assert_allclose(bias_grad, output_grad.sum(axis=(0, 1, 2), dtype=np.float64),
                              rtol=2e-6)
   assert jnp.array_equal(fast_convs.add_bias(y + 1, bias + 2), jnp.full(y.shape, 3.0))
+  # Only on large maps (the 128 px ResNet's residual blocks): the offline default's convs keep
+  # XLA's reduction, and with it their rounding.
+  assert fast_convs.bias_gradient_by_matmuls((2, 32, 32, 256))
+  assert not fast_convs.bias_gradient_by_matmuls((4, 32, 32, 16))
 
 
 def test_patchgan_on_small_images_differentiates_its_stride_1_convs_as_patches():

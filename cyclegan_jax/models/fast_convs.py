@@ -13,8 +13,8 @@ of stride-2 convs with mid-sized maps (`stride_2_conv`: a matmul of the input's 
 faster for the 128 px ResNet's down convs). In float32 those 3x3 convs
 use Winograd's F(4x4, 3x3) (`winograd_conv`: 4x fewer multiplies, exact in exact arithmetic, float
 errors ~10x a direct sum's; its tile transforms are weighted sums of strided slices, which XLA
-fuses). The biases of these convs take their gradient as matrix-vector products (`add_bias`), as
-instance norm takes its statistics. False keeps plain `nn.Conv` and `nn.ConvTranspose`.
+fuses). The biases of these convs on large maps take their gradient as matrix-vector products
+(`add_bias`), as instance norm takes its statistics. False keeps plain `nn.Conv` and `nn.ConvTranspose`.
 """
 
 from fractions import Fraction
@@ -471,8 +471,6 @@ def _add_bias_forward(y, bias):
 
 
 def _add_bias_backward(_, output_grad):
-  if jax.default_backend() != 'cpu':
-    return output_grad, output_grad.sum(axis=(0, 1, 2))
   batch, height, width, _ = output_grad.shape
   rows = jnp.einsum('nhw,nhwc->nhc', jnp.ones((batch, height, width), output_grad.dtype),
                     output_grad)
@@ -480,6 +478,16 @@ def _add_bias_backward(_, output_grad):
 
 
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+# Fewest elements of one image's output for `add_bias` (the 128 px ResNet's residual maps have
+# 2^18). Smaller maps keep XLA's reduction, which is fast there, and with it the offline default's
+# results bitwise.
+_BIAS_BY_MATMULS_ELEMENTS = 2**17
+
+
+def bias_gradient_by_matmuls(y_shape) -> bool:
+  """Whether `ReformulatedConv` adds its bias by `add_bias` (CPU only)."""
+  return jax.default_backend() == 'cpu' and math.prod(y_shape[1:]) >= _BIAS_BY_MATMULS_ELEMENTS
 
 
 class ReformulatedConv(nn.Module):
@@ -511,6 +519,6 @@ class ReformulatedConv(nn.Module):
       y = valid_conv(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-      y = add_bias(y, bias)
+      y = add_bias(y, bias) if bias_gradient_by_matmuls(y.shape) else y + bias
     return y
 
