@@ -14,7 +14,8 @@ faster for the 128 px ResNet's down convs). In float32 those 3x3 convs
 use Winograd's F(4x4, 3x3) (`winograd_conv`: 4x fewer multiplies, exact in exact arithmetic, float
 errors ~10x a direct sum's; its tile transforms are weighted sums of strided slices, which XLA
 fuses). The biases of these convs on large maps take their gradient as matrix-vector products
-(`add_bias`), as instance norm takes its statistics. False keeps plain `nn.Conv` and `nn.ConvTranspose`.
+(`add_bias`), as instance norm takes its statistics. False keeps plain `nn.Conv` and
+`nn.ConvTranspose`.
 """
 
 from fractions import Fraction
