@@ -431,8 +431,13 @@ def _train_and_evaluate(
     for run in runs:
       cleanup.enter_context(run.batches)
       cleanup.enter_context(contextlib.closing(run.manager))
+    compiled_step = None
     while step < num_steps and not stop.requested:
-      state, metrics = trainer.step(state, next_batch())
+      batch = next_batch()
+      if compiled_step is None:
+        # Compiled before the first step runs, so that the compiler's memory is released first.
+        compiled_step = trainer.step.lower(state, batch).compile()
+      state, metrics = compiled_step(state, batch)
       step += 1
       logged_metrics.append(metrics)
       in_flight.append(metrics)

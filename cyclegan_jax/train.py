@@ -5,6 +5,7 @@ Names follow the paper: G: A(X) → B(Y), F: B → A; D_Y judges real b against 
 D_X judges real a against F(b).
 """
 
+import ctypes
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -243,10 +244,22 @@ class _BoundStep:
     for fn in self.fns:
       if id(fn) not in compiled:
         compiled[id(fn)] = fn.compile()
+    _return_freed_heap_to_the_system()
     return _BoundStep([compiled[id(fn)] for fn in self.fns], self.varying, self.slotted)
 
   def __getattr__(self, name):
     return getattr(self.fns[0], name)
+
+
+def _return_freed_heap_to_the_system() -> None:
+  """XLA's compiler frees its working memory into the C heap, which glibc keeps mapped: the
+  step's own buffers then came on top of it (the 256 px step's peak RSS 4.55 GiB with it, 3.90
+  after `malloc_trim`). Elsewhere than glibc, nothing."""
+  try:
+    trim = ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):
+    return
+  trim(0)
 
 
 def make_mesh() -> jax.sharding.Mesh:
