@@ -519,20 +519,38 @@ def assert_relatively_close(expected, actual, tolerance):
     assert difference <= tolerance * scale, (difference, scale)
 
 
-@pytest.mark.parametrize('in_channels, out_channels', [(16, 8), (8, 4)])
-def test_subpixel_conv_transpose_equals_conv_transpose(in_channels, out_channels):
+# The sub-pixel form, and the same without its zero taps (forward and gradients), for the ResNet's
+# 3x3 kernel (PyTorch padding 1, output_padding 1) and the U-Net's 4x4 (padding 1).
+@pytest.mark.parametrize('conv', ['subpixel_conv_transpose', 'conv_transpose_2x',
+                                  '_conv_transpose_by_products'])
+@pytest.mark.parametrize('in_channels, out_channels, kernel_size', [(16, 8, 3), (8, 4, 3),
+                                                                    (6, 5, 4)])
+def test_subpixel_conv_transpose_equals_conv_transpose(conv, in_channels, out_channels,
+                                                       kernel_size):
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, in_channels))
-  plain = jax.nn.initializers.normal(1.0)(jax.random.key(1), (3, 3, out_channels, in_channels))
-  module = nn.ConvTranspose(out_channels, (3, 3),
+  plain = jax.nn.initializers.normal(1.0)(jax.random.key(1),
+                                          (kernel_size, kernel_size, out_channels, in_channels))
+  lax_padding = layers.TRANSPOSED_PAD if kernel_size == 3 else ((2, 2), (2, 2))
+  module = nn.ConvTranspose(out_channels, (kernel_size, kernel_size),
                             strides=(2, 2),
-                            padding=layers.TRANSPOSED_PAD,
+                            padding=lax_padding,
                             transpose_kernel=True,
                             use_bias=False)
   reference = lambda x, kernel: module.apply({'params': {'kernel': kernel}}, x)
   expected = values_and_grads(reference, x, plain)
-  actual = values_and_grads(fast_convs.subpixel_conv_transpose, x, plain)
+  actual = values_and_grads(partial(getattr(fast_convs, conv), padding=1), x, plain)
   assert actual[0].shape == (2, 12, 10, out_channels)
   assert_relatively_close(expected, actual, 1e-5)
+
+
+def test_large_transposed_convs_take_their_gradients_without_the_zero_taps():
+  # The 128 px ResNet's up convs, not the offline default's.
+  assert fast_convs.conv_transpose_by_products((2, 64, 64, 128))
+  assert not fast_convs.conv_transpose_by_products((4, 32, 32, 16))
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 32))
+  layer = layers.ConvNormAct(32, 3, strides=2, padding=layers.TRANSPOSED_PAD, transpose=True)
+  params = layer.init(jax.random.key(1), x)
+  assert 'conv_transpose_2x' in str(jax.make_jaxpr(layer.apply)(params, x))
 
 
 # Few output channels: tap sums forward, the kernel gradient by the output gradient's patches; few
