@@ -628,7 +628,11 @@ def test_patchgan_on_small_images_differentiates_its_stride_1_convs_as_patches()
   assert_relatively_close(jax.jit(lambda: values_and_grads_of(plain))(), fast_result, 1e-5)
 
 
-@pytest.mark.parametrize('kernel_size, shape', [(3, (2, 10, 9, 3)), (4, (1, 9, 12, 2))])
+# Small maps; large ones, whose input gradient is taken image by image (4x4), as the sub-pixel
+# transposed conv (3x3 on 256 x 256), or not where that would not give x's shape (257 columns).
+@pytest.mark.parametrize('kernel_size, shape', [(3, (2, 10, 9, 3)), (4, (1, 9, 12, 2)),
+                                                (4, (2, 128, 128, 64)), (3, (2, 256, 256, 64)),
+                                                (3, (2, 256, 257, 64))])
 def test_stride_2_conv_equals_the_plain_conv(kernel_size, shape):
   x = jax.random.normal(jax.random.key(0), shape)
   kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[-1], 5))
@@ -641,10 +645,12 @@ def test_stride_2_conv_equals_the_plain_conv(kernel_size, shape):
 
 
 def test_stride_2_convs_with_mid_sized_taps_take_their_kernel_gradient_as_a_matmul():
-  # The 128 px ResNet's down convs, not the 256 px one's first nor the offline default's.
-  assert fast_convs.stride_2_reformulates((2, 128, 128, 64), (3, 3, 64, 128), 1)
+  # The 128 px ResNet's down convs (kernel gradient by taps), the 256 px one's first (input
+  # gradient as the sub-pixel conv), not the offline default's.
+  assert fast_convs._taps_in_range((2, 128, 128, 64), (3, 3, 64, 128), 1)
   assert fast_convs.stride_2_reformulates((1, 64, 64, 128), (3, 3, 128, 256), 1)
-  assert not fast_convs.stride_2_reformulates((1, 256, 256, 64), (3, 3, 64, 128), 1)
+  assert not fast_convs._taps_in_range((1, 256, 256, 64), (3, 3, 64, 128), 1)
+  assert fast_convs.stride_2_reformulates((1, 256, 256, 64), (3, 3, 64, 128), 1)
   assert not fast_convs.stride_2_reformulates((8, 32, 32, 16), (3, 3, 16, 32), 1)
   x = jax.random.normal(jax.random.key(0), (2, 128, 128, 3))
   fast = models.NLayerDiscriminator(ndf=16)

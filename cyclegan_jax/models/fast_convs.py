@@ -11,7 +11,8 @@ head and, on large feature maps, the residual blocks' 3x3 convs through `valid_c
 stride-1 convs whose output is no larger than their kernel (a PatchGAN's last convs on small
 images, their zero padding applied first: ~7x faster as a patch matmul), and the kernel gradients
 of stride-2 convs with mid-sized maps (`stride_2_conv`: a matmul of the input's strided taps, ~2x
-faster for the 128 px ResNet's down convs). In float32 those 3x3 convs
+faster for the 128 px ResNet's down convs) and, on large maps, their input gradients image by
+image or as the sub-pixel transposed conv. In float32 those 3x3 convs
 use Winograd's F(4x4, 3x3) (`winograd_conv`: 4x fewer multiplies, exact in exact arithmetic, float
 errors ~10x a direct sum's; its tile transforms are weighted sums of strided slices, which XLA
 fuses). The biases of these convs on large maps take their gradient as matrix-vector products
@@ -484,10 +485,44 @@ def _stride_2_kernel_grad_by_taps(x, output_grad, kernel_hw, padding):
   return grad.reshape(kh, kw, in_channels, out_channels)
 
 
+def _stride_2_input_grad(x_shape, kernel, output_grad, padding):
+  """The input gradient of a stride-2 conv. On large maps image by image: XLA's CPU gradient of a
+  batch ran 1.5-4x slower than its gradients of the images one at a time (the 256 px ResNet's
+  down convs and the PatchGAN's second conv at batch 2 and 3); on the largest maps, as the
+  official transposed conv with the same kernel (its adjoint, in sub-pixel form) where that gives
+  x's shape: 35 -> 21 ms an image for the 256 px ResNet's first down conv."""
+  x_elements = math.prod(x_shape[1:])
+  kernel_size = kernel.shape[0]
+  if x_elements >= _STRIDE_2_SUBPIXEL_GRAD_ELEMENTS and kernel_size - 2 * padding - 2 in (
+      0, -1) and x_shape[1:3] == (2 * output_grad.shape[1], 2 * output_grad.shape[2]):
+    grad_of_image = lambda image_grad: subpixel_conv_transpose(image_grad, kernel, padding)
+  else:
+    grad_of_image = lambda image_grad: jax.linear_transpose(
+        lambda x: _stride_2_plain_conv(x, kernel, padding),
+        jax.ShapeDtypeStruct((image_grad.shape[0], *x_shape[1:]), image_grad.dtype))(image_grad)[0]
+  if x_elements < _STRIDE_2_PER_IMAGE_GRAD_ELEMENTS:
+    return grad_of_image(output_grad)
+  return jnp.concatenate(
+      [grad_of_image(output_grad[i:i + 1]) for i in range(output_grad.shape[0])])
+
+
+# Elements of one image's input from which a stride-2 conv's input gradient is computed image by
+# image (the 128 px ResNet's first down conv, 128 x 128 x 64, and larger; measured: batches of 64 x
+# 64 maps are faster together) and as the sub-pixel transposed conv (the 256 px ResNet's first).
+_STRIDE_2_PER_IMAGE_GRAD_ELEMENTS = 2**20
+_STRIDE_2_SUBPIXEL_GRAD_ELEMENTS = 2**22
+
+
+def _stride_2_kernel_grad_by_xla(x, output_grad, kernel_shape, padding):
+  return jax.linear_transpose(lambda kernel: _stride_2_plain_conv(x, kernel, padding),
+                              jax.ShapeDtypeStruct(kernel_shape, x.dtype))(output_grad)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def stride_2_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-  """A stride-2 NHWC conv with `padding` zeros on each side, computed by XLA, whose kernel gradient
-  is one matmul of the input's strided taps per image (`_stride_2_kernel_grad_by_taps`)."""
+  """A stride-2 NHWC conv with `padding` zeros on each side, computed by XLA; its input gradient
+  by `_stride_2_input_grad`, its kernel gradient, for mid-sized maps, as one matmul of the input's
+  strided taps per image (`_stride_2_kernel_grad_by_taps`)."""
   return _stride_2_plain_conv(x, kernel, padding)
 
 
@@ -499,8 +534,11 @@ def _stride_2_conv_backward(padding, residuals, output_grad):
   x, kernel = residuals
   # As in valid_conv: the taps are built in the backward pass, not kept from the forward one.
   x, kernel, output_grad = jax.lax.optimization_barrier((x, kernel, output_grad))
-  x_grad = jax.vjp(lambda x: _stride_2_plain_conv(x, kernel, padding), x)[1](output_grad)[0]
-  return x_grad, _stride_2_kernel_grad_by_taps(x, output_grad, kernel.shape[:2], padding)
+  x_grad = _stride_2_input_grad(x.shape, kernel, output_grad, padding)
+  kernel_grad = (_stride_2_kernel_grad_by_taps(x, output_grad, kernel.shape[:2], padding)
+                 if _taps_in_range(x.shape, kernel.shape, padding) else
+                 _stride_2_kernel_grad_by_xla(x, output_grad, kernel.shape, padding))
+  return x_grad, kernel_grad
 
 
 stride_2_conv.defvjp(_stride_2_conv_forward, _stride_2_conv_backward)
@@ -513,15 +551,19 @@ stride_2_conv.defvjp(_stride_2_conv_forward, _stride_2_conv_backward)
 _STRIDE_2_TAPS_BYTES = (2**20, 2**24)
 
 
-def stride_2_reformulates(x_shape, kernel_shape, padding) -> bool:
-  """Whether `stride_2_conv` is faster than XLA's own gradient for this conv (CPU only)."""
-  if jax.default_backend() != 'cpu':
-    return False
+def _taps_in_range(x_shape, kernel_shape, padding) -> bool:
   kh, kw, in_channels, _ = kernel_shape
   out_pixels = (((x_shape[1] + 2 * padding - kh) // 2 + 1) *
                 ((x_shape[2] + 2 * padding - kw) // 2 + 1))
   low, high = _STRIDE_2_TAPS_BYTES
   return low <= out_pixels * kh * kw * in_channels * 4 <= high
+
+
+def stride_2_reformulates(x_shape, kernel_shape, padding) -> bool:
+  """Whether `stride_2_conv` differentiates this conv faster than XLA (CPU only)."""
+  return jax.default_backend() == 'cpu' and (
+      _taps_in_range(x_shape, kernel_shape, padding) or
+      math.prod(x_shape[1:]) >= _STRIDE_2_PER_IMAGE_GRAD_ELEMENTS)
 
 
 def spatial_sums(x: jax.Array, entry_weight: float = 1.0, row_weight: float = 1.0) -> jax.Array:
