@@ -507,8 +507,9 @@ def _stride_2_input_grad(x_shape, kernel, output_grad, padding):
 
 
 # Elements of one image's input from which a stride-2 conv's input gradient is computed image by
-# image (the 128 px ResNet's first down conv, 128 x 128 x 64, and larger; measured: batches of 64 x
-# 64 maps are faster together) and as the sub-pixel transposed conv (the 256 px ResNet's first).
+# image (128 x 128 x 64 and larger: the 256 px ResNet's down convs and PatchGAN's second conv gain,
+# the 128 px ResNet's first down conv neither gains nor loses; batches of 64 x 64 maps are faster
+# together) and as the sub-pixel transposed conv (the 256 px ResNet's first down conv).
 _STRIDE_2_PER_IMAGE_GRAD_ELEMENTS = 2**20
 _STRIDE_2_SUBPIXEL_GRAD_ELEMENTS = 2**22
 
