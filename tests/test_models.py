@@ -682,6 +682,24 @@ def test_winograd_transforms_compute_the_correlation(tile):
                              atol=1e-12)
 
 
+@pytest.mark.parametrize('tile', sorted(fast_convs.WINOGRAD_POINTS))
+def test_winograd_block_transform_transpose_is_its_adjoint(tile):
+  # <T x, y> = <x, T^T y> in float64 for the input transform on blocks of a 2-image map, the
+  # transpose the input gradient adds its blocks back with (overlapping windows).
+  _, _, input_transform = fast_convs._winograd_transforms(fast_convs.WINOGRAD_POINTS[tile])
+  tiles_h, tiles_w = 3, 2
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, tiles_h * tile + 2, tiles_w * tile + 2, 5))
+  y = rng.normal(size=((tile + 2)**2, 2 * tiles_h * tiles_w, 5))
+  with jax.enable_x64(True):
+    forward = fast_convs._transform_2d(jnp.asarray(x), input_transform, tile, tiles_h, tiles_w)
+    transpose = fast_convs._transform_2d_transpose(jnp.asarray(y), input_transform, tile, tiles_h,
+                                                   tiles_w)
+  assert forward.shape == y.shape and transpose.shape == x.shape
+  np.testing.assert_allclose(np.sum(np.asarray(forward) * y), np.sum(x * np.asarray(transpose)),
+                             rtol=1e-12)
+
+
 def correlate64(x, kernel):
   """A VALID stride-1 NHWC conv in float64, tap by tap."""
   x, kernel = np.float64(x), np.float64(kernel)
