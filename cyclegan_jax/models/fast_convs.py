@@ -379,11 +379,11 @@ def _winograd_gradients(transforms, x, kernel, output_grad):
   tiles_h, tiles_w = -(-out_height // tile), -(-out_width // tile)
   products_grad = _transform_2d(_pad_to_tiles(output_grad, tile, tiles_h, tiles_w, 0),
                                 output_transform.T, tile, tiles_h, tiles_w)
-  kernel_grad = jnp.einsum(
+  transformed_kernel_grad = jnp.einsum(
       'kpc,kpo->kco',
       _transform_2d(_pad_to_tiles(x, tile, tiles_h, tiles_w, 2), input_transform, tile, tiles_h,
                     tiles_w), products_grad)
-  kernel_grad = _transform_kernel(kernel_grad.reshape(size, size, *kernel.shape[2:]),
+  kernel_grad = _transform_kernel(transformed_kernel_grad.reshape(size, size, *kernel.shape[2:]),
                                   kernel_transform.T).reshape(kernel.shape)
   # The kernel swapped before its transform (2.4 MB for 256 -> 256), not the transformed one read
   # transposed by the matmul: the same products, and a transposed operand made the batched matmul
