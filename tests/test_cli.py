@@ -2,6 +2,7 @@
 
 (A missing or unprepared dataset: tests/test_main.py; other tools' errors: their own tests.)"""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from PIL import Image
 import pytest
 
 from conftest import assert_one_line_user_error
+import cyclegan_jax
 from cyclegan_jax import cli
 from cyclegan_jax import errors
 
@@ -103,3 +105,51 @@ def test_the_compilation_cache_folder_is_chosen_by_the_environment(tmp_path):
   # jax's own setting wins: jax reads it itself.
   assert cli.compilation_cache_dir({'JAX_COMPILATION_CACHE_DIR': str(tmp_path),
                                     cli.COMPILATION_CACHE_ENV: str(tmp_path)}) is None
+
+
+def test_commands_ask_glibc_for_huge_pages_where_the_kernel_gives_them_on_request():
+  command = ['/usr/bin/python3', '-u', '-m', 'cyclegan_jax.main', '--workdir=runs/x']
+  facts = dict(thp_mode='madvise', libc_version='glibc 2.36')
+  assert cyclegan_jax.huge_page_environment(command, {'HOME': '/h'}, **facts) == {
+      'HOME': '/h', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  assert cyclegan_jax.huge_page_environment(
+      command, {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, **facts) == {
+          'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'}
+  unchanged = [
+      (command, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, facts),  # The user's choice.
+      (['python', '-m', 'pytest', 'tests'], {}, facts),
+      (['python', '-m', 'pdb', '-m', 'cyclegan_jax.main'], {}, facts),
+      (['python', '-c', 'import cyclegan_jax', '-m', 'cyclegan_jax.main'], {}, facts),
+      (['python', 'script.py', '-m', 'cyclegan_jax.main'], {}, facts),
+      (command, {}, dict(thp_mode='always', libc_version='glibc 2.36')),  # Huge pages anyway.
+      (command, {}, dict(thp_mode='never', libc_version='glibc 2.36')),
+      (command, {}, dict(thp_mode=None, libc_version='glibc 2.36')),
+      (command, {}, dict(thp_mode='madvise', libc_version='glibc 2.34')),  # No such tunable.
+      (command, {}, dict(thp_mode='madvise', libc_version='')),  # musl, or not Linux.
+  ]
+  for argv, environ, machine in unchanged:
+    assert cyclegan_jax.huge_page_environment(argv, environ, **machine) is None, (argv, environ)
+
+
+def test_a_command_reexecutes_itself_in_place_and_a_library_import_does_not(tmp_path):
+  (tmp_path / 'sitecustomize.py').write_text(
+      'import atexit, os, sys\n'
+      'atexit.register(lambda: print(os.getpid(), os.environ.get("GLIBC_TUNABLES", "")))\n')
+  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  environ['PYTHONPATH'] = str(tmp_path)
+
+  def run(*argv):
+    process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=environ,
+                               stdout=subprocess.PIPE, text=True)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0
+    return process.pid, output.splitlines()
+
+  pid, lines = run('-m', 'cyclegan_jax.cli')
+  expected = cyclegan_jax.huge_page_environment(
+      [sys.executable, '-m', 'cyclegan_jax.cli'], environ, cyclegan_jax._transparent_huge_page_mode(),
+      cyclegan_jax._libc_version())
+  # One process ran to its end, under its first process id: re-executed, not started anew.
+  assert lines == [f'{pid} {(expected or environ).get("GLIBC_TUNABLES", "")}']
+  pid, lines = run('-c', 'import cyclegan_jax')
+  assert lines == [f'{pid} ']
