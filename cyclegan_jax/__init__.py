@@ -93,7 +93,8 @@ def huge_page_environment(argv: Sequence[str], environ: Mapping[str, str], thp_m
   libc = re.fullmatch(r'glibc (\d+)\.(\d+).*', libc_version)
   if not libc or (int(libc.group(1)), int(libc.group(2))) < (2, 35):
     return None
-  return {**environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, f'{_HUGE_PAGES_TUNABLE}=1']))}
+  added = ':'.join(filter(None, [tunables, f'{_HUGE_PAGES_TUNABLE}=1']))
+  return {**environ, 'GLIBC_TUNABLES': added}
 
 
 def _reexecute_with_huge_pages() -> None:

@@ -147,8 +147,8 @@ def test_a_command_reexecutes_itself_in_place_and_a_library_import_does_not(tmp_
 
   pid, lines = run('-m', 'cyclegan_jax.cli')
   expected = cyclegan_jax.huge_page_environment(
-      [sys.executable, '-m', 'cyclegan_jax.cli'], environ, cyclegan_jax._transparent_huge_page_mode(),
-      cyclegan_jax._libc_version())
+      [sys.executable, '-m', 'cyclegan_jax.cli'], environ,
+      cyclegan_jax._transparent_huge_page_mode(), cyclegan_jax._libc_version())
   # One process ran to its end, under its first process id: re-executed, not started anew.
   assert lines == [f'{pid} {(expected or environ).get("GLIBC_TUNABLES", "")}']
   pid, lines = run('-c', 'import cyclegan_jax')
