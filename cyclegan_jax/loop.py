@@ -264,7 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _Member(member.name, member.config, workdir / member.name if member.name else workdir,
               dataset.reseeded(member.config.seed)) for member in member_list
   ]
-  with exclusive_workdirs([workdir] + [run.workdir for run in runs if run.name]):
+  # An ensemble writes only into its members' folders, which may share their parent with other
+  # ensembles training at once (a sweep's groups on a CPU: experiments/sweeplib/runner.py).
+  with exclusive_workdirs([run.workdir for run in runs]):
     finals = _train_and_evaluate(config, runs, member_list, warm_start)
   return finals[''] if not runs[0].name else finals
 
