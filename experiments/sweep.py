@@ -59,8 +59,12 @@ def run_sweep(config: str,
               plot: bool = False,
               force: bool = False,
               stream: bool = False,
-              vectorize: bool = False) -> int:
+              vectorize: bool = False,
+              processes: int | None = None) -> int:
   """Runs (or with `dry_run` prints) the sweep; its exit status (1: some run failed).
+
+  With `vectorize`, each group trains as `processes` ensembles at once, each pinned to its share
+  of the CPU cores (default `runner.default_processes()`: one per core on a CPU, else one).
 
   Raises SweepError for a sweep that cannot start (bad sweep file, names, root).
   """
@@ -79,27 +83,36 @@ def run_sweep(config: str,
     groups = spec.group_runs(planned, base)
     print(spec.describe_groups(groups), flush=True)
 
+  if processes is not None and not vectorize:
+    raise SweepError('--processes applies to --vectorize (groups of runs trained as ensembles); '
+                     'drop it, or add --vectorize')
+  if vectorize and processes is None:
+    processes = runner.default_processes()
+  processes = processes or 1
+
   if dry_run:
     launched = 0
+    cores = runner.cpu_cores()
     for group in groups or [spec.Group((run,), dict(run.overrides), {}) for run in planned]:
       todo = [
           run for run in group.runs
           if workdir_lib.read_json(run.workdir(root) / workdir_lib.FINAL_FILE) is None
       ]
-      commands = []
-      if len(todo) == 1:
-        commands.append(
-            runner.train_command(config, todo[0].workdir(root), todo[0].overrides, 'python'))
-      elif todo:
-        commands.append(runner.ensemble_command(config, root, group, todo, 'python'))
+      split = runner.shares(todo, processes, cores) if todo else []
+      training = [
+          ('taskset -c ' + ','.join(map(str, cpus)) + ' ' if cpus else '') +
+          shlex.join(runner.training_command(config, root, group, share, 'python'))
+          for share, cpus in split
+      ]
+      commands = [' & '.join(training) + ' & wait'] if len(training) > 1 else training
       if evaluate and runner.has_evaluate_module():
         for run in group.runs:
           workdir = run.workdir(root)
           final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
           if runner.needs_evaluation(workdir, final):
-            commands.append(runner.evaluate_command(workdir, 'python'))
+            commands.append(shlex.join(runner.evaluate_command(workdir, 'python')))
       if commands:
-        print(' && '.join(shlex.join(command) for command in commands), flush=True)
+        print(' && '.join(commands), flush=True)
         launched += len(todo)
     sys.stderr.write(f'Dry run: {launched} of {len(planned)} runs to launch, from '
                      f'{os.getcwd()}; nothing was run or written.\n')
@@ -111,7 +124,8 @@ def run_sweep(config: str,
         flush=True)
   if evaluate and not runner.has_evaluate_module():
     print('--evaluate: there is no cyclegan_jax.evaluate module here; skipping evaluation.')
-  statuses, failures, stopped = runner.execute(config, root, planned, evaluate, stream, groups)
+  statuses, failures, stopped = runner.execute(config, root, planned, evaluate, stream, groups,
+                                                     processes)
 
   rows = report.collect_results(root, planned, statuses)
   report.write_csv(root / spec.RESULTS_CSV, rows)
@@ -159,7 +173,13 @@ def define_flags():
   flags.DEFINE_bool(
       'vectorize', False, 'Train runs that differ only in ensemble member fields (seed, learning '
       'rate, betas, cycle and identity weights, loss switches) together, as one ensemble '
-      'per group (README, "Ensembles"). Results are those of the runs trained one by one.')
+      'per group (README, "Ensembles"). Results are those of the runs trained one by one (on the '
+      'cores their ensemble is given: see --processes).')
+  flags.DEFINE_integer(
+      'processes', None, 'With --vectorize: train each group as this many ensembles at once, '
+      'each pinned to its own share of the CPU cores (each member then trains as its run would on '
+      'those cores alone). Default: one per CPU core when jax here has no GPU or TPU, else 1.',
+      lower_bound=1)
   flags.mark_flags_as_required(['config', 'sweep', 'root'])
 
 
@@ -174,7 +194,8 @@ def main(argv):
                 plot=FLAGS.plot,
                 force=FLAGS.force,
                 stream=FLAGS.stream,
-                vectorize=FLAGS.vectorize))
+                vectorize=FLAGS.vectorize,
+                processes=FLAGS.processes))
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from experiments import sweep
 from experiments.sweeplib import report
 from experiments.sweeplib import runner
+from experiments.sweeplib import spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The tiny config cut to 2 steps with a checkpoint after each (for the resume check below), and
@@ -366,7 +368,8 @@ def test_vectorized_sweep_trains_compatible_runs_as_one_ensemble(tmp_path, finis
                            fixed={SHORT!r})
       """)
   root = tmp_path / 'sweep'
-  args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize')
+  args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize',
+          '--processes=1')
   dry = run_cli(*args, '--dry_run')
   assert dry.returncode == 0, dry.stdout + dry.stderr
   assert '3 runs in 2 ensembles' in dry.stdout and 'they differ in seed' in dry.stdout
@@ -391,3 +394,76 @@ def test_vectorized_sweep_trains_compatible_runs_as_one_ensemble(tmp_path, finis
   assert rows[0]['heldout_mae_AtoB'] != rows[1]['heldout_mae_AtoB']
   saved = json.loads((root / 'tiny,seed=1' / 'config.json').read_text())
   assert saved['seed'] == 1 and saved['num_train_steps'] == 2
+
+
+def test_groups_split_in_order_over_the_cores():
+  runs = [spec.PlannedRun(f'r{k}', '', {'seed': k}, {'seed': k}) for k in range(5)]
+  split = runner.shares(runs, 2, [0, 1])
+  assert [[run.name for run in share] for share, _ in split] == [['r0', 'r1'], ['r2', 'r3', 'r4']]
+  assert [cpus for _, cpus in split] == [(0,), (1,)]
+  # Never more shares than runs or cores; 16 cores over 4 shares: 4 each, in order.
+  assert [cpus for _, cpus in runner.shares(runs[:2], 8, [0, 1, 2])] == [(0,), (1, 2)]
+  assert [len(cpus) for _, cpus in runner.shares(runs[:4], 4, list(range(16)))] == [4] * 4
+  assert runner.shares(runs, 1, [0, 1]) == [(runs, None)]
+  assert runner.shares(runs, 4, [3]) == [(runs, None)]
+
+
+def test_the_default_split_follows_the_platform(monkeypatch):
+  monkeypatch.setattr(runner, 'cpu_cores', lambda: [0, 1, 2])
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert runner.default_processes() == 3
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert runner.default_processes() == 1
+  monkeypatch.delenv('JAX_PLATFORMS')
+  # This machine's jax has no GPU or TPU plugin (the test suite runs on CPU).
+  assert not runner.accelerator_expected() and runner.default_processes() == 3
+
+
+def test_processes_without_vectorize_is_a_clear_error(tmp_path):
+  with pytest.raises(sweep.SweepError, match='--processes applies to --vectorize'):
+    sweep.run_sweep('configs/tiny.py', str(ROOT / 'experiments/sweeps/lambda_cycle.py'),
+                    tmp_path / 'root', processes=2, dry_run=True)
+
+
+@pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
+def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_path):
+  sweep_file = write_sweep_file(
+      tmp_path / 'split.py', f"""
+      def get_sweep():
+        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
+                           fixed={SHORT!r})
+      """)
+  root = tmp_path / 'sweep'
+  cores = runner.cpu_cores()[:2]
+  args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize',
+          '--processes=2')
+  dry = run_cli(*args, '--dry_run')
+  assert dry.returncode == 0, dry.stdout + dry.stderr
+  assert f'taskset -c {cores[0]} python -m cyclegan_jax.main' in dry.stdout
+  assert ' & wait' in dry.stdout
+
+  # Both ensembles train at once in the same root (each holds only its members' folders).
+  result = run_cli(*args, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'as 2 ensembles at once' in result.stdout
+  rows = read_csv(root / 'results.csv')
+  assert [row['status'] for row in rows] == ['done', 'done']
+  log = (root / 'tiny,seed=1' / 'log.txt').read_text()
+  assert f'--config.ensemble.names=tiny,seed=1 (CPU cores {cores[1]})' in log
+  assert 'tiny,seed=0' not in log
+
+  # The member on the first core equals the run of its config trained alone on that core.
+  alone = tmp_path / 'alone'
+  command = runner.train_command('configs/tiny.py', alone, {**SHORT, 'seed': 0})
+  subprocess.run(command,
+                 cwd=ROOT,
+                 check=True,
+                 capture_output=True,
+                 timeout=300,
+                 preexec_fn=lambda: os.sched_setaffinity(0, cores[:1]))
+  member = json.loads((root / 'tiny,seed=0' / 'final.json').read_text())
+  single = json.loads((alone / 'final.json').read_text())
+  timing = {'wall_time_s', 'steps_per_s', 'name'}
+  assert {k: v for k, v in member.items() if k not in timing} == {
+      k: v for k, v in single.items() if k not in timing
+  }

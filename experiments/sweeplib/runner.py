@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -98,11 +100,11 @@ def write_record(root: Path, config: str, sweep_path: str, fixed: Mapping[str, A
 
 
 class _Stop:
-  """SIGINT/SIGTERM: the current run checkpoints and stops (a second one: it stops now)."""
+  """SIGINT/SIGTERM: the current runs checkpoint and stop (a second one: they stop now)."""
 
   def __init__(self):
     self.requested = False
-    self.process: subprocess.Popen | None = None
+    self.processes: list[subprocess.Popen] = []
     self._previous = {}
 
   def __enter__(self):
@@ -121,48 +123,83 @@ class _Stop:
           'resume the sweep.',
           flush=True)
     self.requested = True
-    if self.process is not None and self.process.poll() is None:
-      self.process.send_signal(signum)
+    for process in self.processes:
+      if process.poll() is None:
+        process.send_signal(signum)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def _run_logged(command: Sequence[str], log_paths: Sequence[Path], stream: bool,
-                stop: _Stop) -> int:
-  """Runs `command`, appending its stdout and stderr to each of `log_paths`; its exit status."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One training or evaluation process: its command, the logs its output goes to, and the CPU
+  cores it is pinned to (None: all of this process's)."""
+  command: list[str]
+  log_paths: list[Path]
+  cpus: tuple[int, ...] | None = None
+
+
+def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
+  """Runs the jobs at once, appending each one's stdout and stderr to its logs; their exit
+  statuses."""
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env['PYTHONPATH'] = os.pathsep.join(
       path for path in (str(REPO_ROOT), env.get('PYTHONPATH', '')) if path)
   with contextlib.ExitStack() as logs:
-    files = [logs.enter_context(open(path, 'a', encoding='utf-8')) for path in log_paths]
-    for log in files:
-      log.write(f'=== {time.strftime("%Y-%m-%d %H:%M:%S")} $ {shlex.join(command)}\n')
-      log.flush()
-    # Its own session: a Ctrl-C reaches the sweep, which passes it on once (see _Stop).
-    process = subprocess.Popen(command,
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT,
-                               text=True,
-                               errors='replace',
-                               env=env,
-                               start_new_session=True)
-    stop.process = process
+    processes, outputs = [], []
     try:
-      for line in process.stdout:
+      # All started before any thread of this process is (a child pins itself between its fork
+      # and its exec).
+      for job in jobs:
+        files = [logs.enter_context(open(path, 'a', encoding='utf-8')) for path in job.log_paths]
+        pinned = f' (CPU cores {",".join(map(str, job.cpus))})' if job.cpus else ''
         for log in files:
-          log.write(line)
+          log.write(f'=== {time.strftime("%Y-%m-%d %H:%M:%S")} $ {shlex.join(job.command)}'
+                    f'{pinned}\n')
           log.flush()
-        if stream:
-          sys.stdout.write(line)
-          sys.stdout.flush()
-      return process.wait()
+        # Its own session: a Ctrl-C reaches the sweep, which passes it on once (see _Stop).
+        processes.append(
+            subprocess.Popen(job.command,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             text=True,
+                             errors='replace',
+                             env=env,
+                             start_new_session=True,
+                             preexec_fn=(functools.partial(os.sched_setaffinity, 0, job.cpus)
+                                         if job.cpus else None)))
+        stop.processes.append(processes[-1])
+        outputs.append(files)
+      console = threading.Lock()
+      copiers = [
+          threading.Thread(target=_copy_output, args=(process, files, stream, console))
+          for process, files in zip(processes, outputs)
+      ]
+      for copier in copiers:
+        copier.start()
+      for copier in copiers:
+        copier.join()
+      return [process.wait() for process in processes]
     finally:
-      stop.process = None
-      if process.poll() is None:
-        process.kill()
-        process.wait()
+      stop.processes.clear()
+      for process in processes:
+        if process.poll() is None:
+          process.kill()
+          process.wait()
+
+
+def _copy_output(process: subprocess.Popen, files: Sequence[Any], stream: bool,
+                 console: threading.Lock) -> None:
+  for line in process.stdout:
+    for log in files:
+      log.write(line)
+      log.flush()
+    if stream:
+      with console:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _last_lines(path: Path, count: int = 3) -> list[str]:
@@ -211,6 +248,59 @@ def ensemble_command(config: str,
   return command
 
 
+def training_command(config: str,
+                     root: Path,
+                     group: spec.Group,
+                     runs: Sequence[PlannedRun],
+                     python: str = sys.executable) -> list[str]:
+  """A run alone in its folder; runs of a group (several, or one share of it) as an ensemble."""
+  if len(group.runs) == 1:
+    return train_command(config, runs[0].workdir(root), runs[0].overrides, python)
+  return ensemble_command(config, root, group, runs, python)
+
+
+# Runs of a group trained on CPU go faster as several ensembles at once, each on its own cores,
+# than as one ensemble on all of them: XLA's CPU runtime spreads each small convolution of a
+# batch-1 step over its threads at a cost that a process of one core never pays. Measured on 2
+# cores, the offline default config: 6 members in one process 27.1 member-steps/s, as 3 + 3 on a
+# core each 40.4 (README, "Ensembles"). A member then trains as its run would on one core:
+# bitwise so, but not bitwise the run on all cores, whose convolutions split their sums otherwise.
+def cpu_cores() -> list[int]:
+  """The CPU cores this process may run on."""
+  if hasattr(os, 'sched_getaffinity'):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
+def accelerator_expected() -> bool:
+  """Whether jax here would train on a GPU or TPU: JAX_PLATFORMS names one first, or jax has a
+  GPU or TPU plugin installed. Decided without starting jax, which would claim the accelerator
+  in this process."""
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip().lower() != 'cpu'
+  if importlib.util.find_spec('libtpu') or importlib.util.find_spec('jax_plugins'):
+    return True
+  return bool(importlib.metadata.entry_points(group='jax_plugins'))
+
+
+def default_processes() -> int:
+  """One ensemble per CPU core on a CPU, one ensemble on an accelerator (its whole device)."""
+  return 1 if accelerator_expected() else len(cpu_cores())
+
+
+def shares(runs: Sequence[PlannedRun], processes: int,
+           cores: Sequence[int]) -> list[tuple[list[PlannedRun], tuple[int, ...] | None]]:
+  """The runs split in order into `processes` near-equal shares (fewer if there are fewer runs or
+  cores), each with the cores it is pinned to; one share of all runs, unpinned, for one."""
+  count = max(1, min(processes, len(runs), len(cores)))
+  if count == 1:
+    return [(list(runs), None)]
+  return [(list(runs[k * len(runs) // count:(k + 1) * len(runs) // count]),
+           tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count]))
+          for k in range(count)]
+
+
 def _finished(root: Path, run: PlannedRun) -> bool:
   return (run.workdir(root) / workdir_lib.FINAL_FILE).exists()
 
@@ -221,9 +311,11 @@ def execute(
     planned: Sequence[PlannedRun],
     evaluate: bool,
     stream: bool,
-    groups: Sequence[spec.Group] | None = None) -> tuple[dict[str, str], list[Failure], bool]:
-  """Trains the unfinished runs in order, each alone or, with `groups`, each group's runs in one
-  ensemble: ({name: status}, failures, whether it was stopped)."""
+    groups: Sequence[spec.Group] | None = None,
+    processes: int = 1) -> tuple[dict[str, str], list[Failure], bool]:
+  """Trains the unfinished runs in order, each alone or, with `groups`, each group's runs as
+  ensembles, `processes` of them at once (`shares`): ({name: status}, failures, whether it was
+  stopped)."""
   statuses: dict[str, str] = {}
   failures: list[Failure] = []
   evaluate = evaluate and has_evaluate_module()
@@ -247,7 +339,8 @@ def execute(
               flush=True)
       todo = [run for run in group.runs if not _finished(root, run)]
       if todo:
-        _train(config, root, group, todo, prefix, label, statuses, failures, stream, stop)
+        _train(config, root, group, todo, prefix, label, statuses, failures, stream, stop,
+               processes)
       for run in group.runs:
         if evaluate and statuses[run.name] == 'done' and not stop.requested:
           _evaluate(run.workdir(root), label(run), run.name, failures, stream, stop)
@@ -261,46 +354,57 @@ def _label(prefix: str, group_size: int, run: PlannedRun) -> str:
 
 def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun], prefix: str,
            label: Any, statuses: dict[str, str], failures: list[Failure], stream: bool,
-           stop: _Stop) -> None:
-  """Trains `runs` (one ensemble for several), recording each one's status and failure."""
+           stop: _Stop, processes: int) -> None:
+  """Trains `runs` (for several: as ensembles, one per share of the CPU cores), recording each
+  one's status and failure."""
   workdirs = [run.workdir(root) for run in runs]
-  log_paths = [workdir / LOG_FILE for workdir in workdirs]
   resuming = any(workdir_lib.checkpoint_dir(workdir).is_dir() for workdir in workdirs)
   for workdir in workdirs:
     workdir.mkdir(parents=True, exist_ok=True)
-  if len(runs) == 1:
-    command = train_command(config, workdirs[0], runs[0].overrides)
-  else:
-    command = ensemble_command(config, root, group, runs)
+  split = shares(runs, processes, cpu_cores())
+  jobs = [
+      Job(training_command(config, root, group, share), [run.workdir(root) / LOG_FILE for run in share],
+          cpus) for share, cpus in split
+  ]
   what = '' if len(group.runs) == 1 else ' ' + ', '.join(run.name for run in runs)
-  print(
-      f'{prefix} {"resuming" if resuming else "training"}{what}, '
-      f'log {log_paths[0] if len(runs) == 1 else "log.txt in each run folder"}',
-      flush=True)
+  where = (f'log {jobs[0].log_paths[0]}' if len(runs) == 1 else 'log.txt in each run folder')
+  if len(split) > 1:
+    where += (f'; as {len(split)} ensembles at once, each pinned to its own CPU cores (' +
+              '; '.join(f'{len(share)} on {",".join(map(str, cpus))}' for share, cpus in split) +
+              ')')
+  print(f'{prefix} {"resuming" if resuming else "training"}{what}, {where}', flush=True)
   start = time.perf_counter()
-  code = _run_logged(command, log_paths, stream, stop)
-  for run, workdir, log_path in zip(runs, workdirs, log_paths):
-    final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
-    failure = workdir_lib.read_json(workdir / workdir_lib.FAILURE_FILE)
-    if final is not None:
-      statuses[run.name] = 'done'
-      print(f'{label(run)} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
-            flush=True)
-    elif failure is not None:
-      statuses[run.name] = 'failed'
-      failures.append(
-          Failure(run.name, f'stopped at step {failure.get("step")}: '
-                  f'{failure.get("error")}', log_path))
-      print(f'{label(run)} FAILED: {failure.get("error")}', flush=True)
-    elif code == 0 or stop.requested:
-      statuses[run.name] = 'unfinished'
-      print(f'{label(run)} stopped before its last step; rerun to resume it', flush=True)
-    else:
-      statuses[run.name] = 'failed'
-      failures.append(Failure(run.name, f'training exited with status {code}', log_path))
-      print(f'{label(run)} FAILED (exit status {code}), log {log_path}', flush=True)
-      for line in _last_lines(log_path):
-        print(f'    {line}', flush=True)
+  codes = _run_logged(jobs, stream, stop)
+  for (share, _), job, code in zip(split, jobs, codes):
+    for run, log_path in zip(share, job.log_paths):
+      _record_status(run, run.workdir(root), log_path, code, start, label, statuses, failures,
+                     stop)
+
+
+def _record_status(run: PlannedRun, workdir: Path, log_path: Path, code: int, start: float,
+                   label: Any, statuses: dict[str, str], failures: list[Failure],
+                   stop: _Stop) -> None:
+  final = workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)
+  failure = workdir_lib.read_json(workdir / workdir_lib.FAILURE_FILE)
+  if final is not None:
+    statuses[run.name] = 'done'
+    print(f'{label(run)} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
+          flush=True)
+  elif failure is not None:
+    statuses[run.name] = 'failed'
+    failures.append(
+        Failure(run.name, f'stopped at step {failure.get("step")}: '
+                f'{failure.get("error")}', log_path))
+    print(f'{label(run)} FAILED: {failure.get("error")}', flush=True)
+  elif code == 0 or stop.requested:
+    statuses[run.name] = 'unfinished'
+    print(f'{label(run)} stopped before its last step; rerun to resume it', flush=True)
+  else:
+    statuses[run.name] = 'failed'
+    failures.append(Failure(run.name, f'training exited with status {code}', log_path))
+    print(f'{label(run)} FAILED (exit status {code}), log {log_path}', flush=True)
+    for line in _last_lines(log_path):
+      print(f'    {line}', flush=True)
 
 
 def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], stream: bool,
@@ -309,7 +413,7 @@ def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], st
     return
   log_path = workdir / LOG_FILE
   print(f'{prefix} evaluating, log {log_path}', flush=True)
-  code = _run_logged(evaluate_command(workdir), [log_path], stream, stop)
+  code, = _run_logged([Job(evaluate_command(workdir), [log_path])], stream, stop)
   if code == 0:
     print(f'{prefix} evaluated', flush=True)
   else:
