@@ -4,6 +4,8 @@
         --sweep=experiments/sweeps/paper_ablation.py --root=runs/paper_ablation --plot
     python -m experiments.sweep ... --evaluate  # Also run cyclegan_jax.evaluate after each run.
     python -m experiments.sweep ... --dry_run   # Only print each run's command (for a cluster).
+    python -m experiments.sweep ... --vectorize # Runs that differ in member fields as ensembles
+                                                # (on a CPU one per core: --processes).
 
 A sweep file is a Python file with a `get_sweep()` function that returns the runs: a list of
 override dicts (dotted config field -> value, plus an optional filesystem-safe `name`), or
