@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from cyclegan_jax import cli
 from experiments import sweep
 from experiments.sweeplib import report
 from experiments.sweeplib import runner
@@ -41,6 +42,16 @@ def run_cli(*args, timeout=300):
                         text=True,
                         timeout=timeout,
                         check=False)
+
+
+def on_cores(command, cpus):
+  """A Python `command` that runs on `cpus` only: it pins itself before the interpreter it execs
+  starts (not through preexec_fn, which would run Python in a fork of this process, whose jax
+  threads run)."""
+  return [
+      sys.executable, '-c', f'import os, sys; os.sched_setaffinity(0, {sorted(cpus)}); '
+      'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])', *command[1:]
+  ]
 
 
 def read_csv(path):
@@ -396,11 +407,17 @@ def test_vectorized_sweep_trains_compatible_runs_as_one_ensemble(tmp_path, finis
   assert saved['seed'] == 1 and saved['num_train_steps'] == 2
 
 
-def test_groups_split_in_order_over_the_cores():
+def test_groups_are_dealt_over_the_cores():
   runs = [spec.PlannedRun(f'r{k}', '', {'seed': k}, {'seed': k}) for k in range(5)]
   split = runner.shares(runs, 2, [0, 1])
-  assert [[run.name for run in share] for share, _ in split] == [['r0', 'r1'], ['r2', 'r3', 'r4']]
+  # The second share starts half way through its runs (the compilation cache then serves each
+  # process what the other compiled first).
+  assert [[run.name for run in share] for share, _ in split] == [['r0', 'r2', 'r4'], ['r3', 'r1']]
   assert [cpus for _, cpus in split] == [(0,), (1,)]
+  dealt = runner.shares([spec.PlannedRun(f'r{k}', '', {}, {}) for k in range(12)], 3, [0, 1, 2])
+  assert [[run.name for run in share] for share, _ in dealt] == [['r0', 'r3', 'r6', 'r9'],
+                                                                  ['r4', 'r7', 'r10', 'r1'],
+                                                                  ['r8', 'r11', 'r2', 'r5']]
   # Never more shares than runs or cores; 16 cores over 4 shares: 4 each, in order.
   assert [cpus for _, cpus in runner.shares(runs[:2], 8, [0, 1, 2])] == [(0,), (1, 2)]
   assert [len(cpus) for _, cpus in runner.shares(runs[:4], 4, list(range(16)))] == [4] * 4
@@ -455,15 +472,44 @@ def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_
   # The member on the first core equals the run of its config trained alone on that core.
   alone = tmp_path / 'alone'
   command = runner.train_command('configs/tiny.py', alone, {**SHORT, 'seed': 0})
-  subprocess.run(command,
-                 cwd=ROOT,
-                 check=True,
-                 capture_output=True,
-                 timeout=300,
-                 preexec_fn=lambda: os.sched_setaffinity(0, cores[:1]))
+  subprocess.run(on_cores(command, cores[:1]), cwd=ROOT, check=True, capture_output=True,
+                 timeout=300)
   member = json.loads((root / 'tiny,seed=0' / 'final.json').read_text())
   single = json.loads((alone / 'final.json').read_text())
   timing = {'wall_time_s', 'steps_per_s', 'name'}
   assert {k: v for k, v in member.items() if k not in timing} == {
       k: v for k, v in single.items() if k not in timing
   }
+
+
+@pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
+def test_a_program_a_one_core_process_compiled_computes_from_the_cache_as_compiled_here(tmp_path):
+  """Split sweeps fill the compilation cache from processes pinned to one core, and jax's cache
+  key does not name the cores: a run on all cores that loads such a program must compute what
+  the program it compiles itself computes."""
+  env = {key: value for key, value in os.environ.items() if key != 'JAX_COMPILATION_CACHE_DIR'}
+  env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_LOG_COMPILES='1')
+
+  def train(name, cache, cpus=None):
+    command = [
+        sys.executable, '-m', 'cyclegan_jax.main', '--config=configs/default.py',
+        f'--workdir={tmp_path / name}', '--config.num_train_steps=6', '--config.log_every_steps=3',
+        '--config.num_sample_images=0'
+    ]
+    result = subprocess.run(on_cores(command, cpus) if cpus else command,
+                            cwd=ROOT,
+                            env={**env, cli.COMPILATION_CACHE_ENV: str(tmp_path / cache)},
+                            capture_output=True,
+                            text=True,
+                            timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((tmp_path / name / 'final.json').read_text())
+    timing = {'wall_time_s', 'steps_per_s'}
+    return result.stderr, {k: v for k, v in final.items() if k not in timing}
+
+  train('pinned', 'shared', runner.cpu_cores()[:1])
+  log, loaded = train('loaded', 'shared')
+  assert "Persistent compilation cache hit for 'jit_train_step'" in log
+  _, compiled = train('compiled', 'own')
+  assert loaded == compiled

@@ -291,14 +291,26 @@ def default_processes() -> int:
 
 def shares(runs: Sequence[PlannedRun], processes: int,
            cores: Sequence[int]) -> list[tuple[list[PlannedRun], tuple[int, ...] | None]]:
-  """The runs split in order into `processes` near-equal shares (fewer if there are fewer runs or
-  cores), each with the cores it is pinned to; one share of all runs, unpinned, for one."""
+  """The runs dealt in turn into `processes` shares (fewer if there are fewer runs or cores),
+  each with the cores it is pinned to; one share of all runs, unpinned, for one.
+
+  Dealt, not cut in blocks: a sweep lists the seeds of one variant next to each other, and
+  variants differ in cost (the identity loss adds two generator passes), so dealing spreads each
+  variant over the shares and they finish together (the paper ablation in blocks kept one core
+  idle for the last fifth of the sweep). Each share then needs most of the group's programs; share
+  k starts k/count of the way through its runs, so the processes compile different programs
+  first and load the rest from the compilation cache, where the others have put them.
+  """
   count = max(1, min(processes, len(runs), len(cores)))
   if count == 1:
     return [(list(runs), None)]
-  return [(list(runs[k * len(runs) // count:(k + 1) * len(runs) // count]),
-           tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count]))
-          for k in range(count)]
+  split = []
+  for k in range(count):
+    dealt = list(runs[k::count])
+    start = k * len(dealt) // count
+    split.append((dealt[start:] + dealt[:start],
+                  tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count])))
+  return split
 
 
 def _finished(root: Path, run: PlannedRun) -> bool:
@@ -363,8 +375,8 @@ def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun
     workdir.mkdir(parents=True, exist_ok=True)
   split = shares(runs, processes, cpu_cores())
   jobs = [
-      Job(training_command(config, root, group, share), [run.workdir(root) / LOG_FILE for run in share],
-          cpus) for share, cpus in split
+      Job(training_command(config, root, group, share),
+          [run.workdir(root) / LOG_FILE for run in share], cpus) for share, cpus in split
   ]
   what = '' if len(group.runs) == 1 else ' ' + ', '.join(run.name for run in runs)
   where = (f'log {jobs[0].log_paths[0]}' if len(runs) == 1 else 'log.txt in each run folder')
