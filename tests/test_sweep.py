@@ -54,18 +54,23 @@ def on_cores(command, cpus):
   ]
 
 
+def tiny_seeds_sweep_file(path: pathlib.Path) -> str:
+  """A sweep of the tiny config cut to SHORT, with seeds 0 and 1."""
+  return write_sweep_file(
+      path, f"""
+      def get_sweep():
+        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
+                           fixed={SHORT!r})
+      """)
+
+
 def read_csv(path):
   with open(path, newline='', encoding='utf-8') as file:
     return list(csv.DictReader(file))
 
 
 def test_two_run_sweep_collects_results_skips_finished_runs_and_resumes_unfinished(tmp_path):
-  sweep_file = write_sweep_file(
-      tmp_path / 'seeds.py', f"""
-      def get_sweep():
-        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
-                           fixed={SHORT!r})
-      """)
+  sweep_file = tiny_seeds_sweep_file(tmp_path / 'seeds.py')
   root = tmp_path / 'sweep'
   args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}')
   result = run_cli(*args)
@@ -444,12 +449,7 @@ def test_processes_without_vectorize_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
 def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_path):
-  sweep_file = write_sweep_file(
-      tmp_path / 'split.py', f"""
-      def get_sweep():
-        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
-                           fixed={SHORT!r})
-      """)
+  sweep_file = tiny_seeds_sweep_file(tmp_path / 'split.py')
   root = tmp_path / 'sweep'
   cores = runner.cpu_cores()[:2]
   args = ('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={root}', '--vectorize',
