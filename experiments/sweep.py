@@ -66,7 +66,7 @@ def run_sweep(config: str,
   """Runs (or with `dry_run` prints) the sweep; its exit status (1: some run failed).
 
   With `vectorize`, each group trains as `processes` ensembles at once, each pinned to its share
-  of the CPU cores (default `runner.default_processes()`: one per core on a CPU, else one).
+  of the CPU cores (default `runner.default_processes()`: one per core on a Linux CPU, else one).
 
   Raises SweepError for a sweep that cannot start (bad sweep file, names, root).
   """
@@ -180,7 +180,8 @@ def define_flags():
   flags.DEFINE_integer(
       'processes', None, 'With --vectorize: train each group as this many ensembles at once, '
       'each pinned to its own share of the CPU cores (each member then trains as its run would on '
-      'those cores alone). Default: one per CPU core when jax here has no GPU or TPU, else 1.',
+      'those cores alone; unpinned where the OS cannot pin, e.g. macOS). Default: one per CPU '
+      'core when jax here has no GPU or TPU and processes can be pinned (Linux), else 1.',
       lower_bound=1)
   flags.mark_flags_as_required(['config', 'sweep', 'root'])
 

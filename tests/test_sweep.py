@@ -439,6 +439,12 @@ def test_the_default_split_follows_the_platform(monkeypatch):
   monkeypatch.delenv('JAX_PLATFORMS')
   # This machine's jax has no GPU or TPU plugin (the test suite runs on CPU).
   assert not runner.accelerator_expected() and runner.default_processes() == 3
+  # Where processes cannot be held to cores (macOS), one ensemble by default, and explicit shares
+  # run unpinned.
+  monkeypatch.delattr(os, 'sched_setaffinity', raising=False)
+  assert runner.default_processes() == 1
+  runs = [spec.PlannedRun(f'r{k}', '', {}, {}) for k in range(4)]
+  assert [cpus for _, cpus in runner.shares(runs, 2, [0, 1, 2])] == [None, None]
 
 
 def test_processes_without_vectorize_is_a_clear_error(tmp_path):

@@ -284,15 +284,23 @@ def accelerator_expected() -> bool:
   return bool(importlib.metadata.entry_points(group='jax_plugins'))
 
 
+def can_pin() -> bool:
+  """Whether a process can be held to some CPU cores here (Linux: sched_setaffinity)."""
+  return hasattr(os, 'sched_setaffinity')
+
+
 def default_processes() -> int:
-  """One ensemble per CPU core on a CPU, one ensemble on an accelerator (its whole device)."""
-  return 1 if accelerator_expected() else len(cpu_cores())
+  """One ensemble per CPU core on a CPU whose cores a process can be held to; otherwise one
+  (an accelerator's whole device; or unpinned processes, whose runtimes would each spread over
+  every core and contend)."""
+  return len(cpu_cores()) if can_pin() and not accelerator_expected() else 1
 
 
 def shares(runs: Sequence[PlannedRun], processes: int,
            cores: Sequence[int]) -> list[tuple[list[PlannedRun], tuple[int, ...] | None]]:
   """The runs dealt in turn into `processes` shares (fewer if there are fewer runs or cores),
-  each with the cores it is pinned to; one share of all runs, unpinned, for one.
+  each with the cores it is pinned to (None where processes cannot be pinned); one share of all
+  runs, unpinned, for one.
 
   Dealt, not cut in blocks: a sweep lists the seeds of one variant next to each other, and
   variants differ in cost (the identity loss adds two generator passes), so dealing spreads each
@@ -308,8 +316,8 @@ def shares(runs: Sequence[PlannedRun], processes: int,
   for k in range(count):
     dealt = list(runs[k::count])
     start = k * len(dealt) // count
-    split.append((dealt[start:] + dealt[:start],
-                  tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count])))
+    cpus = tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count])
+    split.append((dealt[start:] + dealt[:start], cpus if can_pin() else None))
   return split
 
 
@@ -380,10 +388,13 @@ def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun
   ]
   what = '' if len(group.runs) == 1 else ' ' + ', '.join(run.name for run in runs)
   where = (f'log {jobs[0].log_paths[0]}' if len(runs) == 1 else 'log.txt in each run folder')
-  if len(split) > 1:
+  if len(split) > 1 and split[0][1]:
     where += (f'; as {len(split)} ensembles at once, each pinned to its own CPU cores (' +
               '; '.join(f'{len(share)} on {",".join(map(str, cpus))}' for share, cpus in split) +
               ')')
+  elif len(split) > 1:
+    where += (f'; as {len(split)} ensembles at once, of ' +
+              ', '.join(str(len(share)) for share, _ in split) + ' runs')
   print(f'{prefix} {"resuming" if resuming else "training"}{what}, {where}', flush=True)
   start = time.perf_counter()
   codes = _run_logged(jobs, stream, stop)
