@@ -1,4 +1,4 @@
-"""Runs a sweep of training runs one after another and tabulates their results.
+"""Runs a sweep of training runs, one after another or several at once, and tabulates their results.
 
     python -m experiments.sweep --config=configs/default.py \
         --sweep=experiments/sweeps/paper_ablation.py --root=runs/paper_ablation --plot
@@ -6,6 +6,7 @@
     python -m experiments.sweep ... --dry_run   # Only print each run's command (for a cluster).
     python -m experiments.sweep ... --vectorize # Runs that differ in member fields as ensembles
                                                 # (on a CPU one per core: --processes).
+    python -m experiments.sweep ... --processes=2  # Two runs at once, each on half the cores.
 
 A sweep file is a Python file with a `get_sweep()` function that returns the runs: a list of
 override dicts (dotted config field -> value, plus an optional filesystem-safe `name`), or
@@ -67,6 +68,7 @@ def run_sweep(config: str,
 
   With `vectorize`, each group trains as `processes` ensembles at once, each pinned to its share
   of the CPU cores (default `runner.default_processes()`: one per core on a Linux CPU, else one).
+  Without, `processes` runs train at once, each pinned to its share of the cores (default one).
 
   Raises SweepError for a sweep that cannot start (bad sweep file, names, root).
   """
@@ -85,12 +87,8 @@ def run_sweep(config: str,
     groups = spec.group_runs(planned, base)
     print(spec.describe_groups(groups), flush=True)
 
-  if processes is not None and not vectorize:
-    raise SweepError('--processes applies to --vectorize (groups of runs trained as ensembles); '
-                     'drop it, or add --vectorize')
-  if vectorize and processes is None:
-    processes = runner.default_processes()
-  processes = processes or 1
+  if processes is None:
+    processes = runner.default_processes() if vectorize else 1
 
   if dry_run:
     launched = 0
@@ -178,10 +176,10 @@ def define_flags():
       'per group (README, "Ensembles"). Results are those of the runs trained one by one (on the '
       'cores their ensemble is given: see --processes).')
   flags.DEFINE_integer(
-      'processes', None, 'With --vectorize: train each group as this many ensembles at once, '
-      'each pinned to its own share of the CPU cores (each member then trains as its run would on '
-      'those cores alone; unpinned where the OS cannot pin, e.g. macOS). Default: one per CPU '
-      'core when jax here has no GPU or TPU and processes can be pinned (Linux), else 1.',
+      'processes', None, 'Train this many runs (with --vectorize: ensembles of a group) at once, '
+      'each pinned to its own share of the CPU cores (a run then trains as it would on those cores '
+      'alone; unpinned where the OS cannot pin, e.g. macOS). Default: 1; with --vectorize, one per '
+      'CPU core when jax here has no GPU or TPU and processes can be pinned (Linux), else 1.',
       lower_bound=1)
   flags.mark_flags_as_required(['config', 'sweep', 'root'])
 

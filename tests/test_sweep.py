@@ -4,9 +4,11 @@ import csv
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -42,16 +44,6 @@ def run_cli(*args, timeout=300):
                         text=True,
                         timeout=timeout,
                         check=False)
-
-
-def on_cores(command, cpus):
-  """A Python `command` that runs on `cpus` only: it pins itself before the interpreter it execs
-  starts (not through preexec_fn, which would run Python in a fork of this process, whose jax
-  threads run)."""
-  return [
-      sys.executable, '-c', f'import os, sys; os.sched_setaffinity(0, {sorted(cpus)}); '
-      'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])', *command[1:]
-  ]
 
 
 def tiny_seeds_sweep_file(path: pathlib.Path) -> str:
@@ -447,14 +439,16 @@ def test_the_default_split_follows_the_platform(monkeypatch):
   assert [cpus for _, cpus in runner.shares(runs, 2, [0, 1, 2])] == [None, None]
 
 
-def test_processes_without_vectorize_is_a_clear_error(tmp_path):
-  with pytest.raises(sweep.SweepError, match='--processes applies to --vectorize'):
-    sweep.run_sweep('configs/tiny.py', str(ROOT / 'experiments/sweeps/lambda_cycle.py'),
-                    tmp_path / 'root', processes=2, dry_run=True)
+def test_runs_at_once_get_near_equal_shares_of_the_cores_in_order():
+  assert runner.slots(2, [0, 1], 5) == [(0,), (1,)]
+  assert runner.slots(4, [0, 1, 2], 9) == [(0,), (1,), (2,)]
+  assert runner.slots(2, list(range(5)), 9) == [(0, 1), (2, 3, 4)]
+  assert runner.slots(3, [0, 1], 1) == [None]  # One run: on all cores, unpinned.
+  assert runner.slots(1, [0, 1], 4) == [None]
 
 
 @pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
-def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_path):
+def test_runs_and_ensembles_on_their_own_cores_train_as_alone_on_them(tmp_path):
   sweep_file = tiny_seeds_sweep_file(tmp_path / 'split.py')
   root = tmp_path / 'sweep'
   cores = runner.cpu_cores()[:2]
@@ -478,7 +472,7 @@ def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_
   # The member on the first core equals the run of its config trained alone on that core.
   alone = tmp_path / 'alone'
   command = runner.train_command('configs/tiny.py', alone, {**SHORT, 'seed': 0})
-  subprocess.run(on_cores(command, cores[:1]), cwd=ROOT, check=True, capture_output=True,
+  subprocess.run(runner.pinned(command, cores[:1]), cwd=ROOT, check=True, capture_output=True,
                  timeout=300)
   member = json.loads((root / 'tiny,seed=0' / 'final.json').read_text())
   single = json.loads((alone / 'final.json').read_text())
@@ -486,6 +480,61 @@ def test_a_group_split_over_cores_trains_each_member_as_its_run_on_one_core(tmp_
   assert {k: v for k, v in member.items() if k not in timing} == {
       k: v for k, v in single.items() if k not in timing
   }
+
+  # Without --vectorize: both runs train at once, each on its own core, each as run alone there.
+  at_once = tmp_path / 'at_once'
+  result = run_cli('--config=configs/tiny.py', f'--sweep={sweep_file}', f'--root={at_once}',
+                   '--processes=2', timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  lines = result.stdout.splitlines()
+  started = [i for i, line in enumerate(lines) if ': training, log' in line]
+  finished = [i for i, line in enumerate(lines) if ' done in ' in line]
+  assert len(started) == 2 and max(started) < min(finished), result.stdout
+  assert f'on CPU cores {cores[1]}' in lines[started[1]]
+  assert f'(CPU cores {cores[0]})' in (at_once / 'tiny,seed=0' / 'log.txt').read_text()
+  assert [row['status'] for row in read_csv(at_once / 'results.csv')] == ['done', 'done']
+  run = json.loads((at_once / 'tiny,seed=0' / 'final.json').read_text())
+  assert {k: v for k, v in run.items() if k not in timing} == {
+      k: v for k, v in single.items() if k not in timing
+  }
+
+
+@pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
+def test_ctrl_c_stops_every_run_training_at_once_each_with_a_checkpoint(tmp_path):
+  sweep_file = write_sweep_file(
+      tmp_path / 'long.py', f"""
+      def get_sweep():
+        return sweep.Sweep(sweep.product(sweep.runs({{'name': 'tiny'}}), sweep.grid(seed=[0, 1])),
+                           fixed={{**{SHORT!r}, 'num_train_steps': 100000}})
+      """)
+  root = tmp_path / 'sweep'
+  process = subprocess.Popen([
+      sys.executable, '-m', 'experiments.sweep', '--config=configs/tiny.py',
+      f'--sweep={sweep_file}', f'--root={root}', '--processes=2'
+  ],
+                             cwd=ROOT,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             text=True)
+  try:
+    deadline = time.monotonic() + 300
+    checkpoints = [root / f'tiny,seed={seed}' / 'checkpoints' for seed in (0, 1)]
+    while not all(folder.is_dir() and any(folder.iterdir()) for folder in checkpoints):
+      assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+      time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  assert process.returncode == 1, output
+  assert output.count('stopped before its last step; rerun to resume it') == 2, output
+  assert [row['status'] for row in read_csv(root / 'results.csv')] == ['unfinished'] * 2
+  for seed in (0, 1):
+    log = (root / f'tiny,seed={seed}' / 'log.txt').read_text()
+    assert 'saving a checkpoint and stopping after this step' in log, log[-2000:]
+    assert 'Run stopped early by a signal' in log, log[-2000:]
 
 
 @pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
@@ -502,7 +551,7 @@ def test_a_program_a_one_core_process_compiled_computes_from_the_cache_as_compil
         f'--workdir={tmp_path / name}', '--config.num_train_steps=6', '--config.log_every_steps=3',
         '--config.num_sample_images=0'
     ]
-    result = subprocess.run(on_cores(command, cpus) if cpus else command,
+    result = subprocess.run(runner.pinned(command, cpus) if cpus else command,
                             cwd=ROOT,
                             env={**env, cli.COMPILATION_CACHE_ENV: str(tmp_path / cache)},
                             capture_output=True,

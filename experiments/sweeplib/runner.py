@@ -1,4 +1,5 @@
-"""Running a sweep's runs one after another, each resumable, with its output in its own log."""
+"""Running a sweep's runs, one after another or several at once, each resumable, with its output in
+its own log."""
 
 import contextlib
 import dataclasses
@@ -117,13 +118,17 @@ class _Stop:
 
   def _handle(self, signum, frame):
     del frame
+    self.request(signum)
+
+  def request(self, signum: int = signal.SIGTERM) -> None:
+    """Stops the sweep: `signum` to every running process (their runs checkpoint and stop)."""
     if not self.requested:
       print(
           'Stopping: the current run saves a checkpoint and stops; rerun the same command to '
           'resume the sweep.',
           flush=True)
     self.requested = True
-    for process in self.processes:
+    for process in list(self.processes):
       if process.poll() is None:
         process.send_signal(signum)
 
@@ -141,6 +146,16 @@ class Job:
   cpus: tuple[int, ...] | None = None
 
 
+def pinned(command: Sequence[str], cpus: Sequence[int]) -> list[str]:
+  """`command` held to the CPU cores `cpus`: a Python that pins itself, then execs the command,
+  whose pid, signals and exit status it then is. (Not subprocess's preexec_fn, which runs Python
+  in the fork of a process whose other threads may hold its locks.)"""
+  return [
+      sys.executable, '-c', f'import os, sys; os.sched_setaffinity(0, {sorted(cpus)}); '
+      'os.execv(sys.argv[1], sys.argv[1:])', *command
+  ]
+
+
 def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
   """Runs the jobs at once, appending each one's stdout and stderr to its logs; their exit
   statuses."""
@@ -150,27 +165,25 @@ def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
   with contextlib.ExitStack() as logs:
     processes, outputs = [], []
     try:
-      # All started before any thread of this process is (a child pins itself between its fork
-      # and its exec).
       for job in jobs:
         files = [logs.enter_context(open(path, 'a', encoding='utf-8')) for path in job.log_paths]
-        pinned = f' (CPU cores {",".join(map(str, job.cpus))})' if job.cpus else ''
+        on_cores = f' (CPU cores {",".join(map(str, job.cpus))})' if job.cpus else ''
         for log in files:
           log.write(f'=== {time.strftime("%Y-%m-%d %H:%M:%S")} $ {shlex.join(job.command)}'
-                    f'{pinned}\n')
+                    f'{on_cores}\n')
           log.flush()
         # Its own session: a Ctrl-C reaches the sweep, which passes it on once (see _Stop).
         processes.append(
-            subprocess.Popen(job.command,
+            subprocess.Popen(pinned(job.command, job.cpus) if job.cpus else job.command,
                              stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT,
                              text=True,
                              errors='replace',
                              env=env,
-                             start_new_session=True,
-                             preexec_fn=(functools.partial(os.sched_setaffinity, 0, job.cpus)
-                                         if job.cpus else None)))
+                             start_new_session=True))
         stop.processes.append(processes[-1])
+        if stop.requested:  # A stop that came while it started (runs train at once in threads).
+          processes[-1].send_signal(signal.SIGTERM)
         outputs.append(files)
       console = threading.Lock()
       copiers = [
@@ -183,7 +196,8 @@ def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
         copier.join()
       return [process.wait() for process in processes]
     finally:
-      stop.processes.clear()
+      for process in processes:
+        stop.processes.remove(process)
       for process in processes:
         if process.poll() is None:
           process.kill()
@@ -325,6 +339,19 @@ def _finished(root: Path, run: PlannedRun) -> bool:
   return (run.workdir(root) / workdir_lib.FINAL_FILE).exists()
 
 
+def slots(processes: int, cores: Sequence[int], runs: int) -> list[tuple[int, ...] | None]:
+  """The CPU cores of each of `processes` runs trained at once (fewer if there are fewer runs or
+  cores): near-equal shares in order; [None] (all cores, unpinned) for one, and None for each
+  where processes cannot be pinned."""
+  count = max(1, min(processes, len(cores), runs))
+  if count == 1:
+    return [None]
+  return [
+      tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count]) if can_pin() else None
+      for k in range(count)
+  ]
+
+
 def execute(
     config: str,
     root: Path,
@@ -333,22 +360,25 @@ def execute(
     stream: bool,
     groups: Sequence[spec.Group] | None = None,
     processes: int = 1) -> tuple[dict[str, str], list[Failure], bool]:
-  """Trains the unfinished runs in order, each alone or, with `groups`, each group's runs as
-  ensembles, `processes` of them at once (`shares`): ({name: status}, failures, whether it was
-  stopped)."""
+  """Trains the unfinished runs: with `groups`, each group's runs as ensembles, one group after
+  another and `processes` ensembles of a group at once (`shares`); without, each run alone,
+  `processes` of them at once in the order given, each on its own share of the CPU cores (`slots`).
+  Returns ({name: status}, failures, whether it was stopped)."""
   statuses: dict[str, str] = {}
   failures: list[Failure] = []
   evaluate = evaluate and has_evaluate_module()
+  vectorized = groups is not None
   groups = groups or [spec.Group((run,), dict(run.overrides), {}) for run in planned]
-  done_runs = 0
+  tasks, done_runs = [], 0
+  for group in groups:
+    first = done_runs + 1
+    done_runs += len(group.runs)
+    prefix = (f'[{first}/{len(planned)}] {group.runs[0].name}:' if len(group.runs) == 1 else
+              f'[{first}-{done_runs}/{len(planned)}] {len(group.runs)} runs as one ensemble:')
+    tasks.append((group, prefix))
   with _Stop() as stop:
-    for group in groups:
-      if stop.requested:
-        break
-      first = done_runs + 1
-      done_runs += len(group.runs)
-      prefix = (f'[{first}/{len(planned)}] {group.runs[0].name}:' if len(group.runs) == 1 else
-                f'[{first}-{done_runs}/{len(planned)}] {len(group.runs)} runs as one ensemble:')
+
+    def run_group(group: spec.Group, prefix: str, cpus: tuple[int, ...] | None) -> None:
       label = functools.partial(_label, prefix, len(group.runs))
       for run in group.runs:
         if _finished(root, run):
@@ -360,11 +390,50 @@ def execute(
       todo = [run for run in group.runs if not _finished(root, run)]
       if todo:
         _train(config, root, group, todo, prefix, label, statuses, failures, stream, stop,
-               processes)
+               processes if vectorized else 1, cpus)
       for run in group.runs:
         if evaluate and statuses[run.name] == 'done' and not stop.requested:
-          _evaluate(run.workdir(root), label(run), run.name, failures, stream, stop)
+          _evaluate(run.workdir(root), label(run), run.name, failures, stream, stop, cpus)
+
+    cores = [None] if vectorized else slots(processes, cpu_cores(), len(planned))
+    if len(cores) == 1:
+      for group, prefix in tasks:
+        if stop.requested:
+          break
+        run_group(group, prefix, cores[0])
+    else:
+      _run_at_once(tasks, cores, run_group, stop)
     return statuses, failures, stop.requested
+
+
+def _run_at_once(tasks: Sequence[tuple[spec.Group, str]], cores: Sequence[tuple[int, ...] | None],
+                 run_group: Any, stop: _Stop) -> None:
+  """Runs the tasks in order, each as soon as one of `cores` is free, on it; none after a stop."""
+  pending = list(reversed(tasks))
+  lock = threading.Lock()
+  errors = []
+
+  def worker(cpus):
+    while True:
+      with lock:
+        if stop.requested or not pending:
+          return
+        group, prefix = pending.pop()
+      try:
+        run_group(group, prefix, cpus)
+      except BaseException as error:  # pylint: disable=broad-except
+        errors.append(error)
+        stop.request()
+        return
+
+  workers = [threading.Thread(target=worker, args=(cpus,)) for cpus in cores]
+  for thread in workers:
+    thread.start()
+  for thread in workers:
+    while thread.is_alive():  # Short waits: the main thread handles Ctrl-C and SIGTERM.
+      thread.join(0.5)
+  if errors:
+    raise errors[0]
 
 
 def _label(prefix: str, group_size: int, run: PlannedRun) -> str:
@@ -374,14 +443,16 @@ def _label(prefix: str, group_size: int, run: PlannedRun) -> str:
 
 def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun], prefix: str,
            label: Any, statuses: dict[str, str], failures: list[Failure], stream: bool,
-           stop: _Stop, processes: int) -> None:
-  """Trains `runs` (for several: as ensembles, one per share of the CPU cores), recording each
-  one's status and failure."""
+           stop: _Stop, processes: int, cpus: tuple[int, ...] | None = None) -> None:
+  """Trains `runs` (for several: as ensembles, `processes` at once on shares of the CPU cores; for
+  one share, on `cpus`), recording each one's status and failure."""
   workdirs = [run.workdir(root) for run in runs]
   resuming = any(workdir_lib.checkpoint_dir(workdir).is_dir() for workdir in workdirs)
   for workdir in workdirs:
     workdir.mkdir(parents=True, exist_ok=True)
   split = shares(runs, processes, cpu_cores())
+  if len(split) == 1:
+    split = [(split[0][0], cpus)]
   jobs = [
       Job(training_command(config, root, group, share),
           [run.workdir(root) / LOG_FILE for run in share], cpus) for share, cpus in split
@@ -395,6 +466,8 @@ def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun
   elif len(split) > 1:
     where += (f'; as {len(split)} ensembles at once, of ' +
               ', '.join(str(len(share)) for share, _ in split) + ' runs')
+  elif cpus:
+    where += f', on CPU cores {",".join(map(str, cpus))}'
   print(f'{prefix} {"resuming" if resuming else "training"}{what}, {where}', flush=True)
   start = time.perf_counter()
   codes = _run_logged(jobs, stream, stop)
@@ -431,12 +504,12 @@ def _record_status(run: PlannedRun, workdir: Path, log_path: Path, code: int, st
 
 
 def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], stream: bool,
-              stop: _Stop) -> None:
+              stop: _Stop, cpus: tuple[int, ...] | None = None) -> None:
   if not needs_evaluation(workdir, workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)):
     return
   log_path = workdir / LOG_FILE
   print(f'{prefix} evaluating, log {log_path}', flush=True)
-  code, = _run_logged([Job(evaluate_command(workdir), [log_path])], stream, stop)
+  code, = _run_logged([Job(evaluate_command(workdir), [log_path], cpus)], stream, stop)
   if code == 0:
     print(f'{prefix} evaluated', flush=True)
   else:
