@@ -447,6 +447,35 @@ def test_runs_at_once_get_near_equal_shares_of_the_cores_in_order():
   assert runner.slots(1, [0, 1], 4) == [None]
 
 
+def test_runs_at_once_start_in_order_on_the_free_cores_and_none_after_a_stop():
+  ran = []
+
+  def run_group(group, prefix, cpus):
+    del group
+    ran.append((prefix, cpus))
+    time.sleep(0.05 if cpus == (0,) else 0.12)
+
+  tasks = [(None, f'run{k}') for k in range(5)]
+  with runner._Stop() as stop:  # pylint: disable=protected-access
+    runner._run_at_once(tasks, [(0,), (1,)], run_group, stop)  # pylint: disable=protected-access
+  # The first two on the cores in order; the rest in order, each on whichever core came free.
+  assert sorted(ran[:2]) == [('run0', (0,)), ('run1', (1,))]
+  assert [prefix for prefix, _ in ran[2:]] == ['run2', 'run3', 'run4']
+  assert {cpus for _, cpus in ran[2:]} <= {(0,), (1,)}
+
+  stopped = []
+
+  def stop_at_first(group, prefix, cpus):
+    del group, cpus
+    stopped.append(prefix)
+    stop.requested = True
+
+  with runner._Stop() as stop:  # pylint: disable=protected-access
+    runner._run_at_once(  # pylint: disable=protected-access
+        tasks, [(0,), (1,)], stop_at_first, stop)
+  assert set(stopped) <= {'run0', 'run1'} and 'run2' not in stopped
+
+
 @pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')
 def test_runs_and_ensembles_on_their_own_cores_train_as_alone_on_them(tmp_path):
   sweep_file = tiny_seeds_sweep_file(tmp_path / 'split.py')
@@ -490,7 +519,9 @@ def test_runs_and_ensembles_on_their_own_cores_train_as_alone_on_them(tmp_path):
   started = [i for i, line in enumerate(lines) if ': training, log' in line]
   finished = [i for i, line in enumerate(lines) if ' done in ' in line]
   assert len(started) == 2 and max(started) < min(finished), result.stdout
-  assert f'on CPU cores {cores[1]}' in lines[started[1]]
+  # The first runs go to the shares of the cores in order (whichever prints first).
+  for line in (lines[i] for i in started):
+    assert line.endswith(f'on CPU cores {cores[0] if line.startswith("[1/2]") else cores[1]}')
   assert f'(CPU cores {cores[0]})' in (at_once / 'tiny,seed=0' / 'log.txt').read_text()
   assert [row['status'] for row in read_csv(at_once / 'results.csv')] == ['done', 'done']
   run = json.loads((at_once / 'tiny,seed=0' / 'final.json').read_text())

@@ -408,25 +408,26 @@ def execute(
 
 def _run_at_once(tasks: Sequence[tuple[spec.Group, str]], cores: Sequence[tuple[int, ...] | None],
                  run_group: Any, stop: _Stop) -> None:
-  """Runs the tasks in order, each as soon as one of `cores` is free, on it; none after a stop."""
-  pending = list(reversed(tasks))
+  """Runs the tasks in order: the first on the first of `cores`, the second on the second, ...;
+  each later one as soon as one of them is free, on it; none after a stop."""
+  pending = list(reversed(tasks[len(cores):]))
   lock = threading.Lock()
   errors = []
 
-  def worker(cpus):
-    while True:
-      with lock:
-        if stop.requested or not pending:
-          return
-        group, prefix = pending.pop()
+  def worker(cpus, task):
+    while task is not None and not stop.requested:
       try:
-        run_group(group, prefix, cpus)
+        run_group(*task, cpus)
       except BaseException as error:  # pylint: disable=broad-except
         errors.append(error)
         stop.request()
         return
+      with lock:
+        task = pending.pop() if pending else None
 
-  workers = [threading.Thread(target=worker, args=(cpus,)) for cpus in cores]
+  workers = [
+      threading.Thread(target=worker, args=(cpus, task)) for cpus, task in zip(cores, tasks)
+  ]
   for thread in workers:
     thread.start()
   for thread in workers:
