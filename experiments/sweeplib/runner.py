@@ -310,6 +310,19 @@ def default_processes() -> int:
   return len(cpu_cores()) if can_pin() and not accelerator_expected() else 1
 
 
+def slots(processes: int, cores: Sequence[int], runs: int) -> list[tuple[int, ...] | None]:
+  """The CPU cores of each of `processes` runs trained at once (fewer if there are fewer runs or
+  cores): near-equal shares in order; [None] (all cores, unpinned) for one, and None for each
+  where processes cannot be pinned."""
+  count = max(1, min(processes, len(cores), runs))
+  if count == 1:
+    return [None]
+  return [
+      tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count]) if can_pin() else None
+      for k in range(count)
+  ]
+
+
 def shares(runs: Sequence[PlannedRun], processes: int,
            cores: Sequence[int]) -> list[tuple[list[PlannedRun], tuple[int, ...] | None]]:
   """The runs dealt in turn into `processes` shares (fewer if there are fewer runs or cores),
@@ -323,33 +336,18 @@ def shares(runs: Sequence[PlannedRun], processes: int,
   k starts k/count of the way through its runs, so the processes compile different programs
   first and load the rest from the compilation cache, where the others have put them.
   """
-  count = max(1, min(processes, len(runs), len(cores)))
-  if count == 1:
-    return [(list(runs), None)]
+  share_cores = slots(processes, cores, len(runs))
+  count = len(share_cores)
   split = []
-  for k in range(count):
+  for k, cpus in enumerate(share_cores):
     dealt = list(runs[k::count])
     start = k * len(dealt) // count
-    cpus = tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count])
-    split.append((dealt[start:] + dealt[:start], cpus if can_pin() else None))
+    split.append((dealt[start:] + dealt[:start], cpus))
   return split
 
 
 def _finished(root: Path, run: PlannedRun) -> bool:
   return (run.workdir(root) / workdir_lib.FINAL_FILE).exists()
-
-
-def slots(processes: int, cores: Sequence[int], runs: int) -> list[tuple[int, ...] | None]:
-  """The CPU cores of each of `processes` runs trained at once (fewer if there are fewer runs or
-  cores): near-equal shares in order; [None] (all cores, unpinned) for one, and None for each
-  where processes cannot be pinned."""
-  count = max(1, min(processes, len(cores), runs))
-  if count == 1:
-    return [None]
-  return [
-      tuple(cores[k * len(cores) // count:(k + 1) * len(cores) // count]) if can_pin() else None
-      for k in range(count)
-  ]
 
 
 def execute(
