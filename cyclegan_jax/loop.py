@@ -162,9 +162,10 @@ def exclusive_workdirs(workdirs: list[Path]):
       lock.release()
 
 
-# The train step measured on this project's 2-core CPU (AVX-512 x86_64, jax 0.10.2, float32,
-# batch 1, ngf 64, the default fast_convs; README, "Speed against the official PyTorch code"; an
-# AVX2 CPU of the same size took ~1.7-2x as long): generator -> (crop size, seconds per step).
+# The train step on this project's two 2-core CPUs (jax 0.10.2, float32, batch 1, ngf 64, the
+# default fast_convs; README, "Speed against the official PyTorch code"), taken between them: at
+# 256 px 5.2 s on the AVX-512 Xeon and 9.9 s on the AVX2 EPYC, at 128 px 1.15 s and 2.1 s.
+# generator -> (crop size, seconds per step).
 CPU_STEP_ANCHORS = {'resnet_9blocks': (256, 7.0), 'resnet_6blocks': (128, 1.6)}
 CPU_ANCHOR_CORES = 2
 # A run found on CPU devices alone warns when its estimated step takes at least this long.
