@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -474,6 +475,47 @@ def test_runs_at_once_start_in_order_on_the_free_cores_and_none_after_a_stop():
     runner._run_at_once(  # pylint: disable=protected-access
         tasks, [(0,), (1,)], stop_at_first, stop)
   assert set(stopped) <= {'run0', 'run1'} and 'run2' not in stopped
+
+
+def test_runs_reporting_at_once_print_whole_lines(tmp_path, monkeypatch):
+  """Two runs at once report from their threads; print() wrote a line and its end apart, and the
+  fresh-clone CI once got '[1/2] ...: training, ... cores 0[2/2] ...' on one line."""
+  writes = []
+
+  class Recorder:
+
+    def write(self, text):
+      writes.append(text)
+      time.sleep(0.001)  # Lets the other thread in between two writes of one line.
+
+    def flush(self):
+      pass
+
+  monkeypatch.setattr(sys, 'stdout', Recorder())
+  for name in ('done', 'broken'):
+    (tmp_path / name).mkdir()
+  (tmp_path / 'done' / 'final.json').write_text(json.dumps({'heldout_mae_AtoB': 17.5}))
+  (tmp_path / 'broken' / 'log.txt').write_text('step 1\nValueError: bad value\n')
+  statuses, failures = {}, []
+
+  def run_group(group, prefix, cpus):
+    del group, cpus
+    for _ in range(20):
+      runner._record_status(  # pylint: disable=protected-access
+          types.SimpleNamespace(name=prefix), tmp_path / prefix, tmp_path / prefix / 'log.txt',
+          1, time.perf_counter(), lambda run: f'[{run.name}]', statuses, failures, stop)
+
+  with runner._Stop() as stop:  # pylint: disable=protected-access
+    runner._run_at_once(  # pylint: disable=protected-access
+        [(None, 'done'), (None, 'broken')], [(0,), (1,)], run_group, stop)
+  assert all(text.endswith('\n') for text in writes)
+  lines = ''.join(writes).splitlines()
+  assert len(lines) == 20 * (1 + 3) and statuses == {'done': 'done', 'broken': 'failed'}
+  assert sum(line.startswith('[done] done in ') for line in lines) == 20
+  # A failure's last log lines follow it.
+  for k, line in enumerate(lines):
+    if line.startswith('[broken] FAILED (exit status 1)'):
+      assert lines[k + 1:k + 3] == ['    step 1', '    ValueError: bad value']
 
 
 @pytest.mark.skipif(len(runner.cpu_cores()) < 2, reason='needs two CPU cores')

@@ -25,6 +25,18 @@ from experiments.sweeplib.spec import SweepError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_FILE = 'log.txt'
+# Runs trained at once report from their own threads, and print() writes a line's text and its
+# end separately: each line is written whole under this lock (reentrant: the stop handler prints
+# on the main thread, which may hold it).
+_CONSOLE = threading.RLock()
+
+
+def _say(*lines: str) -> None:
+  """Prints `lines` whole and together, whichever thread prints at the same time."""
+  with _CONSOLE:
+    sys.stdout.write(''.join(f'{line}\n' for line in lines))
+    sys.stdout.flush()
+
 
 def train_command(config: str,
                   workdir: Path,
@@ -123,10 +135,8 @@ class _Stop:
   def request(self, signum: int = signal.SIGTERM) -> None:
     """Stops the sweep: `signum` to every running process (their runs checkpoint and stop)."""
     if not self.requested:
-      print(
-          'Stopping: the current run saves a checkpoint and stops; rerun the same command to '
-          'resume the sweep.',
-          flush=True)
+      _say('Stopping: the current run saves a checkpoint and stops; rerun the same command to '
+           'resume the sweep.')
     self.requested = True
     for process in list(self.processes):
       if process.poll() is None:
@@ -185,9 +195,8 @@ def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
         if stop.requested:  # A stop that came while it started (runs train at once in threads).
           processes[-1].send_signal(signal.SIGTERM)
         outputs.append(files)
-      console = threading.Lock()
       copiers = [
-          threading.Thread(target=_copy_output, args=(process, files, stream, console))
+          threading.Thread(target=_copy_output, args=(process, files, stream))
           for process, files in zip(processes, outputs)
       ]
       for copier in copiers:
@@ -204,16 +213,13 @@ def _run_logged(jobs: Sequence[Job], stream: bool, stop: _Stop) -> list[int]:
           process.wait()
 
 
-def _copy_output(process: subprocess.Popen, files: Sequence[Any], stream: bool,
-                 console: threading.Lock) -> None:
+def _copy_output(process: subprocess.Popen, files: Sequence[Any], stream: bool) -> None:
   for line in process.stdout:
     for log in files:
       log.write(line)
       log.flush()
     if stream:
-      with console:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+      _say(line.rstrip('\n'))
 
 
 def _last_lines(path: Path, count: int = 3) -> list[str]:
@@ -381,10 +387,8 @@ def execute(
       for run in group.runs:
         if _finished(root, run):
           statuses[run.name] = 'done'
-          print(
-              f'{label(run)} skipped, finished earlier '
-              f'({run.workdir(root) / workdir_lib.FINAL_FILE} exists)',
-              flush=True)
+          _say(f'{label(run)} skipped, finished earlier '
+               f'({run.workdir(root) / workdir_lib.FINAL_FILE} exists)')
       todo = [run for run in group.runs if not _finished(root, run)]
       if todo:
         _train(config, root, group, todo, prefix, label, statuses, failures, stream, stop,
@@ -467,7 +471,7 @@ def _train(config: str, root: Path, group: spec.Group, runs: Sequence[PlannedRun
               ', '.join(str(len(share)) for share, _ in split) + ' runs')
   elif cpus:
     where += f', on CPU cores {",".join(map(str, cpus))}'
-  print(f'{prefix} {"resuming" if resuming else "training"}{what}, {where}', flush=True)
+  _say(f'{prefix} {"resuming" if resuming else "training"}{what}, {where}')
   start = time.perf_counter()
   codes = _run_logged(jobs, stream, stop)
   for (share, _), job, code in zip(split, jobs, codes):
@@ -483,23 +487,21 @@ def _record_status(run: PlannedRun, workdir: Path, log_path: Path, code: int, st
   failure = workdir_lib.read_json(workdir / workdir_lib.FAILURE_FILE)
   if final is not None:
     statuses[run.name] = 'done'
-    print(f'{label(run)} done in {time.perf_counter() - start:.1f} s  {_headline(final)}',
-          flush=True)
+    _say(f'{label(run)} done in {time.perf_counter() - start:.1f} s  {_headline(final)}')
   elif failure is not None:
     statuses[run.name] = 'failed'
     failures.append(
         Failure(run.name, f'stopped at step {failure.get("step")}: '
                 f'{failure.get("error")}', log_path))
-    print(f'{label(run)} FAILED: {failure.get("error")}', flush=True)
+    _say(f'{label(run)} FAILED: {failure.get("error")}')
   elif code == 0 or stop.requested:
     statuses[run.name] = 'unfinished'
-    print(f'{label(run)} stopped before its last step; rerun to resume it', flush=True)
+    _say(f'{label(run)} stopped before its last step; rerun to resume it')
   else:
     statuses[run.name] = 'failed'
     failures.append(Failure(run.name, f'training exited with status {code}', log_path))
-    print(f'{label(run)} FAILED (exit status {code}), log {log_path}', flush=True)
-    for line in _last_lines(log_path):
-      print(f'    {line}', flush=True)
+    _say(f'{label(run)} FAILED (exit status {code}), log {log_path}',
+         *(f'    {line}' for line in _last_lines(log_path)))
 
 
 def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], stream: bool,
@@ -507,12 +509,11 @@ def _evaluate(workdir: Path, prefix: str, name: str, failures: list[Failure], st
   if not needs_evaluation(workdir, workdir_lib.read_json(workdir / workdir_lib.FINAL_FILE)):
     return
   log_path = workdir / LOG_FILE
-  print(f'{prefix} evaluating, log {log_path}', flush=True)
+  _say(f'{prefix} evaluating, log {log_path}')
   code, = _run_logged([Job(evaluate_command(workdir), [log_path], cpus)], stream, stop)
   if code == 0:
-    print(f'{prefix} evaluated', flush=True)
+    _say(f'{prefix} evaluated')
   else:
     failures.append(Failure(name, f'evaluation exited with status {code}', log_path))
-    print(f'{prefix} evaluation FAILED (exit status {code}), log {log_path}', flush=True)
-    for line in _last_lines(log_path):
-      print(f'    {line}', flush=True)
+    _say(f'{prefix} evaluation FAILED (exit status {code}), log {log_path}',
+         *(f'    {line}' for line in _last_lines(log_path)))
